@@ -1,0 +1,202 @@
+"""Graph → plan: which nodes run together, and how.
+
+The plan is a tree of *stages*, in preorder:
+
+* a **fused** stage takes the output stream of the source (or of a sequential
+  node) and runs every stateless ``batch_size=1`` node reachable from it
+  through other such nodes, item by item, in one task per partition; items
+  headed for a sequential node leave it through a *crossing* sink;
+* a **sequential** stage is one stateful (``stateless=False``), batched
+  (``batch_size=k``) or barrier (``BATCH_SIZE_ALL``) node, fed every partition
+  in order by one holder; what it emits goes to the fused stage below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from ..model.node import Node
+from ..model.snapshot import NodeInfo, Snapshot
+
+__all__ = ["FusedStage", "Plan", "SeqStage", "Sink", "compile_plan", "is_sequential"]
+
+
+def is_sequential(info: NodeInfo) -> bool:
+    """Does this node need one holder that sees every item in order?"""
+    return not info.stateless or info.batch_size != 1
+
+
+@dataclass(frozen=True)
+class Sink:
+    """Where a fused stage's outputs go: a leaf's results, or a crossing into a sequential stage."""
+
+    kind: str  # "leaf" or "cross"
+    node: str  # the leaf, or the sequential node crossed into
+    stage: int | None  # the sequential stage, for a crossing
+
+
+@dataclass(frozen=True)
+class FusedStage:
+    """Stateless ``batch_size=1`` nodes fused into one task per partition."""
+
+    id: int
+    above: str  # the source or sequential node whose output this stage reads
+    nodes: tuple[str, ...]
+    edges: tuple  # see worker.FusedSpec
+    sinks: tuple[Sink, ...]
+    ends: bool  # log an END after each input item (input from a sequential node)
+    under: Mapping[str, frozenset[int]]  # node -> crossing sinks below it
+    kind: str = "fused"
+
+
+@dataclass(frozen=True)
+class SeqStage:
+    """One stateful, batched or ``BATCH_SIZE_ALL`` node."""
+
+    id: int
+    node: str
+    batch_size: int | float
+    stateless: bool
+    below: int | None  # the fused stage reading its output, if it has successors
+    kind: str = "seq"
+
+    @property
+    def role(self) -> str:
+        if self.batch_size == Node.BATCH_SIZE_ALL:
+            role = "barrier: one call with every item after the input ends"
+        elif self.batch_size != 1:
+            role = f"batches of exactly {self.batch_size}, across partitions"
+        else:
+            role = "one call per item"
+        if not self.stateless:
+            role = "stateful, every item once in order; " + role
+        return role
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The compiled form of a pipeline's graph; immutable."""
+
+    snapshot: Snapshot
+    stages: tuple[FusedStage | SeqStage, ...]
+    leaves: tuple[str, ...]
+    ancestors: Mapping[str, frozenset[str]]  # node -> itself and every node above it
+    seq_under: Mapping[str, tuple[int, ...]]  # node -> sequential stages at or below it
+
+    @property
+    def top(self) -> FusedStage:
+        """The stage that reads the source."""
+        return self.stages[0]
+
+    @property
+    def seq_stages(self) -> tuple[SeqStage, ...]:
+        return tuple(s for s in self.stages if s.kind == "seq")
+
+    def subtree(self, stage_id: int) -> list[int]:
+        """``stage_id`` and every stage below it, in preorder."""
+        stage = self.stages[stage_id]
+        ids = [stage_id]
+        if stage.kind == "fused":
+            for sink in stage.sinks:
+                if sink.kind == "cross":
+                    ids += self.subtree(sink.stage)
+        elif stage.below is not None:
+            ids += self.subtree(stage.below)
+        return ids
+
+    def describe(self) -> list[str]:
+        """The plan as lines of text, one per stage."""
+        root = self.snapshot.root
+        size = self.snapshot.info[root].size
+        lines = [f"  source  {root}: runs in the caller, items cut into partitions"
+                 + (f" (size={size})" if isinstance(size, int) else "")]
+        for stage in self.stages:
+            if stage.kind == "fused":
+                what = " -> ".join(stage.nodes) if stage.nodes else "(routing only)"
+                crossing = [s.node for s in stage.sinks if s.kind == "cross"]
+                note = f"; hands items to {', '.join(crossing)}" if crossing else ""
+                lines.append(f"  stage {stage.id}  {what}: fused stateless, one task per partition, "
+                             f"reads {stage.above}{note}")
+            else:
+                lines.append(f"  stage {stage.id}  {stage.node}: sequential ({stage.role}), "
+                             "one holder fed partition after partition")
+        return lines
+
+
+def compile_plan(snap: Snapshot) -> Plan:
+    """Cut the graph of ``snap`` into stages.
+
+    Examples
+    --------
+    >>> from pypiper_dask.model import Node
+    >>> class N(Node):
+    ...     def run(self, data):
+    ...         self.emit(data)
+    >>> g = N("gen") | N("a") | N("b", stateless=False) | N("c")
+    >>> plan = compile_plan(Snapshot.from_graph(g))
+    >>> [(s.kind, getattr(s, "nodes", None) or s.node) for s in plan.stages]
+    [('fused', ('a',)), ('seq', 'b'), ('fused', ('c',))]
+    """
+    info, children = snap.info, snap.children
+    stages: list = []
+
+    def fused(above: str, kids: tuple[str, ...]) -> int:
+        sid = len(stages)
+        stages.append(None)  # keep preorder ids: this stage before the ones it feeds
+        sinks: list[Sink] = []
+        nodes: list[str] = []
+        under: dict[str, frozenset[int]] = {}
+
+        def edge(parent: str, child: str) -> tuple:
+            if is_sequential(info[child]):
+                target_stage = sequential(child)
+                sinks.append(Sink("cross", child, target_stage))
+                target = ("sink", len(sinks) - 1)
+            else:
+                nodes.append(child)
+                first = len(sinks)
+                if children[child]:
+                    target = ("node", child, None, tuple(edge(child, k) for k in children[child]))
+                else:
+                    sinks.append(Sink("leaf", child, None))
+                    target = ("node", child, len(sinks) - 1, ())
+                under[child] = frozenset(i for i in range(first, len(sinks)) if sinks[i].kind == "cross")
+            return (info[parent].out_streams, info[child].in_streams, parent, child, target)
+
+        if kids:
+            edges = tuple(edge(above, k) for k in kids)
+        else:  # the source alone: its items are the output
+            sinks.append(Sink("leaf", above, None))
+            edges = (("*", "*", above, above, ("sink", 0)),)
+        stages[sid] = FusedStage(sid, above, tuple(nodes), edges, tuple(sinks),
+                                 ends=above != snap.root, under=MappingProxyType(under))
+        return sid
+
+    def sequential(name: str) -> int:
+        sid = len(stages)
+        stages.append(None)
+        below = fused(name, children[name]) if children[name] else None
+        i = info[name]
+        stages[sid] = SeqStage(sid, name, i.batch_size, i.stateless, below)
+        return sid
+
+    fused(snap.root, children[snap.root])
+
+    ancestors: dict[str, frozenset[str]] = {}
+    seq_under: dict[str, list[int]] = {}
+    seq_of = {s.node: s.id for s in stages if s.kind == "seq"}
+
+    def walk(name: str, above: frozenset[str]) -> list[int]:
+        ancestors[name] = above | {name}
+        found = [seq_of[name]] if name in seq_of else []
+        for kid in children[name]:
+            found += walk(kid, ancestors[name])
+        seq_under[name] = found
+        return found
+
+    walk(snap.root, frozenset())
+    leaves = tuple(n for n in snap.order if not children[n])
+    return Plan(snap, tuple(stages), leaves, MappingProxyType(ancestors),
+                MappingProxyType({k: tuple(v) for k, v in seq_under.items()}))

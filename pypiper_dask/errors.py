@@ -1,0 +1,70 @@
+"""The exceptions pypiper_dask raises.
+
+Every error is a :class:`PipelineError`; those about a bad value or a bad type
+also subclass :class:`ValueError` or :class:`TypeError`, so code written for
+pyPiper that catches the builtin keeps working.
+"""
+
+from __future__ import annotations
+
+import reprlib
+
+__all__ = [
+    "PipelineError",
+    "GraphError",
+    "StreamError",
+    "OptionError",
+    "NodeTypeError",
+    "NodeError",
+    "short_repr",
+]
+
+_repr = reprlib.Repr()
+_repr.maxstring = 60
+_repr.maxother = 60
+_repr.maxlist = 6
+_repr.maxtuple = 6
+
+
+def short_repr(value: object) -> str:
+    """A repr of ``value`` short enough for an error message.
+
+    Examples
+    --------
+    >>> short_repr(list(range(100)))
+    '[0, 1, 2, 3, 4, 5, ...]'
+    """
+    return _repr.repr(value)
+
+
+class PipelineError(Exception):
+    """Base class of every error raised by pypiper_dask."""
+
+
+class GraphError(PipelineError, ValueError):
+    """The node graph is malformed: a duplicate name, a node added twice, ..."""
+
+
+class StreamError(PipelineError, ValueError):
+    """Named streams of two connected nodes do not fit together."""
+
+
+class OptionError(PipelineError, ValueError):
+    """An option has a value outside its range (``batch_size=0``, ``n_threads=-1``)."""
+
+
+class NodeTypeError(PipelineError, TypeError):
+    """Something of the wrong type was given where a node or an option was expected."""
+
+
+class NodeError(PipelineError):
+    """A node's ``run`` raised.
+
+    The original exception is the ``__cause__``; ``node`` is the node's name and
+    ``item`` a short repr of what ``run`` was given.
+    """
+
+    def __init__(self, node: str, item: str, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.item = item

@@ -1,0 +1,155 @@
+"""The user's unit of work: :class:`Node`, as pyPiper defines it."""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import numbers
+from typing import Any
+
+from ..errors import NodeTypeError, OptionError
+
+__all__ = ["Node", "RESERVED_KEYWORDS", "check_batch_size", "normalize_streams"]
+
+#: Keywords of ``Node(...)`` the library consumes; they never reach ``setup``.
+RESERVED_KEYWORDS = ("in_streams", "out_streams", "batch_size", "stateless")
+
+
+def normalize_streams(node_name: str, what: str, streams: Any) -> str | list[str]:
+    """Return ``"*"`` or a list of stream names.
+
+    Examples
+    --------
+    >>> normalize_streams("n", "out_streams", "even")
+    ['even']
+    >>> normalize_streams("n", "out_streams", ("even", "odd"))
+    ['even', 'odd']
+    """
+    if streams == "*":
+        return "*"
+    if isinstance(streams, str):
+        return [streams]
+    if isinstance(streams, (list, tuple)) and all(isinstance(s, str) for s in streams):
+        return list(streams)
+    raise NodeTypeError(
+        f"Node {node_name!r}: {what} must be '*', a stream name or a list of stream "
+        f"names, not {streams!r}."
+    )
+
+
+def check_batch_size(node_name: str, batch_size: Any) -> int | float:
+    """Validate ``batch_size``: an int >= 1 or ``Node.BATCH_SIZE_ALL``.
+
+    Examples
+    --------
+    >>> check_batch_size("n", 5)
+    5
+    >>> check_batch_size("n", 0)
+    Traceback (most recent call last):
+    ...
+    pypiper_dask.errors.OptionError: Node 'n': batch_size must be an int >= 1 or Node.BATCH_SIZE_ALL, not 0.
+    """
+    expected = "an int >= 1 or Node.BATCH_SIZE_ALL"
+    if isinstance(batch_size, float) and batch_size == Node.BATCH_SIZE_ALL:
+        return Node.BATCH_SIZE_ALL
+    if not isinstance(batch_size, numbers.Number):
+        raise NodeTypeError(
+            f"Node {node_name!r}: batch_size must be {expected}, not "
+            f"{type(batch_size).__name__} {batch_size!r}."
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise OptionError(f"Node {node_name!r}: batch_size must be {expected}, not {batch_size!r}.")
+    return int(batch_size)
+
+
+class Node(abc.ABC):
+    """A step of a pipeline. Subclass it and implement :meth:`run`.
+
+    Parameters
+    ----------
+    name : str
+        Unique within a pipeline; tasks on the Dask dashboard carry it.
+    in_streams, out_streams : str or list of str
+        ``"*"`` (everything) or the names of the streams this node reads or writes.
+    batch_size : int or Node.BATCH_SIZE_ALL
+        ``1`` calls ``run(item)``; ``k > 1`` calls ``run(tuple_of_k)``;
+        ``BATCH_SIZE_ALL`` calls ``run(list_of_everything)`` once, after the input ends.
+    stateless : bool
+        ``False`` makes one instance see every item once, in order, wherever it runs.
+    **kwargs
+        Set as attributes, then passed to :meth:`setup` if its signature takes them.
+
+    Examples
+    --------
+    >>> class Square(Node):
+    ...     def run(self, data):
+    ...         self.emit(data ** 2)
+    >>> Square("square", batch_size=4)
+    Square('square', batch_size=4)
+    """
+
+    BATCH_SIZE_ALL = float("inf")
+
+    def __init__(self, name: str, in_streams: Any = "*", out_streams: Any = "*", **kwargs: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise NodeTypeError(f"A node's name must be a non-empty str, not {name!r}.")
+        self.name = name
+        self.in_streams = normalize_streams(name, "in_streams", in_streams)
+        self.out_streams = normalize_streams(name, "out_streams", out_streams)
+        self.batch_size = 1
+        self.stateless = True
+        self.size = None
+        override = {k: kwargs.pop(k) for k in ("batch_size", "stateless") if k in kwargs}
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+        self.setup(**_accepted(self.setup, kwargs))
+        # A keyword given to the constructor wins over what setup() chose.
+        for key, value in override.items():
+            setattr(self, key, value)
+        self.batch_size = check_batch_size(name, self.batch_size)
+        if not isinstance(self.stateless, bool):
+            raise NodeTypeError(f"Node {name!r}: stateless must be True or False, not {self.stateless!r}.")
+
+    def setup(self, **kwargs: Any) -> None:
+        """Prepare the node; called once by the constructor. Override freely."""
+
+    @abc.abstractmethod
+    def run(self, data: Any) -> None:
+        """Handle one item (or one batch); call :meth:`emit` for each result."""
+
+    def emit(self, data: Any) -> None:
+        """Send ``data`` to every successor.
+
+        The engine rebinds this on the copies it runs; calling it outside a run
+        has nowhere to send to and raises.
+        """
+        raise RuntimeError(f"Node {self.name!r}: emit() was called outside a running pipeline.")
+
+    def close(self) -> None:
+        """End this node's stream: it gets no item after the current one."""
+        raise RuntimeError(f"Node {self.name!r}: close() was called outside a running pipeline.")
+
+    def __or__(self, other: Any):
+        from .graph import NodeGraph
+
+        return NodeGraph(self) | other
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self.batch_size != 1:
+            extra += ", batch_size=" + ("Node.BATCH_SIZE_ALL" if self.batch_size == Node.BATCH_SIZE_ALL else str(self.batch_size))
+        if not self.stateless:
+            extra += ", stateless=False"
+        return f"{type(self).__name__}({self.name!r}{extra})"
+
+    def __str__(self) -> str:
+        return f"Node<{self.name}>"
+
+
+def _accepted(method: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``kwargs`` that ``method``'s signature accepts."""
+    params = inspect.signature(method).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return kwargs
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in kwargs.items() if k in names}

@@ -1,0 +1,99 @@
+"""An immutable snapshot of a node graph, taken when a ``Pipeline`` is built."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import cloudpickle
+
+from ..errors import NodeTypeError
+from .graph import NodeGraph
+from .node import Node
+
+__all__ = ["NodeInfo", "Snapshot", "NodePickleError"]
+
+
+class NodePickleError(NodeTypeError):
+    """A node cannot be pickled, so it cannot be snapshotted or sent to a worker."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the compiler needs to know of one node."""
+
+    name: str
+    cls: str
+    batch_size: int | float
+    stateless: bool
+    in_streams: str | tuple[str, ...]
+    out_streams: str | tuple[str, ...]
+    size: Any
+
+
+def _pickle(node: Node) -> bytes:
+    try:
+        return cloudpickle.dumps(node)
+    except Exception as exc:
+        culprit = ""
+        for attr, value in vars(node).items():
+            try:
+                cloudpickle.dumps(value)
+            except Exception:
+                culprit = f" (its attribute {attr!r} holds {type(value).__name__} {value!r:.60})"
+                break
+        raise NodePickleError(
+            f"Node {node.name!r} cannot be pickled{culprit}: {exc}. Every node is "
+            "snapshotted when the pipeline is built and sent to workers; create such "
+            "resources in run() or keep them out of the node's attributes."
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The graph's structure and each node pickled as it was after ``setup``.
+
+    Examples
+    --------
+    >>> class N(Node):
+    ...     def run(self, data):
+    ...         self.emit(data)
+    >>> snap = Snapshot.from_graph(N("a") | N("b"))
+    >>> snap.order, snap.children["a"]
+    (('a', 'b'), ('b',))
+    >>> snap.node("b") is not snap.node("b")
+    True
+    """
+
+    root: str
+    order: tuple[str, ...]
+    children: Mapping[str, tuple[str, ...]]
+    info: Mapping[str, NodeInfo]
+    blobs: Mapping[str, bytes]
+
+    @classmethod
+    def from_graph(cls, graph: NodeGraph) -> Snapshot:
+        nodes = list(graph)
+        children = {n.name: tuple(c.name for c in graph.children(n)) for n in nodes}
+        info = {
+            n.name: NodeInfo(
+                n.name, type(n).__name__, n.batch_size, n.stateless,
+                n.in_streams if n.in_streams == "*" else tuple(n.in_streams),
+                n.out_streams if n.out_streams == "*" else tuple(n.out_streams),
+                getattr(n, "size", None),
+            )
+            for n in nodes
+        }
+        return cls(
+            root=graph.root.name,
+            order=tuple(n.name for n in nodes),
+            children=MappingProxyType(children),
+            info=MappingProxyType(info),
+            blobs=MappingProxyType({n.name: _pickle(n) for n in nodes}),
+        )
+
+    def node(self, name: str) -> Node:
+        """A fresh copy of the node as it was after ``setup``."""
+        return cloudpickle.loads(self.blobs[name])

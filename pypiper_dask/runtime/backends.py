@@ -1,0 +1,210 @@
+"""Where the tasks of a run execute: in the caller, or on a distributed cluster.
+
+Both backends take the same :class:`~pypiper_dask.compiler.TaskSpec` lists
+(one list per round) and return the same results; which one a run uses is
+decided in :func:`pypiper_dask.runtime.scheduler.choose_backend`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from typing import Any
+
+from ..compiler.plan import Plan
+from ..compiler.tasks import Ref, StageRef, TaskNames, TaskSpec, fused_spec, seq_spec
+from ..worker import SegmentResult, SeqHolder, final_state
+
+__all__ = ["DistributedBackend", "InProcessBackend"]
+
+
+class InProcessBackend:
+    """Runs each round's tasks in the calling process on Dask's synchronous scheduler."""
+
+    n_workers = 1
+    window = 1
+    description = "in the calling process (dask synchronous scheduler)"
+
+    def __enter__(self) -> InProcessBackend:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.refs: dict[int, Any] = {}
+
+    def start(self, plan: Plan, names: TaskNames) -> None:
+        self.plan = plan
+        self.refs = {
+            s.id: fused_spec(plan, s, names.token) if s.kind == "fused" else SeqHolder(seq_spec(plan, s))
+            for s in plan.stages
+        }
+
+    def submit(self, tasks: list[TaskSpec]) -> dict[int, SegmentResult]:
+        from dask.local import get_sync
+        from dask.task_spec import Task, TaskRef
+
+        def arg(a: Any) -> Any:
+            if isinstance(a, Ref):
+                return TaskRef(a.key)
+            if isinstance(a, StageRef):
+                return self.refs[a.stage]
+            return a
+
+        graph = {t.key: Task(t.key, t.func, *map(arg, t.args)) for t in tasks}
+        results = get_sync(graph, [t.key for t in tasks])
+        return {t.stage: r for t, r in zip(tasks, results)}
+
+    def gather(self, handle: dict[int, SegmentResult]) -> dict[int, SegmentResult]:
+        return handle
+
+    def cancel(self) -> None:
+        pass
+
+    def states(self, names: TaskNames) -> dict[str, bytes]:
+        return {s.node: final_state(self.refs[s.id]) for s in self.plan.seq_stages if not s.stateless}
+
+
+class DistributedBackend:
+    """Runs tasks on a ``distributed`` cluster: one the run starts, or the user's.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        Run on this client's cluster and leave it up.
+    address : str, optional
+        Connect to the scheduler at this address for the run.
+    n_workers : int, optional
+        Start a ``LocalCluster`` of this many single-threaded worker processes
+        on 127.0.0.1 for the run, and close it afterwards.
+    """
+
+    def __init__(self, client: Any = None, address: str | None = None, n_workers: int | None = None,
+                 timeout: float = 30.0) -> None:
+        self.client = client
+        self.address = address
+        self.n_workers_wanted = n_workers
+        self.timeout = timeout
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def description(self) -> str:
+        if self.n_workers_wanted:
+            return f"a LocalCluster of {self.n_workers_wanted} single-threaded worker processes, started for the run"
+        if self.address:
+            return f"the cluster at {self.address}"
+        return f"the cluster of {self.client!r}"
+
+    def __enter__(self) -> DistributedBackend:
+        from distributed import Client, LocalCluster
+
+        try:
+            if self.client is None and self.address is None:
+                with _main_not_reimported():
+                    cluster = self._stack.enter_context(LocalCluster(
+                        n_workers=self.n_workers_wanted, threads_per_worker=1, processes=True,
+                        host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                        silence_logs=logging.ERROR,
+                    ))
+                self.client = self._stack.enter_context(Client(cluster, set_as_default=False))
+                link = self.client.dashboard_link
+                if link:
+                    print(f"pypiper_dask: dashboard at {link}", file=sys.stderr)
+            elif self.client is None:
+                self.client = self._stack.enter_context(
+                    Client(self.address, timeout=self.timeout, set_as_default=False))
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+    @property
+    def n_workers(self) -> int:
+        return max(1, len(self.client.scheduler_info().get("workers", {})))
+
+    @property
+    def window(self) -> int:
+        return max(2, 3 * self.n_workers)
+
+    def start(self, plan: Plan, names: TaskNames) -> None:
+        client = self.client
+        self.plan = plan
+        self.refs: dict[int, Any] = {}
+        self.where: dict[int, str] = {}
+        self.last: dict[int, Any] = {}
+        self.futures: list[Any] = []
+        for stage in plan.stages:
+            if stage.kind == "fused":
+                # Sent to every worker once; tasks carry only a reference, so a heavy
+                # node crosses the network once per worker per run, not once per task.
+                self.refs[stage.id] = client.scatter(fused_spec(plan, stage, names.token), broadcast=True, hash=False)
+            else:
+                future = client.submit(SeqHolder, seq_spec(plan, stage), actor=True,
+                                       key=names.key(stage.id, "actor"))
+                self.futures.append(future)
+                actor = future.result()
+                self.refs[stage.id] = actor
+                self.where[stage.id] = actor._address
+
+    def submit(self, tasks: list[TaskSpec]) -> dict[int, Any]:
+        by_key: dict[Any, Any] = {}
+        out: dict[int, Any] = {}
+        for t in tasks:
+            args = [by_key[a.key] if isinstance(a, Ref) else self.refs[a.stage] if isinstance(a, StageRef) else a
+                    for a in t.args]
+            options: dict[str, Any] = {}
+            if t.sequential:
+                if t.stage in self.last:
+                    args.append(self.last[t.stage])
+                options = {"workers": [self.where[t.stage]], "allow_other_workers": False}
+            future = self.client.submit(t.func, *args, key=t.key, pure=False, **options)
+            if t.sequential:
+                self.last[t.stage] = future
+            by_key[t.key] = out[t.stage] = future
+        return out
+
+    def gather(self, handle: dict[int, Any]) -> dict[int, SegmentResult]:
+        stages = list(handle)
+        results = self.client.gather([handle[s] for s in stages])
+        return dict(zip(stages, results))
+
+    def cancel(self) -> None:
+        pending = [f for f in self.last.values()]
+        if pending:
+            self.client.cancel(pending, force=True)
+
+    def states(self, names: TaskNames) -> dict[str, bytes]:
+        out = {}
+        for s in self.plan.seq_stages:
+            if not s.stateless:
+                after = [self.last[s.id]] if s.id in self.last else []
+                future = self.client.submit(final_state, self.refs[s.id], *after, key=names.key(s.id, "state"),
+                                            workers=[self.where[s.id]], allow_other_workers=False, pure=False)
+                out[s.node] = future.result()
+        return out
+
+
+@contextlib.contextmanager
+def _main_not_reimported():
+    """Start worker processes without re-running the caller's script in them.
+
+    ``distributed`` starts workers with multiprocessing's *spawn*, which imports
+    the main module again in each new process; a pyPiper script has no
+    ``if __name__ == "__main__":`` guard, so it would run itself again. Workers
+    don't need the main module (node classes reach them pickled by value), so
+    it is hidden from multiprocessing while the workers start.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)

@@ -1,0 +1,186 @@
+"""``Pipeline``: pyPiper's entry point, lazy, compiled to Dask tasks when run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any
+
+import cloudpickle
+
+from ..compiler.plan import Plan, compile_plan
+from ..errors import NodeTypeError, OptionError
+from ..model.graph import NodeGraph
+from ..model.node import Node
+from ..model.snapshot import Snapshot
+from .execute import execute
+from .output import PipelineResult
+from .scheduler import choose_backend
+
+__all__ = ["Pipeline"]
+
+_IGNORED_PYPIPER_OPTIONS = ("exec_name",)
+
+
+def _check_positive_int(what: str, value: Any, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise NodeTypeError(f"Pipeline: {what} must be an int >= 1 or None, not {type(value).__name__} {value!r}.")
+    if value < 1:
+        raise OptionError(f"Pipeline: {what} must be an int >= 1 or None, not {value!r}.")
+
+
+class Pipeline:
+    """A pyPiper pipeline, run on Dask.
+
+    Building one runs nothing; :meth:`run` compiles the graph into tasks and
+    runs them.
+
+    Parameters
+    ----------
+    graph : NodeGraph or Node
+        The nodes, rooted at the source. The pipeline keeps a snapshot: later
+        changes to the graph or its nodes do not change it.
+    n_threads : int, optional
+        ``1``: run in the calling process. ``N > 1``: start a local cluster of N
+        single-threaded worker processes for each run. Not given: the active
+        default ``distributed`` client if there is one, else the calling process.
+    quiet : bool
+        Don't print the leaves' items.
+    client : distributed.Client or str, optional
+        Run on this cluster (a client, or a scheduler address such as
+        ``"tcp://127.0.0.1:8786"``); takes precedence over ``n_threads``.
+    partition_size : int, optional
+        Source items per partition; chosen automatically when not given.
+        Output never depends on it.
+
+    Examples
+    --------
+    >>> class Gen(Node):
+    ...     def setup(self, size):
+    ...         self.pos = 0
+    ...     def run(self, data):
+    ...         if self.pos < self.size:
+    ...             self.emit(self.pos)
+    ...             self.pos += 1
+    ...         else:
+    ...             self.close()
+    >>> class Square(Node):
+    ...     def run(self, data):
+    ...         self.emit(data ** 2)
+    >>> pipeline = Pipeline(Gen("gen", size=4) | Square("square"), n_threads=1)
+    >>> result = pipeline.run()
+    0
+    1
+    4
+    9
+    >>> result["square"]
+    [0, 1, 4, 9]
+    """
+
+    def __init__(self, graph: NodeGraph | Node, n_threads: int | None = None, quiet: bool = False, *,
+                 client: Any = None, partition_size: int | None = None, **kwargs: Any) -> None:
+        for name in _IGNORED_PYPIPER_OPTIONS:
+            kwargs.pop(name, None)
+        if kwargs:
+            raise NodeTypeError(f"Pipeline() got unexpected keyword argument(s) {sorted(kwargs)!r}.")
+        if isinstance(graph, Node):
+            graph = NodeGraph(graph)
+        if not isinstance(graph, NodeGraph):
+            raise NodeTypeError(f"Pipeline() takes a NodeGraph or a Node, not {type(graph).__name__} {graph!r}.")
+        _check_positive_int("n_threads", n_threads)
+        _check_positive_int("partition_size", partition_size)
+        if client is not None and not isinstance(client, str) and not hasattr(client, "submit"):
+            raise NodeTypeError(
+                f"Pipeline: client must be a distributed.Client or a scheduler address string, not "
+                f"{type(client).__name__} {client!r}."
+            )
+        self.n_threads = n_threads
+        self.quiet = quiet
+        self.client = client
+        self.partition_size = partition_size
+        self._snapshot = Snapshot.from_graph(graph)
+        # The caller's objects, to hand back final state after a run (as pyPiper does).
+        self._originals = {n.name: n for n in graph}
+
+    @cached_property
+    def plan(self) -> Plan:
+        """The compiled plan (compiled on first use)."""
+        return compile_plan(self._snapshot)
+
+    def run(self, update_callback: Callable[[int, int | None], None] | None = None,
+            collect: bool = True) -> PipelineResult:
+        """Run the pipeline and return each leaf's items.
+
+        Parameters
+        ----------
+        update_callback : callable, optional
+            Called as ``update_callback(done, total)``: source items fully
+            processed so far, and the source's ``size`` (or ``None``).
+        collect : bool
+            Keep the leaves' items in the result; ``False`` keeps only counts.
+        """
+        backend = choose_backend(self.n_threads, self.client)
+        with backend:
+            result, source, states = execute(
+                self.plan, backend, quiet=self.quiet, collect=collect,
+                partition_size=self.partition_size, callback=update_callback,
+            )
+        _adopt(self._originals[self._snapshot.root], source)
+        for name, blob in states.items():
+            _adopt(self._originals[name], cloudpickle.loads(blob))
+        return result
+
+    def __repr__(self) -> str:
+        snap = self._snapshot
+        return f"<Pipeline {snap.root!r}: {len(snap.order)} nodes, {len(self.plan.stages)} stages>"
+
+    def __str__(self) -> str:
+        snap = self._snapshot
+        lines = [f"Pipeline of {len(snap.order)} nodes, {self._where()}", "Graph:"]
+
+        def tree(name: str, prefix: str, last: bool, top: bool) -> None:
+            info = snap.info[name]
+            notes = []
+            if info.batch_size == Node.BATCH_SIZE_ALL:
+                notes.append("batch=ALL")
+            elif info.batch_size != 1:
+                notes.append(f"batch={info.batch_size}")
+            if not info.stateless:
+                notes.append("stateful")
+            if info.in_streams != "*" or info.out_streams != "*":
+                notes.append(f"streams {_streams(info.in_streams)} -> {_streams(info.out_streams)}")
+            label = f"{name} ({info.cls}{', ' if notes else ''}{', '.join(notes)})"
+            lines.append(("  " if top else prefix + ("└─ " if last else "├─ ")) + label)
+            kids = snap.children[name]
+            inner = "  " if top else prefix + ("   " if last else "│  ")
+            for i, kid in enumerate(kids):
+                tree(kid, inner, i == len(kids) - 1, False)
+
+        tree(snap.root, "", True, True)
+        lines.append("Plan:")
+        lines += self.plan.describe()
+        return "\n".join(lines)
+
+    def _where(self) -> str:
+        if isinstance(self.client, str):
+            return f"runs on the cluster at {self.client}"
+        if self.client is not None:
+            return "runs on the given client's cluster"
+        if self.n_threads and self.n_threads > 1:
+            return f"runs on a local cluster of {self.n_threads} worker processes"
+        if self.n_threads == 1:
+            return "runs in the calling process"
+        return "runs on the default Dask client if one is active, else in the calling process"
+
+
+def _streams(streams: Any) -> str:
+    return "*" if streams == "*" else "[" + ", ".join(streams) + "]"
+
+
+def _adopt(original: Node, final: Node) -> None:
+    """Give the caller's node object the state its copy ended the run with."""
+    state = {k: v for k, v in vars(final).items() if k not in ("emit", "close")}
+    original.__dict__.clear()
+    original.__dict__.update(state)

@@ -1,0 +1,51 @@
+"""The one place that decides where a run executes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .backends import DistributedBackend, InProcessBackend
+
+__all__ = ["choose_backend"]
+
+
+def _default_client() -> Any:
+    """The active default ``distributed`` client, without importing distributed for it."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def choose_backend(n_threads: int | None, client: Any) -> InProcessBackend | DistributedBackend:
+    """Pick where a run executes, in this order.
+
+    1. ``client=`` (a ``distributed.Client`` or a scheduler address) → that cluster;
+    2. ``n_threads > 1`` → a ``LocalCluster`` of that many worker processes for the run;
+    3. ``n_threads == 1`` → the calling process;
+    4. neither given → the default ``distributed`` client if one is active
+       (a notebook that made a ``Client`` for the dashboard), else the calling process.
+
+    Examples
+    --------
+    >>> type(choose_backend(1, None)).__name__
+    'InProcessBackend'
+    >>> choose_backend(4, None).n_workers_wanted
+    4
+    """
+    if isinstance(client, str):
+        return DistributedBackend(address=client)
+    if client is not None:
+        return DistributedBackend(client=client)
+    if n_threads is not None and n_threads > 1:
+        return DistributedBackend(n_workers=n_threads)
+    if n_threads is None:
+        default = _default_client()
+        if default is not None:
+            return DistributedBackend(client=default)
+    return InProcessBackend()

@@ -1,0 +1,549 @@
+"""Worker-side functions: what one task runs.
+
+Everything here is pickled to other processes, so it is plain top-level
+functions and small classes, and it imports no client code.
+
+A task runs one *stage* of the compiled plan over one *partition* of items:
+
+* :func:`run_fused` drives a fused group of stateless ``batch_size=1`` nodes
+  (a chain, or a subtree with fan-out) item by item, depth first, exactly as a
+  sequential run would, and writes what comes out into sinks: a leaf's
+  outputs, or the items crossing into a sequential stage below.
+* :func:`run_seq` / :func:`run_flush` feed one stateful, batched or
+  ``BATCH_SIZE_ALL`` node held by a :class:`SeqHolder` (on a Dask actor, or
+  in the caller), one partition after another.
+
+Each task also records an ordering *log* (which sink each output went to,
+what was printed and where, where a node closed) so the caller can splice the
+outputs of different stages back into the sequential order.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from typing import Any
+
+import cloudpickle
+
+from .errors import short_repr
+from .model.streams import edge_selector
+
+__all__ = [
+    "END",
+    "Chunk",
+    "Closed",
+    "FusedSpec",
+    "NodeFailure",
+    "Printed",
+    "SegmentResult",
+    "SeqHolder",
+    "SeqSpec",
+    "final_state",
+    "run_flush",
+    "run_fused",
+    "run_seq",
+]
+
+#: Log entry: the end of one input item's events.
+END = None
+
+
+class Printed:
+    """Log entry: text a node printed."""
+
+    __slots__ = ("node", "text")
+
+    def __init__(self, node: str, text: str) -> None:
+        self.node = node
+        self.text = text
+
+    def __reduce__(self):
+        return (Printed, (self.node, self.text))
+
+
+class Closed:
+    """Log entry: the node called ``close()`` here."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
+    def __reduce__(self):
+        return (Closed, (self.node,))
+
+
+class Chunk:
+    """A partition of source items, sent as one object.
+
+    Never a bare list: distributed serializes a plain list element by element.
+    ``prints`` maps an item's position to what the source printed before it.
+    """
+
+    __slots__ = ("items", "prints")
+
+    def __init__(self, items: list, prints: dict[int, str] | None = None) -> None:
+        self.items = items
+        self.prints = prints or {}
+
+    def __reduce__(self):
+        return (Chunk, (self.items, self.prints))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class SegmentResult:
+    """What one stage task produced for one partition.
+
+    ``outs[s]`` holds the values that went to sink ``s`` in order. ``log`` is
+    the ordering log (sink ids, :class:`Printed`, :class:`Closed`, ``END``);
+    a stage with a single sink keeps ``log=None`` and records only ``marks``,
+    ``(position in outs[0], entry)`` pairs, so its hot loop appends nothing extra.
+    """
+
+    __slots__ = ("outs", "log", "marks", "closed", "cross_closed", "printed", "n_in", "seconds")
+
+    def __init__(self, n_sinks: int, ordered: bool = True) -> None:
+        self.outs: list[list] = [[] for _ in range(n_sinks)]
+        self.log: list | None = [] if ordered else None
+        self.marks: list[tuple[int, Any]] = []
+        self.closed: list[str] = []
+        self.cross_closed: set[int] = set()
+        self.printed = False
+        self.n_in = 0
+        self.seconds = 0.0
+
+    def __reduce__(self):
+        return (_rebuild_result, (self.outs, self.log, self.marks, self.closed, self.cross_closed,
+                                  self.printed, self.n_in, self.seconds))
+
+    def __repr__(self) -> str:
+        return f"<SegmentResult {self.n_in} in, {[len(o) for o in self.outs]} out>"
+
+
+def _rebuild_result(outs, log, marks, closed, cross_closed, printed, n_in, seconds) -> SegmentResult:
+    res = SegmentResult(0)
+    res.outs, res.log, res.marks, res.closed = outs, log, marks, closed
+    res.cross_closed, res.printed, res.n_in, res.seconds = cross_closed, printed, n_in, seconds
+    return res
+
+
+class NodeFailure(Exception):
+    """A node's ``run`` raised on a worker; carries what the caller reports."""
+
+    def __init__(self, node: str, item: str, error: BaseException | None, tb: str) -> None:
+        super().__init__(node, item, error, tb)
+        self.node, self.item, self.error, self.tb = node, item, error, tb
+
+    def __str__(self) -> str:
+        return f"node {self.node!r} failed on {self.item}: {self.error!r}"
+
+
+def _failure(node: str, data: Any, exc: BaseException) -> NodeFailure:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        cloudpickle.loads(cloudpickle.dumps(exc))
+    except Exception:
+        exc = RuntimeError(f"{type(exc).__name__}: {exc}")  # unpicklable: keep its text
+    return NodeFailure(node, short_repr(data), exc, tb)
+
+
+# -- stdout capture -------------------------------------------------------------------
+
+_local = threading.local()
+
+
+class _Dispatch(io.TextIOBase):
+    """``sys.stdout`` stand-in: the running task's capture, else the real stream.
+
+    Installed once per process; capture is per thread, so tasks on a worker
+    with several threads never see each other's prints.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def write(self, text: str) -> int:
+        target = getattr(_local, "capture", None)
+        if target is None:
+            return self.real.write(text)
+        target(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if getattr(_local, "capture", None) is None:
+            self.real.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+_install_lock = threading.Lock()
+
+
+class capture_stdout:
+    """Send this thread's prints to ``record(text)`` for the ``with`` block."""
+
+    def __init__(self, record: Any) -> None:
+        self.record = record
+
+    def __enter__(self) -> None:
+        if not isinstance(sys.stdout, _Dispatch):
+            with _install_lock:
+                if not isinstance(sys.stdout, _Dispatch):
+                    sys.stdout = _Dispatch(sys.stdout)
+        self.saved = getattr(_local, "capture", None)
+        _local.capture = self.record
+
+    def __exit__(self, *exc: Any) -> None:
+        _local.capture = self.saved
+
+
+def _recorder(res: SegmentResult, current: list) -> Any:
+    """A ``record(text)`` that logs prints at their place in ``res``."""
+    if res.log is not None:
+        log = res.log
+
+        def record(text: str) -> None:
+            res.printed = True
+            last = log[-1] if log else None
+            if type(last) is Printed and last.node == current[0]:
+                last.text += text  # print() writes text and "\n" separately
+            else:
+                log.append(Printed(current[0], text))
+    else:
+        marks, out = res.marks, res.outs[0]
+
+        def record(text: str) -> None:
+            res.printed = True
+            pos = len(out)
+            if marks and marks[-1][0] == pos and type(marks[-1][1]) is Printed and marks[-1][1].node == current[0]:
+                marks[-1][1].text += text
+            else:
+                marks.append((pos, Printed(current[0], text)))
+
+    return record
+
+
+def _mark(res: SegmentResult, entry: Any) -> None:
+    if res.log is not None:
+        res.log.append(entry)
+    else:
+        res.marks.append((len(res.outs[0]), entry))
+
+
+# -- fused stages ---------------------------------------------------------------------
+
+
+class FusedSpec:
+    """A fused stage as the compiler describes it.
+
+    ``edges`` are the edges leaving the stage's input (the source's or a
+    sequential node's output): ``(parent_out, child_in, parent, child, target)``,
+    with ``target`` either ``("node", name, leaf_sink_or_None, child_edges)`` or
+    ``("sink", sink_id)`` for an item leaving the stage.
+    """
+
+    def __init__(self, token: str, name: str, blobs: dict[str, bytes], edges: tuple, n_sinks: int,
+                 ends: bool, under: dict[str, frozenset[int]], source: str) -> None:
+        self.token, self.name, self.blobs, self.edges = token, name, blobs, edges
+        self.n_sinks, self.ends, self.under, self.source = n_sinks, ends, under, source
+        self.single = n_sinks == 1 and not ends
+
+    def __repr__(self) -> str:
+        return f"<FusedSpec {self.name}>"
+
+
+# Node instances of a fused stage, per (stage token, thread): a stateless
+# node's snapshot is unpickled once per worker thread and run, not once per task.
+_instances: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+
+
+def _nodes_for(spec: FusedSpec) -> dict[str, Any]:
+    key = (spec.token, threading.get_ident())
+    nodes = _instances.get(key)
+    if nodes is None:
+        nodes = {name: cloudpickle.loads(blob) for name, blob in spec.blobs.items()}
+        _instances[key] = nodes
+        while len(_instances) > 32:
+            _instances.popitem(last=False)
+    return nodes
+
+
+def _build(spec: FusedSpec, nodes: dict[str, Any], res: SegmentResult, current: list) -> Any:
+    """Compose the push functions of a fused stage; returns the input's push."""
+    single = spec.single
+    outs, log = res.outs, res.log
+
+    def deliver(edge: tuple) -> Any:
+        parent_out, child_in, parent, child, target = edge
+        push = build_target(target)
+        select = edge_selector(parent_out, child_in, parent, child)
+        if select is None:
+            return push
+
+        def selected(value: Any) -> None:
+            for part in select(value):
+                push(part)
+
+        return selected
+
+    def build_target(target: tuple) -> Any:
+        if target[0] == "sink":
+            sid = target[1]
+            out = outs[sid]
+            if single:
+                return out.append
+
+            def to_sink(value: Any) -> None:
+                out.append(value)
+                log.append(sid)
+
+            return to_sink
+        _, name, leaf_sink, child_edges = target
+        return build_node(name, leaf_sink, [deliver(e) for e in child_edges])
+
+    def build_node(name: str, leaf_sink: int | None, kids: list) -> Any:
+        node = nodes[name]
+        buf: list = []
+        node.emit = buf.append
+        run = node.run
+        closed = False
+
+        def close() -> None:
+            nonlocal closed
+            closed = True
+
+        node.close = close
+
+        def report() -> None:
+            _mark(res, Closed(name))
+            res.closed.append(name)
+            res.cross_closed.update(spec.under[name])
+
+        if leaf_sink is not None:
+            out = outs[leaf_sink]
+
+            def forward() -> None:
+                out.extend(buf)
+                if not single:
+                    log.extend([leaf_sink] * len(buf))
+                buf.clear()
+        elif len(kids) == 1:
+            kid = kids[0]
+
+            def forward() -> None:
+                for value in buf:
+                    kid(value)
+                buf.clear()
+        else:
+
+            def forward() -> None:
+                for value in buf:
+                    for kid in kids:
+                        kid(value)
+                buf.clear()
+
+        def push(data: Any) -> None:
+            if closed:
+                return
+            current[0] = name
+            try:
+                run(data)
+            except Exception as exc:
+                raise _failure(name, data, exc) from exc
+            if buf:
+                forward()
+            if closed:
+                report()
+
+        return push
+
+    pushes = [deliver(edge) for edge in spec.edges]
+    if len(pushes) == 1:
+        return pushes[0]
+
+    def fan_out(value: Any) -> None:
+        for push in pushes:
+            push(value)
+
+    return fan_out
+
+
+def run_fused(spec: FusedSpec, upstream: Any, sink: int | None = None) -> SegmentResult:
+    """Run a fused stage over one partition.
+
+    ``upstream`` is a :class:`Chunk` of source items, or the
+    :class:`SegmentResult` of the sequential stage above, whose sink ``sink``
+    holds this stage's input.
+    """
+    items, prints = _input(upstream, sink)
+    res = SegmentResult(spec.n_sinks, ordered=not spec.single)
+    current = [spec.source]
+    push = _build(spec, _nodes_for(spec), res, current)
+    record = _recorder(res, current)
+    log = res.log
+    start = time.perf_counter()
+    with capture_stdout(record):
+        if prints:
+            for i, value in enumerate(items):
+                if i in prints:
+                    current[0] = spec.source
+                    record(prints[i])
+                push(value)
+                if spec.ends:
+                    log.append(END)
+            if len(items) in prints:
+                current[0] = spec.source
+                record(prints[len(items)])
+        elif spec.ends:
+            for value in items:
+                push(value)
+                log.append(END)
+        else:
+            for value in items:
+                push(value)
+    res.seconds = time.perf_counter() - start
+    res.n_in = len(items)
+    return res
+
+
+def _input(upstream: Any, sink: int | None) -> tuple[list, dict]:
+    if isinstance(upstream, Chunk):
+        return upstream.items, upstream.prints
+    return upstream.outs[sink], {}
+
+
+# -- sequential stages ----------------------------------------------------------------
+
+
+class SeqSpec:
+    """A stateful, batched or ``BATCH_SIZE_ALL`` node as the compiler describes it."""
+
+    def __init__(self, name: str, blob: bytes, batch_size: int | float) -> None:
+        self.name, self.blob, self.batch_size = name, blob, batch_size
+
+    def __repr__(self) -> str:
+        return f"<SeqSpec {self.name}>"
+
+
+class SeqHolder:
+    """Holds one sequential node and feeds it partition after partition.
+
+    On a cluster it lives on a Dask actor; in the caller it is a plain object.
+    Its single sink (0) receives the node's outputs.
+    """
+
+    def __init__(self, spec: SeqSpec) -> None:
+        self.name = spec.name
+        self.batch_size = spec.batch_size
+        self.node = cloudpickle.loads(spec.blob)
+        self.pending: list = []
+        self.closed = False  # the node called close()
+        self.upstream_closed = False  # a node above it closed: no more input
+        self._buf: list = []
+        self._bind()
+
+    def _bind(self) -> None:
+        def close() -> None:
+            self.closed = True
+
+        self.node.emit = self._buf.append
+        self.node.close = close
+
+    def _call(self, data: Any, res: SegmentResult) -> None:
+        was_closed = self.closed
+        try:
+            self.node.run(data)
+        except Exception as exc:
+            raise _failure(self.name, data, exc) from exc
+        buf = self._buf
+        if buf:
+            res.outs[0].extend(buf)
+            res.log.extend([0] * len(buf))
+            buf.clear()
+        if self.closed and not was_closed:
+            res.log.append(Closed(self.name))
+            res.closed.append(self.name)
+
+    def process(self, items: list, upstream_closed: bool = False) -> SegmentResult:
+        """Feed one partition's items; log an ``END`` after each."""
+        res = SegmentResult(1)
+        if self.upstream_closed or self.closed:
+            return res  # the caller skips these items too
+        current = [self.name]
+        log, pending, k = res.log, self.pending, self.batch_size
+        start = time.perf_counter()
+        with capture_stdout(_recorder(res, current)):
+            for value in items:
+                if not self.closed:
+                    if k == 1:
+                        self._call(value, res)
+                    else:
+                        pending.append(value)
+                        if len(pending) == k:
+                            batch = tuple(pending)
+                            pending.clear()
+                            self._call(batch, res)
+                log.append(END)
+                if self.closed:
+                    break
+        if upstream_closed:
+            self.upstream_closed = True
+        res.seconds = time.perf_counter() - start
+        res.n_in = len(items)
+        return res
+
+    def flush(self) -> SegmentResult:
+        """The input has ended: run what is still pending (the last batch)."""
+        res = SegmentResult(1)
+        if self.pending and not self.closed:
+            data = list(self.pending) if self.batch_size == float("inf") else tuple(self.pending)
+            self.pending.clear()
+            with capture_stdout(_recorder(res, [self.name])):
+                self._call(data, res)
+        res.log.append(END)
+        return res
+
+    def state(self) -> bytes:
+        """The node as it is now, pickled without the engine's bindings."""
+        for attr in ("emit", "close"):
+            self.node.__dict__.pop(attr, None)
+        try:
+            return cloudpickle.dumps(self.node)
+        finally:
+            self._bind()
+
+
+def _holder(ref: Any) -> SeqHolder:
+    """The holder itself: passed directly in the caller, or the actor's instance."""
+    if isinstance(ref, SeqHolder):
+        return ref
+    from distributed import get_worker
+
+    return get_worker().state.actors[ref.key]
+
+
+def run_seq(ref: Any, upstream: SegmentResult, sink: int, *after: Any) -> SegmentResult:
+    """Feed one partition to a sequential stage.
+
+    ``after`` is the previous partition's task of the same stage: a dependency
+    only, so the stage sees partitions in order.
+    """
+    return _holder(ref).process(upstream.outs[sink], sink in upstream.cross_closed)
+
+
+def run_flush(ref: Any, *after: Any) -> SegmentResult:
+    """End a sequential stage's input (see :meth:`SeqHolder.flush`)."""
+    return _holder(ref).flush()
+
+
+def final_state(ref: Any, *after: Any) -> bytes:
+    """The sequential node's final state, pickled."""
+    return _holder(ref).state()
