@@ -10,12 +10,12 @@ from __future__ import annotations
 import reprlib
 
 __all__ = [
-    "PipelineError",
     "GraphError",
-    "StreamError",
-    "OptionError",
-    "NodeTypeError",
     "NodeError",
+    "NodeTypeError",
+    "OptionError",
+    "PipelineError",
+    "StreamError",
     "short_repr",
 ]
 

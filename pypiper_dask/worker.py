@@ -26,6 +26,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
+from functools import partial
 from typing import Any
 
 import cloudpickle
@@ -83,16 +84,19 @@ class Chunk:
 
     Never a bare list: distributed serializes a plain list element by element.
     ``prints`` maps an item's position to what the source printed before it.
+    ``calls`` holds the positions after which a source call ended, when a call
+    emitted other than exactly one item (``None``: after every item).
     """
 
-    __slots__ = ("items", "prints")
+    __slots__ = ("calls", "items", "prints")
 
-    def __init__(self, items: list, prints: dict[int, str] | None = None) -> None:
+    def __init__(self, items: list, prints: dict[int, str] | None = None, calls: set[int] | None = None) -> None:
         self.items = items
         self.prints = prints or {}
+        self.calls = calls
 
     def __reduce__(self):
-        return (Chunk, (self.items, self.prints))
+        return (Chunk, (self.items, self.prints, self.calls))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -251,10 +255,13 @@ class FusedSpec:
     """
 
     def __init__(self, token: str, name: str, blobs: dict[str, bytes], edges: tuple, n_sinks: int,
-                 ends: bool, under: dict[str, frozenset[int]], source: str) -> None:
+                 ends: bool, under: dict[str, frozenset[int]], source: str, leaf_out: bool) -> None:
         self.token, self.name, self.blobs, self.edges = token, name, blobs, edges
-        self.n_sinks, self.ends, self.under, self.source = n_sinks, ends, under, source
+        self.n_sinks, self.under, self.source = n_sinks, under, source
+        # One sink and no need to splice per input item: outputs need no log.
         self.single = n_sinks == 1 and not ends
+        # Its one sink is a leaf's output: the caller needs item ends only after a close.
+        self.leaf_out = leaf_out
 
     def __repr__(self) -> str:
         return f"<FusedSpec {self.name}>"
@@ -381,43 +388,55 @@ def run_fused(spec: FusedSpec, upstream: Any, sink: int | None = None) -> Segmen
 
     ``upstream`` is a :class:`Chunk` of source items, or the
     :class:`SegmentResult` of the sequential stage above, whose sink ``sink``
-    holds this stage's input.
+    holds this stage's input. An ``END`` follows each input item's events,
+    except where the caller cannot need it: a single-sink stage feeding a leaf
+    marks ends only after a node in it closed.
     """
-    items, prints = _input(upstream, sink)
+    items, prints, calls = _input(upstream, sink)
     res = SegmentResult(spec.n_sinks, ordered=not spec.single)
     current = [spec.source]
     push = _build(spec, _nodes_for(spec), res, current)
     record = _recorder(res, current)
-    log = res.log
+    closed = res.closed
+    if spec.single:
+        marks, out = res.marks, res.outs[0]
+
+        def end() -> None:
+            marks.append((len(out), END))
+    else:
+        end = partial(res.log.append, END)
     start = time.perf_counter()
     with capture_stdout(record):
-        if prints:
-            for i, value in enumerate(items):
-                if i in prints:
+        if prints or calls is not None or not (spec.single and spec.leaf_out):
+            for i, value in enumerate(items, 1):
+                if i - 1 in prints:
                     current[0] = spec.source
-                    record(prints[i])
+                    record(prints[i - 1])
                 push(value)
-                if spec.ends:
-                    log.append(END)
+                if calls is None or i in calls:
+                    end()
             if len(items) in prints:
                 current[0] = spec.source
                 record(prints[len(items)])
-        elif spec.ends:
-            for value in items:
+        else:  # the hot loop: nothing but the nodes' own work
+            rest = iter(items)
+            for value in rest:
                 push(value)
-                log.append(END)
-        else:
-            for value in items:
+                if closed:
+                    end()
+                    break
+            for value in rest:
                 push(value)
+                end()
     res.seconds = time.perf_counter() - start
     res.n_in = len(items)
     return res
 
 
-def _input(upstream: Any, sink: int | None) -> tuple[list, dict]:
+def _input(upstream: Any, sink: int | None) -> tuple[list, dict, set | None]:
     if isinstance(upstream, Chunk):
-        return upstream.items, upstream.prints
-    return upstream.outs[sink], {}
+        return upstream.items, upstream.prints, upstream.calls
+    return upstream.outs[sink], {}, None
 
 
 # -- sequential stages ----------------------------------------------------------------

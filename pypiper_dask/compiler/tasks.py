@@ -108,7 +108,8 @@ def fused_spec(plan: Plan, stage: FusedStage, token: str) -> worker.FusedSpec:
     """What a fused stage's tasks need on the worker."""
     blobs = {n: plan.snapshot.blobs[n] for n in stage.nodes}
     return worker.FusedSpec(f"{token}-{stage.id}", TaskNames.label(stage), blobs, stage.edges,
-                            len(stage.sinks), stage.ends, dict(stage.under), plan.snapshot.root)
+                            len(stage.sinks), stage.ends, dict(stage.under), plan.snapshot.root,
+                            leaf_out=[s.kind for s in stage.sinks] == ["leaf"])
 
 
 def seq_spec(plan: Plan, stage: SeqStage) -> worker.SeqSpec:

@@ -5,9 +5,9 @@ from .node import RESERVED_KEYWORDS, Node, check_batch_size, normalize_streams
 from .streams import edge_selector
 
 __all__ = [
+    "RESERVED_KEYWORDS",
     "Node",
     "NodeGraph",
-    "RESERVED_KEYWORDS",
     "check_batch_size",
     "check_edge",
     "edge_selector",

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import NodeTypeError, OptionError
 
-__all__ = ["Node", "RESERVED_KEYWORDS", "check_batch_size", "normalize_streams"]
+__all__ = ["RESERVED_KEYWORDS", "Node", "check_batch_size", "normalize_streams"]
 
 #: Keywords of ``Node(...)`` the library consumes; they never reach ``setup``.
 RESERVED_KEYWORDS = ("in_streams", "out_streams", "batch_size", "stateless")

@@ -13,7 +13,7 @@ from ..errors import NodeTypeError
 from .graph import NodeGraph
 from .node import Node
 
-__all__ = ["NodeInfo", "Snapshot", "NodePickleError"]
+__all__ = ["NodeInfo", "NodePickleError", "Snapshot"]
 
 
 class NodePickleError(NodeTypeError):

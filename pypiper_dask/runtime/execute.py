@@ -34,6 +34,7 @@ class SourceReader:
         """The next ``n`` or so items (a call may emit several), and what the source printed."""
         items: list = []
         prints: dict[int, str] = {}
+        ends: list[int] = []  # len(items) after each call
         start = 0
 
         def record(text: str) -> None:
@@ -51,7 +52,10 @@ class SourceReader:
                 except Exception as exc:
                     raise NodeError(self.node.name, "None", f"Node {self.node.name!r} (the source) raised "
                                     f"{type(exc).__name__}: {exc} in its call number {self.calls} of run(None).") from exc
-        return Chunk(items, prints)
+                ends.append(len(items))
+        # Item ends matter where every path closes: no call is made after that.
+        one_each = ends == list(range(1, len(items) + 1))
+        return Chunk(items, prints, None if one_each else set(ends))
 
     def unbind(self) -> None:
         for attr in ("emit", "close"):

@@ -105,6 +105,8 @@ class Output:
         """Take the results of one round (every stage at or below ``origin``)."""
         for res in results.values():
             self.seen_closed.update(res.closed)
+        if self._done() and not self.waiting:
+            return  # a sequential run would not have pulled these source items
         if self.waiting or self._needs_flush(results):
             self.waiting.append((origin, results))  # walked once flushes are known
             return
@@ -123,6 +125,8 @@ class Output:
         """Walk what waited for flushes, then every flush not walked at a close."""
         waiting, self.waiting = self.waiting, []
         for origin, results in waiting:
+            if self._done():
+                break
             self._walk_round(origin, results)
         for stage in self.plan.seq_stages:
             if stage.id not in self.flushed and stage.id in self.flush_results:
@@ -155,6 +159,11 @@ class Output:
                 return False
         return True
 
+    def _done(self) -> bool:
+        """Every leaf is below a node closed so far in the walk: a sequential run stops here."""
+        anc = self.plan.ancestors
+        return bool(self.closed) and all(anc[leaf] & self.closed for leaf in self.plan.leaves)
+
     def _blocked(self, node: str) -> bool:
         return bool(self.closed) and not self.closed.isdisjoint(self.plan.ancestors[node])
 
@@ -183,6 +192,8 @@ class Output:
         for event in iters[sid]:
             if event is None:  # END of one input item
                 if whole:
+                    if self._done():
+                        return  # every path closed: a sequential run pulls no more items
                     continue
                 return
             kind = type(event)

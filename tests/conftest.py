@@ -1,0 +1,97 @@
+"""Shared fixtures: real clusters (a LocalCluster, and `dask scheduler`/`dask worker` processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import psutil
+import pytest
+
+from tests import nodes
+
+# Workers (including ones started as separate `dask worker` processes) get the
+# test node classes by value, so they need not import this package.
+cloudpickle.register_pickle_by_value(nodes)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    try:
+        parent = psutil.Process(proc.pid)
+        family = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        p.terminate()
+    _, alive = psutil.wait_procs(family, timeout=10)
+    for p in alive:
+        p.kill()
+
+
+@pytest.fixture(scope="session")
+def local_client():
+    """A 2-worker LocalCluster (single-threaded worker processes) on 127.0.0.1."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=":0") as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def external_cluster(tmp_path_factory):
+    """Real `dask scheduler` and two `dask worker` processes on 127.0.0.1; yields the address."""
+    folder = tmp_path_factory.mktemp("external")
+    sched_file = folder / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs = [subprocess.Popen([*dask, "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
+                               "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=folder)]
+    try:
+        _wait_for(lambda: sched_file.exists() and sched_file.stat().st_size > 0, 30, "the scheduler file")
+        address = json.loads(sched_file.read_text())["address"]
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                 "--nworkers", "1", "--host", "127.0.0.1", "--no-dashboard"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=folder))
+        from distributed import Client
+
+        with Client(address, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            _kill_tree(proc)
+
+
+def dask_processes() -> list[psutil.Process]:
+    """Dask worker/scheduler/nanny processes descended from this test process."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "multiprocessing" in cmd or "dask" in cmd or "distributed" in cmd:
+            found.append(child)
+    return found

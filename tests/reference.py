@@ -1,0 +1,97 @@
+"""A plain sequential interpreter of ``shared/docs/semantics.md``, for differential tests.
+
+It shares nothing with the engine but the model (Node, NodeGraph, streams): it
+calls nodes one item at a time, depth first, and records what a sequential
+run prints and what each leaf emits. The engine, with any partitioning and on
+any cluster, must produce exactly this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import cloudpickle
+
+from pypiper_dask.model import Node, NodeGraph, edge_selector
+
+
+def reference_run(graph: NodeGraph) -> tuple[str, dict[str, list]]:
+    """Return (stdout text, leaf name -> items) of a sequential run on copies of the nodes."""
+    nodes = {n.name: cloudpickle.loads(cloudpickle.dumps(n)) for n in graph}
+    root = graph.root.name
+    kids = {n.name: [c.name for c in graph.children(n)] for n in graph}
+    parent = {c: p for p, cs in kids.items() for c in cs}
+    leaves = [n for n in kids if not kids[n]]
+    out = io.StringIO()
+    values: dict[str, list] = {leaf: [] for leaf in leaves}
+    closed: set[str] = set()
+    ended: set[str] = set()
+    pending: dict[str, list] = {n: [] for n in nodes}
+
+    def ancestors(name: str) -> set[str]:
+        found = {name}
+        while name in parent:
+            name = parent[name]
+            found.add(name)
+        return found
+
+    def exhausted() -> bool:
+        return bool(closed) and all(ancestors(leaf) & closed for leaf in leaves)
+
+    def call(name: str, data: Any) -> None:
+        node = nodes[name]
+        buf: list = []
+        node.emit = buf.append
+
+        def close() -> None:
+            closed.add(name)
+
+        node.close = close
+        was_closed = name in closed
+        with contextlib.redirect_stdout(out):
+            node.run(data)
+        for value in buf:
+            if not kids[name]:
+                values[name].append(value)
+                out.write(f"{value!s}\n")
+            for kid in kids[name]:
+                child = nodes[kid]
+                select = edge_selector(node.out_streams, child.in_streams, name, kid)
+                for part in [value] if select is None else select(value):
+                    push(kid, part)
+        if name in closed and not was_closed and name != root:
+            ended.add(name)
+            for kid in kids[name]:
+                end(kid)
+
+    def push(name: str, data: Any) -> None:
+        if name in closed or name in ended:
+            return
+        size = nodes[name].batch_size
+        if size == 1:
+            call(name, data)
+            return
+        pending[name].append(data)
+        if size != Node.BATCH_SIZE_ALL and len(pending[name]) == size:
+            batch = tuple(pending[name])
+            pending[name].clear()
+            call(name, batch)
+
+    def end(name: str) -> None:
+        if name in ended:
+            return
+        ended.add(name)
+        if name not in closed and pending[name]:
+            batch = pending[name]
+            pending[name] = []
+            call(name, list(batch) if nodes[name].batch_size == Node.BATCH_SIZE_ALL else tuple(batch))
+        for kid in kids[name]:
+            end(kid)
+
+    while root not in closed and not exhausted():
+        call(root, None)
+    for kid in kids[root]:
+        end(kid)
+    return out.getvalue(), values
