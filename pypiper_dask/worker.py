@@ -124,8 +124,10 @@ class SegmentResult:
         self.seconds = 0.0
 
     def __reduce__(self):
-        return (_rebuild_result, (self.outs, self.log, self.marks, self.closed, self.cross_closed,
-                                  self.printed, self.n_in, self.seconds))
+        return (
+            _rebuild_result,
+            (self.outs, self.log, self.marks, self.closed, self.cross_closed, self.printed, self.n_in, self.seconds),
+        )
 
     def __repr__(self) -> str:
         return f"<SegmentResult {self.n_in} in, {[len(o) for o in self.outs]} out>"
@@ -254,8 +256,18 @@ class FusedSpec:
     ``("sink", sink_id)`` for an item leaving the stage.
     """
 
-    def __init__(self, token: str, name: str, blobs: dict[str, bytes], edges: tuple, n_sinks: int,
-                 ends: bool, under: dict[str, frozenset[int]], source: str, leaf_out: bool) -> None:
+    def __init__(
+        self,
+        token: str,
+        name: str,
+        blobs: dict[str, bytes],
+        edges: tuple,
+        n_sinks: int,
+        ends: bool,
+        under: dict[str, frozenset[int]],
+        source: str,
+        leaf_out: bool,
+    ) -> None:
         self.token, self.name, self.blobs, self.edges = token, name, blobs, edges
         self.n_sinks, self.under, self.source = n_sinks, under, source
         # One sink and no need to splice per input item: outputs need no log.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -190,9 +191,10 @@ def test_collect_false_keeps_counts_only():
 def test_update_callback_monotonic_with_total():
     seen = []
     Pipeline(Generate("gen", size=300) | Square("sq"), quiet=True, partition_size=32).run(
-        update_callback=lambda done, total: seen.append((done, total)))
+        update_callback=lambda done, total: seen.append((done, total))
+    )
     assert seen[0] == (0, 300) and seen[-1] == (300, 300)
-    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
     assert len(seen) > 3
 
 
@@ -216,13 +218,15 @@ def test_update_callback_total_none_without_size():
 @pytest.mark.parametrize("partition_size", [1, 2, 5, 64])
 def test_batches_are_exact_across_partitions(partition_size):
     text = check_against_reference(
-        N.Gen("gen", size=23) | N.Batch("b", batch_size=4) | Printer("p"), partition_size=partition_size)
+        N.Gen("gen", size=23) | N.Batch("b", batch_size=4) | Printer("p"), partition_size=partition_size
+    )
     assert text == str([(4, 6), (4, 22), (4, 38), (4, 54), (4, 70), (3, 63)]) + "\n"
 
 
 def test_batch_all_gets_everything_once_after_input_ends():
-    text = check_against_reference(N.Gen("gen", size=10, per_call=3) | N.Batch("all", batch_size=Node.BATCH_SIZE_ALL),
-                                   partition_size=4)
+    text = check_against_reference(
+        N.Gen("gen", size=10, per_call=3) | N.Batch("all", batch_size=Node.BATCH_SIZE_ALL), partition_size=4
+    )
     assert text == "(10, 45)\n"
 
 
@@ -232,8 +236,11 @@ def test_no_call_with_an_empty_batch():
 
 
 def test_named_streams_select_and_reorder():
-    graph = N.Gen("gen", size=4) | N.Split("split", out_streams=["a", "b"]) | [
-        N.Map("first", op="inc", in_streams=["a"]), N.Map("both", op="neg", in_streams=["b", "a"])]
+    graph = (
+        N.Gen("gen", size=4)
+        | N.Split("split", out_streams=["a", "b"])
+        | [N.Map("first", op="inc", in_streams=["a"]), N.Map("both", op="neg", in_streams=["b", "a"])]
+    )
     text = check_against_reference(graph)
     assert text.splitlines()[:3] == ["1", "0", "0"]
 
@@ -259,8 +266,10 @@ def test_fan_out_order_is_depth_first_in_written_order():
 
 
 def test_stateless_close_discards_later_partitions_and_flushes_below():
-    graph = N.Gen("gen", size=100) | [N.CloseAt("stop", limit=7) | N.Batch("all", batch_size=Node.BATCH_SIZE_ALL),
-                                      N.Filter("f", mod=50)]
+    graph = N.Gen("gen", size=100) | [
+        N.CloseAt("stop", limit=7) | N.Batch("all", batch_size=Node.BATCH_SIZE_ALL),
+        N.Filter("f", mod=50),
+    ]
     text = check_against_reference(graph, partition_size=3)
     lines = text.splitlines()
     # The barrier below the closed node runs as soon as item 7 closed its branch,
@@ -270,7 +279,7 @@ def test_stateless_close_discards_later_partitions_and_flushes_below():
 
 def test_close_stops_pulling_the_source_when_every_path_is_closed():
     gen = N.Gen("gen", size=10**9)
-    text, result = run_text(Pipeline(gen | N.Take("take", n=5) | Square("sq")))
+    _text, result = run_text(Pipeline(gen | N.Take("take", n=5) | Square("sq")))
     assert result["sq"] == [0, 1, 4, 9, 16]
     assert gen.pos < 10**6
 

@@ -110,18 +110,23 @@ class Plan:
         """The plan as lines of text, one per stage."""
         root = self.snapshot.root
         size = self.snapshot.info[root].size
-        lines = [f"  source  {root}: runs in the caller, items cut into partitions"
-                 + (f" (size={size})" if isinstance(size, int) else "")]
+        lines = [
+            f"  source  {root}: runs in the caller, items cut into partitions"
+            + (f" (size={size})" if isinstance(size, int) else "")
+        ]
         for stage in self.stages:
             if stage.kind == "fused":
                 what = " -> ".join(stage.nodes) if stage.nodes else "(routing only)"
                 crossing = [s.node for s in stage.sinks if s.kind == "cross"]
                 note = f"; hands items to {', '.join(crossing)}" if crossing else ""
-                lines.append(f"  stage {stage.id}  {what}: fused stateless, one task per partition, "
-                             f"reads {stage.above}{note}")
+                lines.append(
+                    f"  stage {stage.id}  {what}: fused stateless, one task per partition, reads {stage.above}{note}"
+                )
             else:
-                lines.append(f"  stage {stage.id}  {stage.node}: sequential ({stage.role}), "
-                             "one holder fed partition after partition")
+                lines.append(
+                    f"  stage {stage.id}  {stage.node}: sequential ({stage.role}), "
+                    "one holder fed partition after partition"
+                )
         return lines
 
 
@@ -170,8 +175,9 @@ def compile_plan(snap: Snapshot) -> Plan:
         else:  # the source alone: its items are the output
             sinks.append(Sink("leaf", above, None))
             edges = (("*", "*", above, above, ("sink", 0)),)
-        stages[sid] = FusedStage(sid, above, tuple(nodes), edges, tuple(sinks),
-                                 ends=above != snap.root, under=MappingProxyType(under))
+        stages[sid] = FusedStage(
+            sid, above, tuple(nodes), edges, tuple(sinks), ends=above != snap.root, under=MappingProxyType(under)
+        )
         return sid
 
     def sequential(name: str) -> int:
@@ -198,5 +204,10 @@ def compile_plan(snap: Snapshot) -> Plan:
 
     walk(snap.root, frozenset())
     leaves = tuple(n for n in snap.order if not children[n])
-    return Plan(snap, tuple(stages), leaves, MappingProxyType(ancestors),
-                MappingProxyType({k: tuple(v) for k, v in seq_under.items()}))
+    return Plan(
+        snap,
+        tuple(stages),
+        leaves,
+        MappingProxyType(ancestors),
+        MappingProxyType({k: tuple(v) for k, v in seq_under.items()}),
+    )

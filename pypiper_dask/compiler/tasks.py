@@ -76,7 +76,9 @@ class TaskNames:
         return (self.prefix[stage], index)
 
 
-def round_tasks(plan: Plan, names: TaskNames, index: int, origin: int, chunk: worker.Chunk | None = None) -> list[TaskSpec]:
+def round_tasks(
+    plan: Plan, names: TaskNames, index: int, origin: int, chunk: worker.Chunk | None = None
+) -> list[TaskSpec]:
     """The tasks of one round, parents before children.
 
     A round is a partition of source items fed to the top stage (``chunk``),
@@ -107,9 +109,17 @@ def round_tasks(plan: Plan, names: TaskNames, index: int, origin: int, chunk: wo
 def fused_spec(plan: Plan, stage: FusedStage, token: str) -> worker.FusedSpec:
     """What a fused stage's tasks need on the worker."""
     blobs = {n: plan.snapshot.blobs[n] for n in stage.nodes}
-    return worker.FusedSpec(f"{token}-{stage.id}", TaskNames.label(stage), blobs, stage.edges,
-                            len(stage.sinks), stage.ends, dict(stage.under), plan.snapshot.root,
-                            leaf_out=[s.kind for s in stage.sinks] == ["leaf"])
+    return worker.FusedSpec(
+        f"{token}-{stage.id}",
+        TaskNames.label(stage),
+        blobs,
+        stage.edges,
+        len(stage.sinks),
+        stage.ends,
+        dict(stage.under),
+        plan.snapshot.root,
+        leaf_out=[s.kind for s in stage.sinks] == ["leaf"],
+    )
 
 
 def seq_spec(plan: Plan, stage: SeqStage) -> worker.SeqSpec:

@@ -19,10 +19,10 @@ def check_edge(parent: Node, child: Node) -> None:
     >>> class N(Node):
     ...     def run(self, data):
     ...         pass
-    >>> check_edge(N("a", out_streams=["x"]), N("b", in_streams=["y"]))
+    >>> check_edge(N("a", out_streams=["x"]), N("b", in_streams=["y"]))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    pypiper_dask.errors.StreamError: Node 'b' reads streams ['y'] but its predecessor 'a' writes ['x']; in_streams must be a subset of the predecessor's out_streams.
+    pypiper_dask.errors.StreamError: Node 'b' reads streams ['y'] but its predecessor 'a' writes ['x']; ...
     """
     if parent.out_streams == "*" or child.in_streams == "*":
         if child.in_streams == "*" and parent.out_streams == []:
@@ -131,10 +131,18 @@ class NodeGraph:
         self.add(self._last_added, other)
         return self
 
+    def __eq__(self, other: object) -> bool:
+        """Same nodes in the same tree (pyPiper compares graphs this way)."""
+        if not isinstance(other, NodeGraph):
+            return NotImplemented
+        return self._graph == other._graph and self._root is other._root
+
+    __hash__ = None  # mutable, like a list
+
     def __str__(self) -> str:
         lines = ["Graph<"]
         lines += [f"\t{n} -> [{','.join(map(str, kids))}]" for n, kids in self._graph.items() if kids]
-        return "\n".join(lines + [">"])
+        return "\n".join([*lines, ">"])
 
     def __repr__(self) -> str:
         return f"<NodeGraph {self._root.name!r}: {len(self)} nodes>"

@@ -32,8 +32,7 @@ def normalize_streams(node_name: str, what: str, streams: Any) -> str | list[str
     if isinstance(streams, (list, tuple)) and all(isinstance(s, str) for s in streams):
         return list(streams)
     raise NodeTypeError(
-        f"Node {node_name!r}: {what} must be '*', a stream name or a list of stream "
-        f"names, not {streams!r}."
+        f"Node {node_name!r}: {what} must be '*', a stream name or a list of stream names, not {streams!r}."
     )
 
 
@@ -54,8 +53,7 @@ def check_batch_size(node_name: str, batch_size: Any) -> int | float:
         return Node.BATCH_SIZE_ALL
     if not isinstance(batch_size, numbers.Number):
         raise NodeTypeError(
-            f"Node {node_name!r}: batch_size must be {expected}, not "
-            f"{type(batch_size).__name__} {batch_size!r}."
+            f"Node {node_name!r}: batch_size must be {expected}, not {type(batch_size).__name__} {batch_size!r}."
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise OptionError(f"Node {node_name!r}: batch_size must be {expected}, not {batch_size!r}.")
@@ -110,7 +108,7 @@ class Node(abc.ABC):
         if not isinstance(self.stateless, bool):
             raise NodeTypeError(f"Node {name!r}: stateless must be True or False, not {self.stateless!r}.")
 
-    def setup(self, **kwargs: Any) -> None:
+    def setup(self, **kwargs: Any) -> None:  # noqa: B027 - optional hook, as in pyPiper
         """Prepare the node; called once by the constructor. Override freely."""
 
     @abc.abstractmethod
@@ -137,7 +135,9 @@ class Node(abc.ABC):
     def __repr__(self) -> str:
         extra = ""
         if self.batch_size != 1:
-            extra += ", batch_size=" + ("Node.BATCH_SIZE_ALL" if self.batch_size == Node.BATCH_SIZE_ALL else str(self.batch_size))
+            extra += ", batch_size=" + (
+                "Node.BATCH_SIZE_ALL" if self.batch_size == Node.BATCH_SIZE_ALL else str(self.batch_size)
+            )
         if not self.stateless:
             extra += ", stateless=False"
         return f"{type(self).__name__}({self.name!r}{extra})"

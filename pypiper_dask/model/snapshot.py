@@ -79,7 +79,10 @@ class Snapshot:
         children = {n.name: tuple(c.name for c in graph.children(n)) for n in nodes}
         info = {
             n.name: NodeInfo(
-                n.name, type(n).__name__, n.batch_size, n.stateless,
+                n.name,
+                type(n).__name__,
+                n.batch_size,
+                n.stateless,
                 n.in_streams if n.in_streams == "*" else tuple(n.in_streams),
                 n.out_streams if n.out_streams == "*" else tuple(n.out_streams),
                 getattr(n, "size", None),

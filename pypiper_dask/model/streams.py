@@ -10,7 +10,9 @@ from ..errors import StreamError
 __all__ = ["edge_selector"]
 
 
-def edge_selector(parent_out: str | list[str], child_in: str | list[str], parent: str, child: str) -> Callable[[Any], list] | None:
+def edge_selector(
+    parent_out: str | list[str], child_in: str | list[str], parent: str, child: str
+) -> Callable[[Any], list] | None:
     """A function turning one emitted value into the items the child receives.
 
     ``None`` means the value passes unchanged (the child reads ``"*"``), which

@@ -52,7 +52,7 @@ class InProcessBackend:
 
         graph = {t.key: Task(t.key, t.func, *map(arg, t.args)) for t in tasks}
         results = get_sync(graph, [t.key for t in tasks])
-        return {t.stage: r for t, r in zip(tasks, results)}
+        return {t.stage: r for t, r in zip(tasks, results, strict=False)}
 
     def gather(self, handle: dict[int, SegmentResult]) -> dict[int, SegmentResult]:
         return handle
@@ -78,8 +78,9 @@ class DistributedBackend:
         on 127.0.0.1 for the run, and close it afterwards.
     """
 
-    def __init__(self, client: Any = None, address: str | None = None, n_workers: int | None = None,
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self, client: Any = None, address: str | None = None, n_workers: int | None = None, timeout: float = 30.0
+    ) -> None:
         self.client = client
         self.address = address
         self.n_workers_wanted = n_workers
@@ -100,18 +101,24 @@ class DistributedBackend:
         try:
             if self.client is None and self.address is None:
                 with _main_not_reimported():
-                    cluster = self._stack.enter_context(LocalCluster(
-                        n_workers=self.n_workers_wanted, threads_per_worker=1, processes=True,
-                        host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                        silence_logs=logging.ERROR,
-                    ))
+                    cluster = self._stack.enter_context(
+                        LocalCluster(
+                            n_workers=self.n_workers_wanted,
+                            threads_per_worker=1,
+                            processes=True,
+                            host="127.0.0.1",
+                            dashboard_address="127.0.0.1:0",
+                            silence_logs=logging.ERROR,
+                        )
+                    )
                 self.client = self._stack.enter_context(Client(cluster, set_as_default=False))
                 link = self.client.dashboard_link
                 if link:
                     print(f"pypiper_dask: dashboard at {link}", file=sys.stderr)
             elif self.client is None:
                 self.client = self._stack.enter_context(
-                    Client(self.address, timeout=self.timeout, set_as_default=False))
+                    Client(self.address, timeout=self.timeout, set_as_default=False)
+                )
         except BaseException:
             self._stack.close()
             raise
@@ -141,8 +148,7 @@ class DistributedBackend:
                 # node crosses the network once per worker per run, not once per task.
                 self.refs[stage.id] = client.scatter(fused_spec(plan, stage, names.token), broadcast=True, hash=False)
             else:
-                future = client.submit(SeqHolder, seq_spec(plan, stage), actor=True,
-                                       key=names.key(stage.id, "actor"))
+                future = client.submit(SeqHolder, seq_spec(plan, stage), actor=True, key=names.key(stage.id, "actor"))
                 self.futures.append(future)
                 actor = future.result()
                 self.refs[stage.id] = actor
@@ -152,8 +158,10 @@ class DistributedBackend:
         by_key: dict[Any, Any] = {}
         out: dict[int, Any] = {}
         for t in tasks:
-            args = [by_key[a.key] if isinstance(a, Ref) else self.refs[a.stage] if isinstance(a, StageRef) else a
-                    for a in t.args]
+            args = [
+                by_key[a.key] if isinstance(a, Ref) else self.refs[a.stage] if isinstance(a, StageRef) else a
+                for a in t.args
+            ]
             options: dict[str, Any] = {}
             if t.sequential:
                 if t.stage in self.last:
@@ -168,7 +176,7 @@ class DistributedBackend:
     def gather(self, handle: dict[int, Any]) -> dict[int, SegmentResult]:
         stages = list(handle)
         results = self.client.gather([handle[s] for s in stages])
-        return dict(zip(stages, results))
+        return dict(zip(stages, results, strict=False))
 
     def cancel(self) -> None:
         pending = [f for f in self.last.values()]
@@ -180,8 +188,15 @@ class DistributedBackend:
         for s in self.plan.seq_stages:
             if not s.stateless:
                 after = [self.last[s.id]] if s.id in self.last else []
-                future = self.client.submit(final_state, self.refs[s.id], *after, key=names.key(s.id, "state"),
-                                            workers=[self.where[s.id]], allow_other_workers=False, pure=False)
+                future = self.client.submit(
+                    final_state,
+                    self.refs[s.id],
+                    *after,
+                    key=names.key(s.id, "state"),
+                    workers=[self.where[s.id]],
+                    allow_other_workers=False,
+                    pure=False,
+                )
                 out[s.node] = future.result()
         return out
 

@@ -50,8 +50,12 @@ class SourceReader:
                 try:
                     run(None)
                 except Exception as exc:
-                    raise NodeError(self.node.name, "None", f"Node {self.node.name!r} (the source) raised "
-                                    f"{type(exc).__name__}: {exc} in its call number {self.calls} of run(None).") from exc
+                    raise NodeError(
+                        self.node.name,
+                        "None",
+                        f"Node {self.node.name!r} (the source) raised "
+                        f"{type(exc).__name__}: {exc} in its call number {self.calls} of run(None).",
+                    ) from exc
                 ends.append(len(items))
         # Item ends matter where every path closes: no call is made after that.
         one_each = ends == list(range(1, len(items) + 1))
@@ -99,15 +103,23 @@ class PartitionSizer:
 
 def _node_error(failure: NodeFailure) -> NodeError:
     err = failure.error
-    error = NodeError(failure.node, failure.item,
-                      f"Node {failure.node!r} raised {type(err).__name__}: {err} on input {failure.item}.")
+    error = NodeError(
+        failure.node, failure.item, f"Node {failure.node!r} raised {type(err).__name__}: {err} on input {failure.item}."
+    )
     error.add_note("Traceback where the node ran:\n" + failure.tb.rstrip())
     error.__cause__ = err
     return error
 
 
-def execute(plan: Plan, backend: Any, *, quiet: bool, collect: bool, partition_size: int | None,
-            callback: Callable[[int, int | None], None] | None) -> tuple[PipelineResult, Node, dict[str, bytes]]:
+def execute(
+    plan: Plan,
+    backend: Any,
+    *,
+    quiet: bool,
+    collect: bool,
+    partition_size: int | None,
+    callback: Callable[[int, int | None], None] | None,
+) -> tuple[PipelineResult, Node, dict[str, bytes]]:
     """Run ``plan`` on an entered backend.
 
     Returns the result, the source node as it ended and the pickled final state

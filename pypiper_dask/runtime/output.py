@@ -154,10 +154,7 @@ class Output:
     def _plain(self, results: dict[int, SegmentResult]) -> bool:
         if self.closed or not (self.quiet or len(self.plan.leaves) == 1):
             return False
-        for res in results.values():
-            if res.closed or res.printed:
-                return False
-        return True
+        return all(not (res.closed or res.printed) for res in results.values())
 
     def _done(self) -> bool:
         """Every leaf is below a node closed so far in the walk: a sequential run stops here."""

@@ -79,8 +79,16 @@ class Pipeline:
     [0, 1, 4, 9]
     """
 
-    def __init__(self, graph: NodeGraph | Node, n_threads: int | None = None, quiet: bool = False, *,
-                 client: Any = None, partition_size: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        graph: NodeGraph | Node,
+        n_threads: int | None = None,
+        quiet: bool = False,
+        *,
+        client: Any = None,
+        partition_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         for name in _IGNORED_PYPIPER_OPTIONS:
             kwargs.pop(name, None)
         if kwargs:
@@ -109,8 +117,9 @@ class Pipeline:
         """The compiled plan (compiled on first use)."""
         return compile_plan(self._snapshot)
 
-    def run(self, update_callback: Callable[[int, int | None], None] | None = None,
-            collect: bool = True) -> PipelineResult:
+    def run(
+        self, update_callback: Callable[[int, int | None], None] | None = None, collect: bool = True
+    ) -> PipelineResult:
         """Run the pipeline and return each leaf's items.
 
         Parameters
@@ -124,8 +133,12 @@ class Pipeline:
         backend = choose_backend(self.n_threads, self.client)
         with backend:
             result, source, states = execute(
-                self.plan, backend, quiet=self.quiet, collect=collect,
-                partition_size=self.partition_size, callback=update_callback,
+                self.plan,
+                backend,
+                quiet=self.quiet,
+                collect=collect,
+                partition_size=self.partition_size,
+                callback=update_callback,
             )
         _adopt(self._originals[self._snapshot.root], source)
         for name, blob in states.items():
