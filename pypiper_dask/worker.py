@@ -267,6 +267,7 @@ class FusedSpec:
         under: dict[str, frozenset[int]],
         source: str,
         leaf_out: bool,
+        breadth_first: bool = False,
     ) -> None:
         self.token, self.name, self.blobs, self.edges = token, name, blobs, edges
         self.n_sinks, self.under, self.source = n_sinks, under, source
@@ -274,6 +275,8 @@ class FusedSpec:
         self.single = n_sinks == 1 and not ends
         # Its one sink is a leaf's output: the caller needs item ends only after a close.
         self.leaf_out = leaf_out
+        # The caller needs no order between sinks: try node-by-node over the partition first.
+        self.breadth_first = breadth_first
 
     def __repr__(self) -> str:
         return f"<FusedSpec {self.name}>"
@@ -395,6 +398,51 @@ def _build(spec: FusedSpec, nodes: dict[str, Any], res: SegmentResult, current: 
     return fan_out
 
 
+def _breadth_first(spec: FusedSpec, nodes: dict[str, Any], items: list) -> SegmentResult | None:
+    """Each node over the whole partition, ``emit`` bound to a list's append.
+
+    Without prints, closes or errors, every sink receives exactly what the
+    depth-first walk would give it, in the same order, with one Python call
+    per item per node fewer. ``None`` means something happened whose place
+    matters: the caller walks the partition depth first instead.
+    """
+    res = SegmentResult(spec.n_sinks, ordered=not spec.single)
+    trouble: list = []
+
+    def close() -> None:
+        trouble.append("close")
+
+    def feed(edges: tuple, values: list) -> None:
+        for parent_out, child_in, parent, child, target in edges:
+            select = edge_selector(parent_out, child_in, parent, child)
+            if select is not None:
+                values = [part for value in values for part in select(value)]
+            if target[0] == "sink":
+                res.outs[target[1]].extend(values)
+                continue
+            _, name, leaf_sink, kids = target
+            node = nodes[name]
+            out: list = []
+            node.emit = out.append
+            node.close = close
+            run = node.run
+            for value in values:
+                run(value)
+            if trouble:
+                return
+            if leaf_sink is not None:
+                res.outs[leaf_sink].extend(out)
+            else:
+                feed(kids, out)
+
+    try:
+        with capture_stdout(trouble.append):
+            feed(spec.edges, items)
+    except Exception:
+        return None  # the depth-first walk raises it, for the item a sequential run fails on
+    return None if trouble else res
+
+
 def run_fused(spec: FusedSpec, upstream: Any, sink: int | None = None) -> SegmentResult:
     """Run a fused stage over one partition.
 
@@ -405,9 +453,17 @@ def run_fused(spec: FusedSpec, upstream: Any, sink: int | None = None) -> Segmen
     marks ends only after a node in it closed.
     """
     items, prints, calls = _input(upstream, sink)
+    nodes = _nodes_for(spec)
+    start = time.perf_counter()
+    if spec.breadth_first and not prints:
+        res = _breadth_first(spec, nodes, items)
+        if res is not None:
+            res.seconds = time.perf_counter() - start
+            res.n_in = len(items)
+            return res
     res = SegmentResult(spec.n_sinks, ordered=not spec.single)
     current = [spec.source]
-    push = _build(spec, _nodes_for(spec), res, current)
+    push = _build(spec, nodes, res, current)
     record = _recorder(res, current)
     closed = res.closed
     if spec.single:
@@ -417,7 +473,6 @@ def run_fused(spec: FusedSpec, upstream: Any, sink: int | None = None) -> Segmen
             marks.append((len(out), END))
     else:
         end = partial(res.log.append, END)
-    start = time.perf_counter()
     with capture_stdout(record):
         if prints or calls is not None or not (spec.single and spec.leaf_out):
             for i, value in enumerate(items, 1):

@@ -106,9 +106,16 @@ def round_tasks(
     return tasks
 
 
-def fused_spec(plan: Plan, stage: FusedStage, token: str) -> worker.FusedSpec:
-    """What a fused stage's tasks need on the worker."""
+def fused_spec(plan: Plan, stage: FusedStage, token: str, quiet: bool = False) -> worker.FusedSpec:
+    """What a fused stage's tasks need on the worker.
+
+    A stage may run breadth first when the caller needs no order between its
+    sinks: it reads the source (no per-item splicing) and has one sink, or
+    only leaves whose items are not printed.
+    """
     blobs = {n: plan.snapshot.blobs[n] for n in stage.nodes}
+    kinds = [s.kind for s in stage.sinks]
+    breadth_first = not stage.ends and (len(kinds) == 1 or (quiet and "cross" not in kinds))
     return worker.FusedSpec(
         f"{token}-{stage.id}",
         TaskNames.label(stage),
@@ -118,7 +125,8 @@ def fused_spec(plan: Plan, stage: FusedStage, token: str) -> worker.FusedSpec:
         stage.ends,
         dict(stage.under),
         plan.snapshot.root,
-        leaf_out=[s.kind for s in stage.sinks] == ["leaf"],
+        leaf_out=kinds == ["leaf"],
+        breadth_first=breadth_first,
     )
 
 

@@ -32,10 +32,10 @@ class InProcessBackend:
     def __exit__(self, *exc: Any) -> None:
         self.refs: dict[int, Any] = {}
 
-    def start(self, plan: Plan, names: TaskNames) -> None:
+    def start(self, plan: Plan, names: TaskNames, quiet: bool = False) -> None:
         self.plan = plan
         self.refs = {
-            s.id: fused_spec(plan, s, names.token) if s.kind == "fused" else SeqHolder(seq_spec(plan, s))
+            s.id: fused_spec(plan, s, names.token, quiet) if s.kind == "fused" else SeqHolder(seq_spec(plan, s))
             for s in plan.stages
         }
 
@@ -135,7 +135,7 @@ class DistributedBackend:
     def window(self) -> int:
         return max(2, 3 * self.n_workers)
 
-    def start(self, plan: Plan, names: TaskNames) -> None:
+    def start(self, plan: Plan, names: TaskNames, quiet: bool = False) -> None:
         client = self.client
         self.plan = plan
         self.refs: dict[int, Any] = {}
@@ -146,7 +146,9 @@ class DistributedBackend:
             if stage.kind == "fused":
                 # Sent to every worker once; tasks carry only a reference, so a heavy
                 # node crosses the network once per worker per run, not once per task.
-                self.refs[stage.id] = client.scatter(fused_spec(plan, stage, names.token), broadcast=True, hash=False)
+                self.refs[stage.id] = client.scatter(
+                    fused_spec(plan, stage, names.token, quiet), broadcast=True, hash=False
+                )
             else:
                 future = client.submit(SeqHolder, seq_spec(plan, stage), actor=True, key=names.key(stage.id, "actor"))
                 self.futures.append(future)

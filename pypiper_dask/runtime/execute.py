@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from ..compiler.plan import Plan
@@ -22,44 +23,57 @@ class SourceReader:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.closed = False
-        self.calls = 0
+        self.emitted = 0
+        self._stop: list = []  # non-empty once the source called close()
+        node.close = partial(self._stop.append, True)
 
-        def close() -> None:
-            self.closed = True
-
-        node.close = close
+    @property
+    def closed(self) -> bool:
+        return bool(self._stop)
 
     def pull(self, n: int) -> Chunk:
-        """The next ``n`` or so items (a call may emit several), and what the source printed."""
+        """The next ``n`` or so items (a call may emit several), and what the source printed.
+
+        ``Chunk.calls`` records where calls ended only once a call emitted
+        several items; until then every item is a call of its own (a call
+        that emits nothing ends no item), and the loop does no bookkeeping.
+        """
         items: list = []
         prints: dict[int, str] = {}
-        ends: list[int] = []  # len(items) after each call
-        start = 0
+        bounds: set[int] | None = None  # len(items) after each call, once needed
+        stop, run = self._stop, self.node.run
+        k = start = 0
 
         def record(text: str) -> None:
             # What a call prints comes before the items it emits.
-            prints[start] = prints.get(start, "") + text
+            at = k - 1 if bounds is None else start
+            prints[at] = prints.get(at, "") + text
 
         self.node.emit = items.append
-        run = self.node.run
         with capture_stdout(record):
-            while not self.closed and len(items) < n:
-                start = len(items)
-                self.calls += 1
-                try:
-                    run(None)
-                except Exception as exc:
-                    raise NodeError(
-                        self.node.name,
-                        "None",
-                        f"Node {self.node.name!r} (the source) raised "
-                        f"{type(exc).__name__}: {exc} in its call number {self.calls} of run(None).",
-                    ) from exc
-                ends.append(len(items))
-        # Item ends matter where every path closes: no call is made after that.
-        one_each = ends == list(range(1, len(items) + 1))
-        return Chunk(items, prints, None if one_each else set(ends))
+            try:
+                while not stop and len(items) < n:
+                    if bounds is None:
+                        for k in range(len(items) + 1, n + 1):  # noqa: B007 - record() reads k
+                            run(None)
+                            if stop or len(items) != k:
+                                break
+                        if len(items) > k:  # that call emitted several items
+                            bounds = set(range(1, k))
+                            bounds.add(len(items))
+                    else:
+                        start = len(items)
+                        run(None)
+                        bounds.add(len(items))
+            except Exception as exc:
+                raise NodeError(
+                    self.node.name,
+                    "None",
+                    f"Node {self.node.name!r} (the source) raised {type(exc).__name__}: {exc} in run(None), "
+                    f"after emitting {self.emitted + len(items)} items.",
+                ) from exc
+        self.emitted += len(items)
+        return Chunk(items, prints, bounds)
 
     def unbind(self) -> None:
         for attr in ("emit", "close"):
@@ -134,7 +148,7 @@ def execute(
     done = 0
     if callback:
         callback(done, total)
-    backend.start(plan, names)
+    backend.start(plan, names, quiet)
     inflight: deque = deque()
     index = 0
     try:
