@@ -54,7 +54,7 @@ class SourceReader:
             try:
                 while not stop and len(items) < n:
                     if bounds is None:
-                        for k in range(len(items) + 1, n + 1):  # noqa: B007 - record() reads k
+                        for k in range(len(items) + 1, n + 1):
                             run(None)
                             if stop or len(items) != k:
                                 break
