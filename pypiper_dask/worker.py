@@ -111,7 +111,7 @@ class SegmentResult:
     ``(position in outs[0], entry)`` pairs, so its hot loop appends nothing extra.
     """
 
-    __slots__ = ("outs", "log", "marks", "closed", "cross_closed", "printed", "n_in", "seconds")
+    __slots__ = ("outs", "log", "marks", "closed", "cross_closed", "printed", "n_in", "seconds", "carried")
 
     def __init__(self, n_sinks: int, ordered: bool = True) -> None:
         self.outs: list[list] = [[] for _ in range(n_sinks)]
@@ -122,19 +122,31 @@ class SegmentResult:
         self.printed = False
         self.n_in = 0
         self.seconds = 0.0
+        self.carried: tuple[int, SegmentResult] | None = None
 
     def __reduce__(self):
         return (
             _rebuild_result,
-            (self.outs, self.log, self.marks, self.closed, self.cross_closed, self.printed, self.n_in, self.seconds),
+            (
+                self.carried,
+                self.outs,
+                self.log,
+                self.marks,
+                self.closed,
+                self.cross_closed,
+                self.printed,
+                self.n_in,
+                self.seconds,
+            ),
         )
 
     def __repr__(self) -> str:
         return f"<SegmentResult {self.n_in} in, {[len(o) for o in self.outs]} out>"
 
 
-def _rebuild_result(outs, log, marks, closed, cross_closed, printed, n_in, seconds) -> SegmentResult:
+def _rebuild_result(carried, outs, log, marks, closed, cross_closed, printed, n_in, seconds) -> SegmentResult:
     res = SegmentResult(0)
+    res.carried = carried
     res.outs, res.log, res.marks, res.closed = outs, log, marks, closed
     res.cross_closed, res.printed, res.n_in, res.seconds = cross_closed, printed, n_in, seconds
     return res
@@ -567,19 +579,27 @@ class SeqHolder:
         log, pending, k = res.log, self.pending, self.batch_size
         start = time.perf_counter()
         with capture_stdout(_recorder(res, current)):
-            for value in items:
-                if not self.closed:
-                    if k == 1:
-                        self._call(value, res)
-                    else:
-                        pending.append(value)
-                        if len(pending) == k:
-                            batch = tuple(pending)
-                            pending.clear()
-                            self._call(batch, res)
-                log.append(END)
-                if self.closed:
-                    break
+            if k == 1:
+                for value in items:
+                    self._call(value, res)
+                    log.append(END)
+                    if self.closed:
+                        break
+            else:
+                # Whole slices: only the item that completes a batch has events.
+                i, n = 0, len(items)
+                while i < n and not self.closed:
+                    part = items[i:] if k == float("inf") else items[i : i + k - len(pending)]
+                    i += len(part)
+                    pending.extend(part)
+                    if len(pending) < k:  # also every BATCH_SIZE_ALL slice: k is infinite
+                        log.extend([END] * len(part))
+                        continue
+                    log.extend([END] * (len(part) - 1))
+                    batch = tuple(pending)
+                    pending.clear()
+                    self._call(batch, res)
+                    log.append(END)
         if upstream_closed:
             self.upstream_closed = True
         res.seconds = time.perf_counter() - start
@@ -616,13 +636,52 @@ def _holder(ref: Any) -> SeqHolder:
     return get_worker().state.actors[ref.key]
 
 
-def run_seq(ref: Any, upstream: SegmentResult, sink: int, *after: Any) -> SegmentResult:
+class Blank:
+    """Stands for a list of ``n`` values the caller never reads (items that crossed on)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> None:
+        return None
+
+    def __reduce__(self):
+        return (Blank, (self.n,))
+
+
+def stripped(res: SegmentResult) -> SegmentResult:
+    """``res`` without its outputs: what the caller needs of a stage whose outputs all cross."""
+    return _rebuild_result(
+        None,
+        [Blank(len(o)) for o in res.outs],
+        res.log,
+        res.marks,
+        res.closed,
+        res.cross_closed,
+        res.printed,
+        res.n_in,
+        res.seconds,
+    )
+
+
+def run_seq(ref: Any, upstream: SegmentResult, sink: int, carry: int | None, *after: Any) -> SegmentResult:
     """Feed one partition to a sequential stage.
 
-    ``after`` is the previous partition's task of the same stage: a dependency
-    only, so the stage sees partitions in order.
+    ``carry``: the id of the fused stage above, when the caller does not fetch
+    that stage's result (all its outputs cross into sequential stages) and
+    this task brings back its log instead. ``after`` is the previous
+    partition's task of the same stage: a dependency only, so the stage sees
+    partitions in order.
     """
-    return _holder(ref).process(upstream.outs[sink], sink in upstream.cross_closed)
+    res = _holder(ref).process(upstream.outs[sink], sink in upstream.cross_closed)
+    if carry is not None:
+        res.carried = (carry, stripped(upstream))
+    return res
 
 
 def run_flush(ref: Any, *after: Any) -> SegmentResult:

@@ -55,6 +55,7 @@ class TaskSpec:
     args: tuple
     stage: int
     sequential: bool  # must run after this stage's previous task, where its holder lives
+    fetch: bool = True  # the caller gathers its result (else a task below carries what it needs)
 
 
 class TaskNames:
@@ -86,19 +87,23 @@ def round_tasks(
     """
     tasks: list[TaskSpec] = []
 
-    def add(stage_id: int, upstream: Any, sink: int | None) -> None:
+    def add(stage_id: int, upstream: Any, sink: int | None, carry: int | None = None) -> None:
         stage = plan.stages[stage_id]
         key = names.key(stage_id, index)
         if stage.kind == "fused":
-            tasks.append(TaskSpec(key, worker.run_fused, (StageRef(stage_id), upstream, sink), stage_id, False))
-            for i, s in enumerate(stage.sinks):
-                if s.kind == "cross":
-                    add(s.stage, Ref(key), i)
+            # A stage whose outputs all cross on is not fetched: its first crossing's
+            # task brings back its log, so its items travel to the caller never.
+            crossing = [i for i, s in enumerate(stage.sinks) if s.kind == "cross"]
+            fetch = len(crossing) < len(stage.sinks)
+            tasks.append(TaskSpec(key, worker.run_fused, (StageRef(stage_id), upstream, sink), stage_id, False, fetch))
+            for i in crossing:
+                add(stage.sinks[i].stage, Ref(key), i, None if fetch or i != crossing[0] else stage_id)
         else:
             if upstream is None:
                 tasks.append(TaskSpec(key, worker.run_flush, (StageRef(stage_id),), stage_id, True))
             else:
-                tasks.append(TaskSpec(key, worker.run_seq, (StageRef(stage_id), upstream, sink), stage_id, True))
+                args = (StageRef(stage_id), upstream, sink, carry)
+                tasks.append(TaskSpec(key, worker.run_seq, args, stage_id, True))
             if stage.below is not None:
                 add(stage.below, Ref(key), 0)
 

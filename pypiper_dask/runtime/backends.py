@@ -14,7 +14,7 @@ from typing import Any
 
 from ..compiler.plan import Plan
 from ..compiler.tasks import Ref, StageRef, TaskNames, TaskSpec, fused_spec, seq_spec
-from ..worker import SegmentResult, SeqHolder, final_state
+from ..worker import Chunk, SegmentResult, SeqHolder, final_state
 
 __all__ = ["DistributedBackend", "InProcessBackend"]
 
@@ -60,8 +60,11 @@ class InProcessBackend:
     def cancel(self) -> None:
         pass
 
-    def states(self, names: TaskNames) -> dict[str, bytes]:
-        return {s.node: final_state(self.refs[s.id]) for s in self.plan.seq_stages if not s.stateless}
+    def submit_states(self, names: TaskNames) -> dict[str, Any]:
+        return {s.node: self.refs[s.id] for s in self.plan.seq_stages if not s.stateless}
+
+    def gather_states(self, handle: dict[str, Any]) -> dict[str, bytes]:
+        return {node: final_state(holder) for node, holder in handle.items()}
 
 
 class DistributedBackend:
@@ -141,7 +144,7 @@ class DistributedBackend:
         self.refs: dict[int, Any] = {}
         self.where: dict[int, str] = {}
         self.last: dict[int, Any] = {}
-        self.futures: list[Any] = []
+        workers = sorted(client.scheduler_info().get("workers", {}))
         for stage in plan.stages:
             if stage.kind == "fused":
                 # Sent to every worker once; tasks carry only a reference, so a heavy
@@ -150,18 +153,39 @@ class DistributedBackend:
                     fused_spec(plan, stage, names.token, quiet), broadcast=True, hash=False
                 )
             else:
-                future = client.submit(SeqHolder, seq_spec(plan, stage), actor=True, key=names.key(stage.id, "actor"))
-                self.futures.append(future)
-                actor = future.result()
-                self.refs[stage.id] = actor
-                self.where[stage.id] = actor._address
+                # The holder's worker is chosen here, so nothing waits for the actor to
+                # exist: its tasks depend on its creation and are pinned to that worker.
+                self.where[stage.id] = where = workers[len(self.where) % len(workers)]
+                self.refs[stage.id] = client.submit(
+                    SeqHolder,
+                    seq_spec(plan, stage),
+                    actor=True,
+                    key=names.key(stage.id, "actor"),
+                    workers=[where],
+                    allow_other_workers=False,
+                )
+
+    #: Partitions of at least this many items are scattered to a worker rather
+    #: than embedded in their task: a task's embedded data also lives in the
+    #: scheduler (for a LocalCluster, in the caller's process) until it is forgotten.
+    scatter_from = 1000
+
+    def _data(self, value: Any) -> Any:
+        if isinstance(value, Chunk) and len(value) >= self.scatter_from:
+            return self.client.scatter(value, hash=False)
+        return value
 
     def submit(self, tasks: list[TaskSpec]) -> dict[int, Any]:
+        """Submit one round; returns stage -> future of the results the caller gathers."""
         by_key: dict[Any, Any] = {}
         out: dict[int, Any] = {}
         for t in tasks:
             args = [
-                by_key[a.key] if isinstance(a, Ref) else self.refs[a.stage] if isinstance(a, StageRef) else a
+                by_key[a.key]
+                if isinstance(a, Ref)
+                else self.refs[a.stage]
+                if isinstance(a, StageRef)
+                else self._data(a)
                 for a in t.args
             ]
             options: dict[str, Any] = {}
@@ -172,25 +196,27 @@ class DistributedBackend:
             future = self.client.submit(t.func, *args, key=t.key, pure=False, **options)
             if t.sequential:
                 self.last[t.stage] = future
-            by_key[t.key] = out[t.stage] = future
+            by_key[t.key] = future
+            if t.fetch:
+                out[t.stage] = future
         return out
 
     def gather(self, handle: dict[int, Any]) -> dict[int, SegmentResult]:
         stages = list(handle)
-        results = self.client.gather([handle[s] for s in stages])
-        return dict(zip(stages, results, strict=False))
+        return _with_carried(dict(zip(stages, self.client.gather([handle[s] for s in stages]), strict=True)))
 
     def cancel(self) -> None:
         pending = [f for f in self.last.values()]
         if pending:
             self.client.cancel(pending, force=True)
 
-    def states(self, names: TaskNames) -> dict[str, bytes]:
+    def submit_states(self, names: TaskNames) -> dict[str, Any]:
+        """Ask each stateful node for its state once its last task has run."""
         out = {}
         for s in self.plan.seq_stages:
             if not s.stateless:
                 after = [self.last[s.id]] if s.id in self.last else []
-                future = self.client.submit(
+                out[s.node] = self.client.submit(
                     final_state,
                     self.refs[s.id],
                     *after,
@@ -199,8 +225,20 @@ class DistributedBackend:
                     allow_other_workers=False,
                     pure=False,
                 )
-                out[s.node] = future.result()
         return out
+
+    def gather_states(self, handle: dict[str, Any]) -> dict[str, bytes]:
+        return dict(zip(handle, self.client.gather(list(handle.values())), strict=True))
+
+
+def _with_carried(results: dict[int, SegmentResult]) -> dict[int, SegmentResult]:
+    """Add the results that came back inside another's (see ``worker.run_seq``)."""
+    for res in list(results.values()):
+        if res.carried is not None:
+            stage, carried = res.carried
+            results[stage] = carried
+            res.carried = None
+    return results
 
 
 @contextlib.contextmanager

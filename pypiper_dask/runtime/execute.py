@@ -83,35 +83,42 @@ class SourceReader:
 class PartitionSizer:
     """Chooses how many source items go in each partition.
 
-    A partition should carry about ``target`` seconds of work (a task costs
-    ~1-2 ms to schedule), and there should be enough partitions to keep every
-    worker busy; the per-item cost is measured from the finished tasks.
+    A task costs a few milliseconds to schedule and move, so a partition should
+    carry about ``target`` seconds of work; when the source's size is known,
+    partitions are made smaller so each worker gets about two, but never below
+    ``least`` seconds of work. The cost per item is measured from finished
+    tasks; the first partition is small and runs alone to measure it.
     """
 
-    target = 0.1
-    smallest, largest = 16, 100_000
+    target, least = 0.1, 0.025
+    smallest, largest, first = 16, 100_000, 32
 
     def __init__(self, fixed: int | None, n_workers: int, total: int | None) -> None:
         self.fixed = fixed
         self.n_workers = n_workers
         self.total = total
         self.per_item: float | None = None
-        self.current = 32
+        self._seconds = self._items = 0.0
+        self.current = self.first
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.fixed) or self.per_item is not None
 
     def next(self) -> int:
-        if self.fixed:
-            return self.fixed
-        return self.current
+        return self.fixed or self.current
 
     def observe(self, n_items: int, results: dict[int, SegmentResult]) -> None:
         if self.fixed or n_items == 0:
             return
-        cost = sum(r.seconds for r in results.values()) / n_items
-        self.per_item = cost if self.per_item is None else 0.5 * (self.per_item + cost)
-        want = self.target / max(self.per_item, 1e-7)
+        # Weighted by items, decaying: a small first task's fixed costs fade at once.
+        self._seconds = 0.5 * self._seconds + sum(r.seconds for r in results.values())
+        self._items = 0.5 * self._items + n_items
+        self.per_item = max(self._seconds / self._items, 1e-7)
+        want = self.target / self.per_item
         if self.total and self.n_workers > 1:
-            want = min(want, math.ceil(self.total / (4 * self.n_workers)))
-        want = min(want, self.current * 8)  # grow gradually: one fast partition can mislead
+            balanced = math.ceil(self.total / (2 * self.n_workers))
+            want = min(want, max(balanced, self.least / self.per_item))
         self.current = int(min(max(want, self.smallest), self.largest))
 
 
@@ -150,14 +157,26 @@ def execute(
         callback(done, total)
     backend.start(plan, names, quiet)
     inflight: deque = deque()
+    flushes: list | None = None
     index = 0
     try:
         while True:
-            while len(inflight) < backend.window and not source.closed and not out.exhausted:
+            # One round first: its cost per item sizes the partitions that fill the window.
+            window = backend.window if sizer.calibrated else 1
+            while len(inflight) < window and not source.closed and not out.exhausted:
                 chunk = source.pull(sizer.next())
                 if chunk.items or chunk.prints:
                     inflight.append((len(chunk), backend.submit(round_tasks(plan, names, index, 0, chunk))))
                     index += 1
+            if flushes is None and (source.closed or out.exhausted):
+                # The input is complete: end each sequential stage's input (in preorder,
+                # so a stage's flush feeds the stages below before theirs), and ask for
+                # final states, while the last rounds still run.
+                flushes = []
+                for stage in plan.seq_stages:
+                    flushes.append((stage.id, backend.submit(round_tasks(plan, names, index, stage.id))))
+                    index += 1
+                states = backend.submit_states(names)
             if not inflight:
                 break
             n_items, handle = inflight.popleft()
@@ -167,14 +186,10 @@ def execute(
             done += n_items
             if callback:
                 callback(done, total)
-        flushes = []
-        for stage in plan.seq_stages:
-            flushes.append((stage.id, backend.submit(round_tasks(plan, names, index, stage.id))))
-            index += 1
         for stage_id, handle in flushes:
             out.flush(stage_id, backend.gather(handle))
         out.finish()
-        states = backend.states(names)
+        final_states = backend.gather_states(states)
     except NodeFailure as failure:
         backend.cancel()
         raise _node_error(failure) from failure.error
@@ -184,4 +199,4 @@ def execute(
     if callback:
         callback(done, total)
     source.unbind()
-    return out.result(), source.node, states
+    return out.result(), source.node, final_states
