@@ -120,7 +120,7 @@ def write_chart(path: Path, results: dict) -> None:
                 ys.append(r["median"])
                 wrong.append(r["verdict"] != "exact")
         bars = ax.bar(xs, ys, width, label=name)
-        for bar, bad in zip(bars, wrong):
+        for bar, bad in zip(bars, wrong, strict=True):
             if bad:
                 bar.set_hatch("xx")
                 bar.set_alpha(0.5)

@@ -65,7 +65,7 @@ def sys_floor(wid: str) -> tuple[float, dict]:
         if wid == "W3":
             chain = chain[:1]
         bufs = [[] for _ in chain]
-        for node, buf in zip(chain, bufs):
+        for node, buf in zip(chain, bufs, strict=True):
             node.emit = buf.append
         first, last = chain[0], chain[-1]
         if len(chain) == 2:
@@ -121,7 +121,10 @@ def sys_pypiper(wid: str, n_threads: int) -> tuple[float, dict | str]:
     seconds = json.loads(done.stderr.strip().splitlines()[-1])["seconds"]
     lines = [int(x) for x in done.stdout.split()]
     expected = W.serial(wid)
-    in_order = [v for group in zip(*expected.values()) for v in group] if wid == "W5" else next(iter(expected.values()))
+    if wid == "W5":  # sequential order: each item's double, then its square
+        in_order = [v for pair in zip(*expected.values(), strict=True) for v in pair]
+    else:
+        in_order = next(iter(expected.values()))
     if lines == in_order:
         return seconds, expected
     if sorted(lines) == sorted(in_order):
@@ -278,19 +281,19 @@ def main(argv: list[str] | None = None) -> int:
         for wid in TIMED:
             expected = W.serial(wid)
             runs = {
-                "floor": lambda: sys_floor(wid),
-                "serial": lambda: sys_serial(wid),
-                "pyPiper n=1": lambda: sys_pypiper(wid, 1),
-                "pyPiper n=2": lambda: sys_pypiper(wid, 2),
-                "dask.bag (lists)": lambda: sys_bag(wid, client, False),
-                "dask.bag (list subclass)": lambda: sys_bag(wid, client, True),
-                "Pool(2)": lambda: sys_pool(wid, pool),
-                "pypiper_dask n=1": lambda: sys_ours(wid, n_threads=1),
-                "pypiper_dask n=2 client": lambda: sys_ours(wid, client=client),
-                "pypiper_dask n=2 +cluster": lambda: sys_ours_cold(wid),
+                "floor": partial(sys_floor, wid),
+                "serial": partial(sys_serial, wid),
+                "pyPiper n=1": partial(sys_pypiper, wid, 1),
+                "pyPiper n=2": partial(sys_pypiper, wid, 2),
+                "dask.bag (lists)": partial(sys_bag, wid, client, False),
+                "dask.bag (list subclass)": partial(sys_bag, wid, client, True),
+                "Pool(2)": partial(sys_pool, wid, pool),
+                "pypiper_dask n=1": partial(sys_ours, wid, n_threads=1),
+                "pypiper_dask n=2 client": partial(sys_ours, wid, client=client),
+                "pypiper_dask n=2 +cluster": partial(sys_ours_cold, wid),
             }
             for name in SYSTEMS:
-                if wid == "W7" and name in ("floor", "pyPiper n=1", "pyPiper n=1"):
+                if wid == "W7" and name in ("floor", "pyPiper n=1"):
                     continue
                 r = measure(runs[name], expected, reps)
                 results[wid][name] = r

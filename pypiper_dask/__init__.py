@@ -6,7 +6,16 @@ Change ``from pyPiper import Node, Pipeline`` to
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .errors import GraphError, NodeError, NodeTypeError, OptionError, PipelineError, StreamError
+from .errors import (
+    GraphError,
+    NodeError,
+    NodeTypeError,
+    OptionError,
+    PipelineError,
+    SchedulerError,
+    StateLostError,
+    StreamError,
+)
 from .model import Node, NodeGraph
 from .model.snapshot import NodePickleError
 from .runtime import Pipeline, PipelineResult
@@ -27,5 +36,7 @@ __all__ = [
     "Pipeline",
     "PipelineError",
     "PipelineResult",
+    "SchedulerError",
+    "StateLostError",
     "StreamError",
 ]

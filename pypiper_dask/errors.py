@@ -68,3 +68,15 @@ class NodeError(PipelineError):
         super().__init__(message)
         self.node = node
         self.item = item
+
+
+class StateLostError(PipelineError):
+    """The worker holding a sequential node (its state, or its pending batch) died."""
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+class SchedulerError(PipelineError, ConnectionError):
+    """The scheduler could not be reached."""

@@ -21,11 +21,13 @@ outputs of different stages back into the sequential order.
 from __future__ import annotations
 
 import io
+import itertools
 import sys
 import threading
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -39,6 +41,7 @@ __all__ = [
     "Chunk",
     "Closed",
     "FusedSpec",
+    "ItemError",
     "NodeFailure",
     "Printed",
     "SegmentResult",
@@ -111,45 +114,69 @@ class SegmentResult:
     ``(position in outs[0], entry)`` pairs, so its hot loop appends nothing extra.
     """
 
-    __slots__ = ("outs", "log", "marks", "closed", "cross_closed", "printed", "n_in", "seconds", "carried")
+    __slots__ = (
+        "carried",
+        "closed",
+        "cross_closed",
+        "errors",
+        "log",
+        "marks",
+        "n_in",
+        "one_to_one",
+        "outs",
+        "printed",
+        "seconds",
+    )
 
     def __init__(self, n_sinks: int, ordered: bool = True) -> None:
-        self.outs: list[list] = [[] for _ in range(n_sinks)]
+        self.outs: list = [[] for _ in range(n_sinks)]
         self.log: list | None = [] if ordered else None
         self.marks: list[tuple[int, Any]] = []
         self.closed: list[str] = []
         self.cross_closed: set[int] = set()
         self.printed = False
+        # Ran breadth first and each input item gave exactly one output: item ends are implied.
+        self.one_to_one = False
         self.n_in = 0
         self.seconds = 0.0
         self.carried: tuple[int, SegmentResult] | None = None
-
-    def __reduce__(self):
-        return (
-            _rebuild_result,
-            (
-                self.carried,
-                self.outs,
-                self.log,
-                self.marks,
-                self.closed,
-                self.cross_closed,
-                self.printed,
-                self.n_in,
-                self.seconds,
-            ),
-        )
+        self.errors: list[ItemError] = []  # items skipped or collected by on_error
 
     def __repr__(self) -> str:
         return f"<SegmentResult {self.n_in} in, {[len(o) for o in self.outs]} out>"
 
 
-def _rebuild_result(carried, outs, log, marks, closed, cross_closed, printed, n_in, seconds) -> SegmentResult:
-    res = SegmentResult(0)
-    res.carried = carried
-    res.outs, res.log, res.marks, res.closed = outs, log, marks, closed
-    res.cross_closed, res.printed, res.n_in, res.seconds = cross_closed, printed, n_in, seconds
-    return res
+class ItemError:
+    """An item a node's ``run`` failed on and ``on_error`` dropped."""
+
+    __slots__ = ("error", "item", "item_repr", "node")
+
+    def __init__(self, node: str, item_repr: str, error: str, item: Any = None) -> None:
+        self.node, self.item_repr, self.error, self.item = node, item_repr, error, item
+
+    def __reduce__(self):
+        return (ItemError, (self.node, self.item_repr, self.error, self.item))
+
+    def __repr__(self) -> str:
+        return f"<ItemError node={self.node!r} item={self.item_repr} error={self.error}>"
+
+
+def _retry_or_drop(node: Any, name: str, run: Any, data: Any, exc: Exception, buf: list, res: SegmentResult) -> None:
+    """``run(data)`` raised: retry it, then raise or drop the item as the node asks."""
+    for _ in range(getattr(node, "retries", 0)):
+        buf.clear()  # what the failed call emitted is discarded with it
+        try:
+            run(data)
+            return
+        except Exception as again:
+            exc = again
+    policy = getattr(node, "on_error", "raise")
+    if policy == "raise":
+        raise _failure(name, data, exc) from exc
+    buf.clear()
+    res.errors.append(
+        ItemError(name, short_repr(data), f"{type(exc).__name__}: {exc}", data if policy == "collect" else None)
+    )
 
 
 class NodeFailure(Exception):
@@ -391,7 +418,7 @@ def _build(spec: FusedSpec, nodes: dict[str, Any], res: SegmentResult, current: 
             try:
                 run(data)
             except Exception as exc:
-                raise _failure(name, data, exc) from exc
+                _retry_or_drop(node, name, run, data, exc, buf, res)
             if buf:
                 forward()
             if closed:
@@ -420,6 +447,9 @@ def _breadth_first(spec: FusedSpec, nodes: dict[str, Any], items: list) -> Segme
     """
     res = SegmentResult(spec.n_sinks, ordered=not spec.single)
     trouble: list = []
+    # Items crossing into a sequential stage need their source item's end, which
+    # the caller can rebuild only if every node gave exactly one output per input.
+    one_to_one = not (spec.single and spec.leaf_out) and spec.n_sinks == 1
 
     def close() -> None:
         trouble.append("close")
@@ -440,6 +470,8 @@ def _breadth_first(spec: FusedSpec, nodes: dict[str, Any], items: list) -> Segme
             run = node.run
             for value in values:
                 run(value)
+            if one_to_one and len(out) != len(values):
+                trouble.append("not one to one")
             if trouble:
                 return
             if leaf_sink is not None:
@@ -452,7 +484,10 @@ def _breadth_first(spec: FusedSpec, nodes: dict[str, Any], items: list) -> Segme
             feed(spec.edges, items)
     except Exception:
         return None  # the depth-first walk raises it, for the item a sequential run fails on
-    return None if trouble else res
+    if trouble or (one_to_one and len(res.outs[0]) != len(items)):
+        return None
+    res.one_to_one = one_to_one
+    return res
 
 
 def run_fused(spec: FusedSpec, upstream: Any, sink: int | None = None) -> SegmentResult:
@@ -560,7 +595,7 @@ class SeqHolder:
         try:
             self.node.run(data)
         except Exception as exc:
-            raise _failure(self.name, data, exc) from exc
+            _retry_or_drop(self.node, self.name, self.node.run, data, exc, self._buf, res)
         buf = self._buf
         if buf:
             res.outs[0].extend(buf)
@@ -648,7 +683,12 @@ class Blank:
         return self.n
 
     def __getitem__(self, i: int) -> None:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
         return None
+
+    def __iter__(self) -> Iterator[None]:
+        return itertools.repeat(None, self.n)
 
     def __reduce__(self):
         return (Blank, (self.n,))
@@ -656,17 +696,12 @@ class Blank:
 
 def stripped(res: SegmentResult) -> SegmentResult:
     """``res`` without its outputs: what the caller needs of a stage whose outputs all cross."""
-    return _rebuild_result(
-        None,
-        [Blank(len(o)) for o in res.outs],
-        res.log,
-        res.marks,
-        res.closed,
-        res.cross_closed,
-        res.printed,
-        res.n_in,
-        res.seconds,
-    )
+    copy = SegmentResult.__new__(SegmentResult)
+    for slot in SegmentResult.__slots__:
+        setattr(copy, slot, getattr(res, slot))
+    copy.outs = [Blank(len(o)) for o in res.outs]
+    copy.carried = None
+    return copy
 
 
 def run_seq(ref: Any, upstream: SegmentResult, sink: int, carry: int | None, *after: Any) -> SegmentResult:

@@ -35,6 +35,7 @@ def run_text(pipeline: Pipeline, **kwargs):
 
 
 @random_in_background
+@pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
@@ -46,6 +47,7 @@ def test_random_pipelines_on_a_local_cluster(local_client, program, partition_si
 
 
 @random_in_background
+@pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
 @settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )

@@ -289,6 +289,7 @@ def test_prints_from_nodes_and_source_keep_sequential_order():
     check_against_reference(graph, partition_size=2)
 
 
+@pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs(), st.sampled_from([None, 1, 3, 17]))
 def test_random_pipelines_match_the_sequential_reference(program, partition_size):

@@ -73,12 +73,13 @@ class TaskNames:
             return "+".join(map(key_label, stage.nodes))
         return key_label(stage.above) + "\u2011out"
 
-    def key(self, stage: int, index: Any) -> Key:
-        return (self.prefix[stage], index)
+    def key(self, stage: int, index: Any, attempt: int = 0) -> Key:
+        """``(prefix, index)``; a round submitted again gets ``(prefix, index, attempt)``."""
+        return (self.prefix[stage], index, attempt) if attempt else (self.prefix[stage], index)
 
 
 def round_tasks(
-    plan: Plan, names: TaskNames, index: int, origin: int, chunk: worker.Chunk | None = None
+    plan: Plan, names: TaskNames, index: int, origin: int, chunk: worker.Chunk | None = None, attempt: int = 0
 ) -> list[TaskSpec]:
     """The tasks of one round, parents before children.
 
@@ -89,7 +90,7 @@ def round_tasks(
 
     def add(stage_id: int, upstream: Any, sink: int | None, carry: int | None = None) -> None:
         stage = plan.stages[stage_id]
-        key = names.key(stage_id, index)
+        key = names.key(stage_id, index, attempt)
         if stage.kind == "fused":
             # A stage whose outputs all cross on is not fetched: its first crossing's
             # task brings back its log, so its items travel to the caller never.

@@ -12,7 +12,10 @@ from ..errors import NodeTypeError, OptionError
 __all__ = ["RESERVED_KEYWORDS", "Node", "check_batch_size", "normalize_streams"]
 
 #: Keywords of ``Node(...)`` the library consumes; they never reach ``setup``.
-RESERVED_KEYWORDS = ("in_streams", "out_streams", "batch_size", "stateless")
+RESERVED_KEYWORDS = ("in_streams", "out_streams", "batch_size", "stateless", "retries", "on_error")
+
+#: What a node does with an item whose ``run`` raised (after its retries).
+ON_ERROR = ("raise", "skip", "collect")
 
 
 def normalize_streams(node_name: str, what: str, streams: Any) -> str | list[str]:
@@ -74,6 +77,13 @@ class Node(abc.ABC):
         ``BATCH_SIZE_ALL`` calls ``run(list_of_everything)`` once, after the input ends.
     stateless : bool
         ``False`` makes one instance see every item once, in order, wherever it runs.
+    retries : int
+        Call ``run`` again this many times when it raises (stateless nodes only:
+        a stateful node's state may already have changed).
+    on_error : {"raise", "skip", "collect"}
+        After the retries: stop the run with a ``NodeError`` (default), or drop
+        the item and report it in ``PipelineResult.errors`` (``"collect"`` also
+        keeps the item itself there).
     **kwargs
         Set as attributes, then passed to :meth:`setup` if its signature takes them.
 
@@ -96,8 +106,10 @@ class Node(abc.ABC):
         self.out_streams = normalize_streams(name, "out_streams", out_streams)
         self.batch_size = 1
         self.stateless = True
+        self.retries = 0
+        self.on_error = "raise"
         self.size = None
-        override = {k: kwargs.pop(k) for k in ("batch_size", "stateless") if k in kwargs}
+        override = {k: kwargs.pop(k) for k in ("batch_size", "stateless", "retries", "on_error") if k in kwargs}
         for key, value in kwargs.items():
             setattr(self, key, value)
         self.setup(**_accepted(self.setup, kwargs))
@@ -107,6 +119,15 @@ class Node(abc.ABC):
         self.batch_size = check_batch_size(name, self.batch_size)
         if not isinstance(self.stateless, bool):
             raise NodeTypeError(f"Node {name!r}: stateless must be True or False, not {self.stateless!r}.")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise OptionError(f"Node {name!r}: retries must be an int >= 0, not {self.retries!r}.")
+        if self.retries and not self.stateless:
+            raise OptionError(
+                f"Node {name!r}: retries={self.retries} needs a stateless node; a stateful node's state "
+                "may already have changed when run() raised."
+            )
+        if self.on_error not in ON_ERROR:
+            raise OptionError(f"Node {name!r}: on_error must be one of {ON_ERROR!r}, not {self.on_error!r}.")
 
     def setup(self, **kwargs: Any) -> None:  # noqa: B027 - optional hook, as in pyPiper
         """Prepare the node; called once by the constructor. Override freely."""

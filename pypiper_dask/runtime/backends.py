@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from concurrent.futures import CancelledError
 from typing import Any
 
 from ..compiler.plan import Plan
 from ..compiler.tasks import Ref, StageRef, TaskNames, TaskSpec, fused_spec, seq_spec
-from ..worker import Chunk, SegmentResult, SeqHolder, final_state
+from ..errors import PipelineError, SchedulerError, StateLostError
+from ..worker import Chunk, NodeFailure, SegmentResult, SeqHolder, final_state
 
-__all__ = ["DistributedBackend", "InProcessBackend"]
+__all__ = ["DataLost", "DistributedBackend", "InProcessBackend"]
 
 
 class InProcessBackend:
@@ -60,7 +62,10 @@ class InProcessBackend:
     def cancel(self) -> None:
         pass
 
-    def submit_states(self, names: TaskNames) -> dict[str, Any]:
+    def rollback(self) -> None:
+        pass
+
+    def submit_states(self, names: TaskNames, attempt: int = 0) -> dict[str, Any]:
         return {s.node: self.refs[s.id] for s in self.plan.seq_stages if not s.stateless}
 
     def gather_states(self, handle: dict[str, Any]) -> dict[str, bytes]:
@@ -79,15 +84,25 @@ class DistributedBackend:
     n_workers : int, optional
         Start a ``LocalCluster`` of this many single-threaded worker processes
         on 127.0.0.1 for the run, and close it afterwards.
+    timeout : float
+        Seconds to wait for the scheduler at ``address``.
+    security : distributed.security.Security, optional
+        TLS settings for connecting to ``address``.
     """
 
     def __init__(
-        self, client: Any = None, address: str | None = None, n_workers: int | None = None, timeout: float = 30.0
+        self,
+        client: Any = None,
+        address: str | None = None,
+        n_workers: int | None = None,
+        timeout: float = 10.0,
+        security: Any = None,
     ) -> None:
         self.client = client
         self.address = address
         self.n_workers_wanted = n_workers
         self.timeout = timeout
+        self.security = security
         self._stack = contextlib.ExitStack()
 
     @property
@@ -119,9 +134,20 @@ class DistributedBackend:
                 if link:
                     print(f"pypiper_dask: dashboard at {link}", file=sys.stderr)
             elif self.client is None:
-                self.client = self._stack.enter_context(
-                    Client(self.address, timeout=self.timeout, set_as_default=False)
-                )
+                try:
+                    client = Client(self.address, timeout=self.timeout, security=self.security, set_as_default=False)
+                except (OSError, TimeoutError, TypeError, ValueError) as exc:
+                    hint = (
+                        " A tls:// address needs Pipeline(security=distributed.security.Security(...))."
+                        if self.address.startswith("tls://") and self.security is None
+                        else " Is it running, and is the address (and its tcp:// or tls:// protocol) right?"
+                        " Pipeline(connect_timeout=...) sets the wait."
+                    )
+                    raise SchedulerError(
+                        f"Could not reach the Dask scheduler at {self.address!r} within {self.timeout} s "
+                        f"({type(exc).__name__}: {exc}).{hint}"
+                    ) from exc
+                self.client = self._stack.enter_context(client)
         except BaseException:
             self._stack.close()
             raise
@@ -130,9 +156,12 @@ class DistributedBackend:
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
 
+    #: Seconds between checks that the workers holding sequential nodes are alive.
+    poll = 0.5
+
     @property
     def n_workers(self) -> int:
-        return max(1, len(self.client.scheduler_info().get("workers", {})))
+        return max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
 
     @property
     def window(self) -> int:
@@ -144,7 +173,9 @@ class DistributedBackend:
         self.refs: dict[int, Any] = {}
         self.where: dict[int, str] = {}
         self.last: dict[int, Any] = {}
-        workers = sorted(client.scheduler_info().get("workers", {}))
+        self.live: list[_Round] = []
+        self.settled: dict[int, Any] = {}
+        workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {}))
         for stage in plan.stages:
             if stage.kind == "fused":
                 # Sent to every worker once; tasks carry only a reference, so a heavy
@@ -171,17 +202,23 @@ class DistributedBackend:
     scatter_from = 1000
 
     def _data(self, value: Any) -> Any:
-        if isinstance(value, Chunk) and len(value) >= self.scatter_from:
-            return self.client.scatter(value, hash=False)
-        return value
+        if not (isinstance(value, Chunk) and len(value) >= self.scatter_from):
+            return value
+        for attempt in range(3):
+            try:
+                return self.client.scatter(value, hash=False)
+            except OSError:  # the worker it went to is dying: check ours, then try another
+                self._check_holders()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
-    def submit(self, tasks: list[TaskSpec]) -> dict[int, Any]:
-        """Submit one round; returns stage -> future of the results the caller gathers."""
-        by_key: dict[Any, Any] = {}
-        out: dict[int, Any] = {}
+    def submit(self, tasks: list[TaskSpec]) -> _Round:
+        """Submit one round's tasks; the handle says which results the caller gathers."""
+        round_ = _Round()
         for t in tasks:
             args = [
-                by_key[a.key]
+                round_.futures[a.key]
                 if isinstance(a, Ref)
                 else self.refs[a.stage]
                 if isinstance(a, StageRef)
@@ -194,23 +231,68 @@ class DistributedBackend:
                     args.append(self.last[t.stage])
                 options = {"workers": [self.where[t.stage]], "allow_other_workers": False}
             future = self.client.submit(t.func, *args, key=t.key, pure=False, **options)
+            round_.futures[t.key] = future
             if t.sequential:
-                self.last[t.stage] = future
-            by_key[t.key] = future
+                self.last[t.stage] = round_.seq[t.stage] = future
             if t.fetch:
-                out[t.stage] = future
-        return out
+                round_.fetch[t.stage] = future
+        self.live.append(round_)
+        return round_
 
-    def gather(self, handle: dict[int, Any]) -> dict[int, SegmentResult]:
-        stages = list(handle)
-        return _with_carried(dict(zip(stages, self.client.gather([handle[s] for s in stages]), strict=True)))
+    def gather(self, handle: _Round) -> dict[int, SegmentResult]:
+        """Wait for one round, watching the workers that hold sequential nodes."""
+        from distributed import wait
+        from distributed.client import FutureCancelledError
+
+        fetch = list(handle.fetch.values())
+        try:
+            while True:
+                try:
+                    with self.client.as_current():
+                        wait(fetch, timeout=self.poll)
+                    break
+                except TimeoutError:
+                    self._check_holders()
+            values = self.client.gather(fetch)
+        except (NodeFailure, StateLostError):
+            raise
+        except (FutureCancelledError, CancelledError) as exc:
+            self._check_holders()
+            raise DataLost(str(exc)) from exc
+        except Exception as exc:
+            self._check_holders()  # a lost actor shows as many things; name its node
+            if type(exc).__name__ == "KilledWorker":
+                raise PipelineError(f"A task of this pipeline killed its worker again and again: {exc}") from exc
+            raise
+        self.settled.update(handle.seq)
+        self.live.remove(handle)
+        return _with_carried(dict(zip(handle.fetch, values, strict=True)))
+
+    def _check_holders(self) -> None:
+        """Fail if a worker holding a sequential node's state has gone."""
+        alive = set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+        for stage_id, address in self.where.items():
+            if address not in alive:
+                stage = self.plan.stages[stage_id]
+                what = "its state" if not stage.stateless else "the items it was holding for its next batch"
+                raise StateLostError(
+                    stage.node,
+                    f"Node {stage.node!r} lived on worker {address}, which is gone; {what} was lost with it, "
+                    "so the run cannot go on exactly. Run it again.",
+                )
+
+    def rollback(self) -> None:
+        """Forget every round not gathered yet: each sequential chain goes on from its last gathered task."""
+        self.cancel()
+        self.last = dict(self.settled)
 
     def cancel(self) -> None:
-        pending = [f for f in self.last.values()]
-        if pending:
-            self.client.cancel(pending, force=True)
+        futures = [f for r in self.live for f in r.futures.values()]
+        self.live.clear()
+        if futures:
+            self.client.cancel(futures, force=True)
 
-    def submit_states(self, names: TaskNames) -> dict[str, Any]:
+    def submit_states(self, names: TaskNames, attempt: int = 0) -> dict[str, Any]:
         """Ask each stateful node for its state once its last task has run."""
         out = {}
         for s in self.plan.seq_stages:
@@ -220,7 +302,7 @@ class DistributedBackend:
                     final_state,
                     self.refs[s.id],
                     *after,
-                    key=names.key(s.id, "state"),
+                    key=names.key(s.id, "state", attempt),
                     workers=[self.where[s.id]],
                     allow_other_workers=False,
                     pure=False,
@@ -229,6 +311,21 @@ class DistributedBackend:
 
     def gather_states(self, handle: dict[str, Any]) -> dict[str, bytes]:
         return dict(zip(handle, self.client.gather(list(handle.values())), strict=True))
+
+
+class DataLost(Exception):
+    """A round's input (a scattered partition) went with its worker; the caller sends it again."""
+
+
+class _Round:
+    """The futures of one submitted round."""
+
+    __slots__ = ("fetch", "futures", "seq")
+
+    def __init__(self) -> None:
+        self.futures: dict[Any, Any] = {}  # key -> future, every task
+        self.fetch: dict[int, Any] = {}  # stage -> future, what the caller gathers
+        self.seq: dict[int, Any] = {}  # stage -> future, the sequential stages' tasks
 
 
 def _with_carried(results: dict[int, SegmentResult]) -> dict[int, SegmentResult]:

@@ -13,7 +13,11 @@ from ..compiler.tasks import TaskNames, round_tasks
 from ..errors import NodeError
 from ..model.node import Node
 from ..worker import Chunk, NodeFailure, SegmentResult, capture_stdout
+from .backends import DataLost
 from .output import Output, PipelineResult
+
+#: How many times partitions lost with a worker are sent again before giving up.
+MAX_RESENDS = 5
 
 __all__ = ["PartitionSizer", "SourceReader", "execute"]
 
@@ -158,7 +162,7 @@ def execute(
     backend.start(plan, names, quiet)
     inflight: deque = deque()
     flushes: list | None = None
-    index = 0
+    index = attempt = 0
     try:
         while True:
             # One round first: its cost per item sizes the partitions that fill the window.
@@ -166,7 +170,9 @@ def execute(
             while len(inflight) < window and not source.closed and not out.exhausted:
                 chunk = source.pull(sizer.next())
                 if chunk.items or chunk.prints:
-                    inflight.append((len(chunk), backend.submit(round_tasks(plan, names, index, 0, chunk))))
+                    # The chunk stays here until its round is gathered: if the worker
+                    # holding it dies, it is sent again (a source cannot be re-run).
+                    inflight.append((chunk, index, backend.submit(round_tasks(plan, names, index, 0, chunk))))
                     index += 1
             if flushes is None and (source.closed or out.exhausted):
                 # The input is complete: end each sequential stage's input (in preorder,
@@ -174,16 +180,30 @@ def execute(
                 # final states, while the last rounds still run.
                 flushes = []
                 for stage in plan.seq_stages:
-                    flushes.append((stage.id, backend.submit(round_tasks(plan, names, index, stage.id))))
+                    flushes.append((stage.id, backend.submit(round_tasks(plan, names, index, stage.id, None, attempt))))
                     index += 1
-                states = backend.submit_states(names)
+                states = backend.submit_states(names, attempt)
             if not inflight:
                 break
-            n_items, handle = inflight.popleft()
-            results = backend.gather(handle)
-            sizer.observe(n_items, results)
-            out.round(0, results)
-            done += n_items
+            chunk, _, handle = inflight[0]
+            try:
+                results = backend.gather(handle)
+            except DataLost:
+                attempt += 1
+                if attempt > MAX_RESENDS:
+                    raise
+                # Every round not gathered yet goes again, in order, from its kept chunk;
+                # their sequential tasks had not run (each waits on the one that failed).
+                backend.rollback()
+                flushes = None
+                inflight = deque(
+                    (c, i, backend.submit(round_tasks(plan, names, i, 0, c, attempt))) for c, i, _ in inflight
+                )
+                continue
+            inflight.popleft()
+            sizer.observe(len(chunk), results)
+            out.round(0, results, chunk.calls)
+            done += len(chunk)
             if callback:
                 callback(done, total)
         for stage_id, handle in flushes:

@@ -16,7 +16,9 @@ class PipelineResult(Mapping):
     """What a run produced: each leaf's name → its items, in stream order.
 
     A read-only mapping. ``counts`` holds how many items each leaf emitted,
-    also when the run did not collect them (``run(collect=False)``).
+    also when the run did not collect them (``run(collect=False)``);
+    ``errors`` the items that nodes with ``on_error="skip"`` or ``"collect"``
+    dropped (:class:`~pypiper_dask.worker.ItemError`: node, item, error).
 
     Examples
     --------
@@ -27,9 +29,10 @@ class PipelineResult(Mapping):
     <PipelineResult square: 3 items>
     """
 
-    def __init__(self, values: dict[str, list], counts: dict[str, int]) -> None:
+    def __init__(self, values: dict[str, list], counts: dict[str, int], errors: list | None = None) -> None:
         self._values = values
         self.counts = dict(counts)
+        self.errors = list(errors or [])
 
     def __getitem__(self, leaf: str) -> list:
         return self._values[leaf]
@@ -43,12 +46,24 @@ class PipelineResult(Mapping):
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}: {n} item{'s' if n != 1 else ''}" for k, n in self.counts.items())
         note = "" if self._values or not self.counts else " (not collected)"
+        if self.errors:
+            note += f"; {len(self.errors)} item{'s' if len(self.errors) != 1 else ''} dropped by on_error"
         return f"<PipelineResult {parts}{note}>"
 
 
-def _events(res: SegmentResult) -> Iterator[Any]:
-    """A stage result's events in order: ``(sink, value)``, Printed, Closed or None (END)."""
+def _events(res: SegmentResult, calls: set[int] | None = None) -> Iterator[Any]:
+    """A stage result's events in order: ``(sink, value)``, Printed, Closed or None (END).
+
+    ``calls``: where the source's calls ended, for a top stage result whose item
+    ends are implied (``one_to_one``); ``None`` means after every item.
+    """
     outs = res.outs
+    if res.one_to_one:
+        for i, value in enumerate(outs[0], 1):
+            yield (0, value)
+            if calls is None or i in calls:
+                yield None
+        return
     if res.log is not None:
         pos = [0] * len(outs)
         for entry in res.log:
@@ -85,11 +100,12 @@ class Output:
         self._write = write
         self.values: dict[str, list] = {leaf: [] for leaf in plan.leaves}
         self.counts: dict[str, int] = dict.fromkeys(plan.leaves, 0)
+        self.errors: list = []
         self.closed: set[str] = set()
         self.seen_closed: set[str] = set()  # every close reported, walked or not
         self.flushed: set[int] = set()
         self.flush_results: dict[int, dict[int, SegmentResult]] = {}
-        self.waiting: list[tuple[int, dict[int, SegmentResult]]] = []
+        self.waiting: list[tuple[int, dict[int, SegmentResult], set[int] | None]] = []
         self.leaf_sinks: dict[str, tuple[int, int]] = {}
         for stage in plan.stages:
             if stage.kind == "fused":
@@ -101,21 +117,26 @@ class Output:
 
     # -- what the run loop calls -------------------------------------------------------
 
-    def round(self, origin: int, results: dict[int, SegmentResult]) -> None:
-        """Take the results of one round (every stage at or below ``origin``)."""
+    def round(self, origin: int, results: dict[int, SegmentResult], calls: set[int] | None = None) -> None:
+        """Take the results of one round (every stage at or below ``origin``).
+
+        ``calls`` are the source call ends of the round's partition (``Chunk.calls``).
+        """
         for res in results.values():
             self.seen_closed.update(res.closed)
         if self._done() and not self.waiting:
             return  # a sequential run would not have pulled these source items
         if self.waiting or self._needs_flush(results):
-            self.waiting.append((origin, results))  # walked once flushes are known
+            self.waiting.append((origin, results, calls))  # walked once flushes are known
             return
         if self._plain(results):
+            for res in results.values():
+                self.errors.extend(res.errors)
             for leaf, (sid, sink) in self.leaf_sinks.items():
                 if sid in results:
                     self._deliver_many(leaf, results[sid].outs[sink])
             return
-        self._walk_round(origin, results)
+        self._walk_round(origin, results, calls)
 
     def flush(self, stage: int, results: dict[int, SegmentResult]) -> None:
         """Take the results of the round that ends sequential stage ``stage``'s input."""
@@ -124,10 +145,10 @@ class Output:
     def finish(self) -> None:
         """Walk what waited for flushes, then every flush not walked at a close."""
         waiting, self.waiting = self.waiting, []
-        for origin, results in waiting:
+        for origin, results, calls in waiting:
             if self._done():
                 break
-            self._walk_round(origin, results)
+            self._walk_round(origin, results, calls)
         for stage in self.plan.seq_stages:
             if stage.id not in self.flushed and stage.id in self.flush_results:
                 self.flushed.add(stage.id)
@@ -140,7 +161,7 @@ class Output:
         return bool(self.seen_closed) and all(anc[leaf] & self.seen_closed for leaf in self.plan.leaves)
 
     def result(self) -> PipelineResult:
-        return PipelineResult(self.values if self.collect else {}, self.counts)
+        return PipelineResult(self.values if self.collect else {}, self.counts, self.errors)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -180,8 +201,10 @@ class Output:
         if not self.quiet:
             self.write(f"{value!s}\n")
 
-    def _walk_round(self, origin: int, results: dict[int, SegmentResult]) -> None:
-        iters = {sid: _events(res) for sid, res in results.items()}
+    def _walk_round(self, origin: int, results: dict[int, SegmentResult], calls: set[int] | None = None) -> None:
+        for res in results.values():
+            self.errors.extend(res.errors)
+        iters = {sid: _events(res, calls if sid == 0 else None) for sid, res in results.items()}
         self._walk(origin, iters, whole=origin == 0)
 
     def _walk(self, sid: int, iters: dict[int, Iterator[Any]], whole: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from functools import cached_property
 from typing import Any
@@ -54,6 +55,10 @@ class Pipeline:
     partition_size : int, optional
         Source items per partition; chosen automatically when not given.
         Output never depends on it.
+    connect_timeout : float
+        Seconds to wait for the scheduler when ``client`` is an address.
+    security : distributed.security.Security, optional
+        TLS settings for a ``client`` address such as ``"tls://host:8786"``.
 
     Examples
     --------
@@ -87,6 +92,8 @@ class Pipeline:
         *,
         client: Any = None,
         partition_size: int | None = None,
+        connect_timeout: float = 10.0,
+        security: Any = None,
         **kwargs: Any,
     ) -> None:
         for name in _IGNORED_PYPIPER_OPTIONS:
@@ -108,6 +115,10 @@ class Pipeline:
         self.quiet = quiet
         self.client = client
         self.partition_size = partition_size
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
+            raise OptionError(f"Pipeline: connect_timeout must be a number of seconds > 0, not {connect_timeout!r}.")
+        self.connect_timeout = connect_timeout
+        self.security = security
         self._snapshot = Snapshot.from_graph(graph)
         # The caller's objects, to hand back final state after a run (as pyPiper does).
         self._originals = {n.name: n for n in graph}
@@ -130,7 +141,9 @@ class Pipeline:
         collect : bool
             Keep the leaves' items in the result; ``False`` keeps only counts.
         """
-        backend = choose_backend(self.n_threads, self.client)
+        backend = choose_backend(
+            self.n_threads, self.client, connect_timeout=self.connect_timeout, security=self.security
+        )
         with backend:
             result, source, states = execute(
                 self.plan,
@@ -143,6 +156,8 @@ class Pipeline:
         _adopt(self._originals[self._snapshot.root], source)
         for name, blob in states.items():
             _adopt(self._originals[name], cloudpickle.loads(blob))
+        if result.errors:
+            _report_dropped(result.errors)
         return result
 
     def __repr__(self) -> str:
@@ -186,6 +201,19 @@ class Pipeline:
         if self.n_threads == 1:
             return "runs in the calling process"
         return "runs on the default Dask client if one is active, else in the calling process"
+
+
+def _report_dropped(errors: list) -> None:
+    """Say on stderr which nodes dropped items, so none vanish unnoticed."""
+    by_node: dict[str, list] = {}
+    for e in errors:
+        by_node.setdefault(e.node, []).append(e)
+    for node, errs in by_node.items():
+        print(
+            f"pypiper_dask: node {node!r} dropped {len(errs)} item(s) whose run() raised "
+            f"(first: {errs[0].item_repr}: {errs[0].error}); see PipelineResult.errors",
+            file=sys.stderr,
+        )
 
 
 def _streams(streams: Any) -> str:

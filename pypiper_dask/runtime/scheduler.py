@@ -22,7 +22,9 @@ def _default_client() -> Any:
         return None
 
 
-def choose_backend(n_threads: int | None, client: Any) -> InProcessBackend | DistributedBackend:
+def choose_backend(
+    n_threads: int | None, client: Any, *, connect_timeout: float = 10.0, security: Any = None
+) -> InProcessBackend | DistributedBackend:
     """Pick where a run executes, in this order.
 
     1. ``client=`` (a ``distributed.Client`` or a scheduler address) → that cluster;
@@ -39,7 +41,7 @@ def choose_backend(n_threads: int | None, client: Any) -> InProcessBackend | Dis
     4
     """
     if isinstance(client, str):
-        return DistributedBackend(address=client)
+        return DistributedBackend(address=client, timeout=connect_timeout, security=security)
     if client is not None:
         return DistributedBackend(client=client)
     if n_threads is not None and n_threads > 1:

@@ -1,0 +1,308 @@
+"""What goes wrong — a node raises, a worker dies, Ctrl-C, no scheduler — and what the caller gets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+
+from pypiper_dask import Node, NodeError, Pipeline, StateLostError
+from pypiper_dask.errors import SchedulerError
+from tests import nodes as N
+from tests.conftest import ROOT, dask_processes
+
+
+class Boom(Node):
+    """Raises on one item; passes the rest on."""
+
+    def setup(self, at: int = 5) -> None:
+        self.at = at
+
+    def run(self, data):
+        if data == self.at or (isinstance(data, list) and self.at in data):
+            raise ValueError(f"boom at {self.at}")
+        self.emit(data)
+
+
+class BoomSource(N.Gen):
+    def run(self, data):
+        if self.pos == 7:
+            raise KeyError("source broke")
+        super().run(data)
+
+
+class Flaky(Node):
+    """Fails the first call for each item; the retry succeeds."""
+
+    def setup(self) -> None:
+        self.failed = set()
+
+    def run(self, data):
+        if data not in self.failed:
+            self.failed.add(data)
+            raise ConnectionError(f"transient {data}")
+        self.emit(data)
+
+
+def graphs():
+    """(where, graph, node that raises, item shown) for each place a node can raise."""
+    big = 10**9  # the error must arrive long before such a stream ends
+    yield "source", BoomSource("src", size=big) | N.Map("m"), "src", "None"
+    yield "stateless chain", N.Gen("g", size=big) | N.Map("m", op="inc") | Boom("boom", at=6), "boom", "6"
+    yield "stateful", N.Gen("g", size=big) | Boom("boom", at=5, stateless=False) | N.Map("m"), "boom", "5"
+    yield (
+        "barrier",
+        N.Gen("g", size=20) | Boom("all", at=5, batch_size=Node.BATCH_SIZE_ALL),
+        "all",
+        "[0, 1, 2, 3, 4, 5, ...]",
+    )
+    yield "leaf", N.Gen("g", size=big) | Boom("leaf", at=9), "leaf", "9"
+
+
+MODES = ["n_threads=1", "local cluster", "external cluster"]
+
+
+def options(mode, request):
+    if mode == "n_threads=1":
+        return {"n_threads": 1}
+    if mode == "local cluster":
+        return {"client": request.getfixturevalue("local_client")}
+    return {"client": request.getfixturevalue("external_cluster")}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", list(range(5)), ids=[g[0] for g in graphs()])
+def test_a_node_that_raises_stops_the_run_with_its_name(case, mode, request):
+    where, graph, node, item = list(graphs())[case]
+    start = time.monotonic()
+    with pytest.raises(NodeError) as info:
+        Pipeline(graph, quiet=True, **options(mode, request)).run()
+    assert time.monotonic() - start < 30, "the error must not wait for the rest of the stream"
+    err = info.value
+    assert err.node == node
+    assert f"Node {node!r}" in str(err)
+    assert item in str(err)
+    assert isinstance(err.__cause__, (ValueError, KeyError))
+    if where != "source":
+        assert any("Traceback where the node ran" in note for note in err.__notes__)
+        assert "boom at" in err.__notes__[0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("policy", ["skip", "collect"])
+def test_on_error_drops_and_reports_items(policy, mode, request, capsys):
+    graph = N.Gen("g", size=40) | Boom("boom", at=13, on_error=policy) | N.Map("m", op="inc")
+    result = Pipeline(graph, quiet=True, partition_size=7, **options(mode, request)).run()
+    assert result["m"] == [i + 1 for i in range(40) if i != 13]
+    assert [(e.node, e.item_repr) for e in result.errors] == [("boom", "13")]
+    assert "ValueError: boom at 13" in result.errors[0].error
+    assert result.errors[0].item == (13 if policy == "collect" else None)
+    assert "1 item dropped by on_error" in repr(result)
+    assert "node 'boom' dropped 1 item(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", MODES[:2])
+def test_retries_get_past_transient_failures(mode, request):
+    graph = N.Gen("g", size=30) | Flaky("flaky", retries=1) | N.Map("m", op="inc")
+    result = Pipeline(graph, quiet=True, **options(mode, request)).run()
+    assert result["m"] == [i + 1 for i in range(30)]
+    assert result.errors == []
+
+
+def test_retries_need_a_stateless_node():
+    from pypiper_dask import OptionError
+
+    with pytest.raises(OptionError, match=r"Node 'f': retries=2 needs a stateless node"):
+        Flaky("f", retries=2, stateless=False)
+    with pytest.raises(OptionError, match=r"Node 'f': on_error must be one of"):
+        Flaky("f", on_error="ignore")
+
+
+# -- workers that die --------------------------------------------------------------------
+
+
+class Spin(Node):
+    def setup(self, loops: int = 100) -> None:
+        self.loops = loops
+
+    def run(self, data):
+        x = 0
+        for i in range(self.loops):
+            x += i
+        self.emit(data * 2)
+
+
+@pytest.fixture
+def fresh_cluster():
+    """A 2-worker LocalCluster of its own: these tests kill its workers."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        yield client
+
+
+def kill_soon(client, delay: float, pick: str = "any") -> threading.Thread:
+    pids = client.run(os.getpid)
+
+    def kill() -> None:
+        time.sleep(delay)
+        os.kill(sorted(pids.values())[0], signal.SIGKILL)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_worker_killed_mid_run_stateless_output_is_exact(fresh_cluster):
+    n = 1_500_000  # partitions large enough to be scattered, then lost with their worker
+    kill_soon(fresh_cluster, 0.8)
+    result = Pipeline(N.Gen("g", size=n) | Spin("spin"), client=fresh_cluster, quiet=True).run()
+    assert result["spin"] == [2 * i for i in range(n)]
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_stateful_node_whose_worker_dies_fails_fast_and_names_it(fresh_cluster):
+    # Kill the worker that holds the actor: learn where it is from the scheduler.
+    graph = N.Gen("g", size=10**9) | Spin("spin", loops=2000) | N.Running("total")
+    pipeline = Pipeline(graph, client=fresh_cluster, quiet=True)
+    killed = {}
+
+    def kill_actor_worker() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            who = fresh_cluster.run_on_scheduler(
+                lambda dask_scheduler: [ws.address for ws in dask_scheduler.workers.values() if ws.actors]
+            )
+            if who:
+                pid = fresh_cluster.run(os.getpid, workers=who)[who[0]]
+                time.sleep(0.5)
+                killed["at"] = time.monotonic()
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=kill_actor_worker, daemon=True).start()
+    with pytest.raises(StateLostError, match=r"Node 'total' lived on worker .* its state was lost") as info:
+        pipeline.run()
+    assert time.monotonic() - killed["at"] < 10
+    assert info.value.node == "total"
+
+
+# -- Ctrl-C, unreachable scheduler, loopback ---------------------------------------------------
+
+INTERRUPTED = """
+import sys, time
+from pypiper_dask import Node, Pipeline
+
+class Slow(Node):
+    def setup(self):
+        self.pos = 0
+    def run(self, data):
+        time.sleep(0.01)
+        self.pos += 1
+        self.emit(self.pos)
+
+class Same(Node):
+    def run(self, data):
+        self.emit(data)
+
+print("starting", flush=True)
+Pipeline(Slow("slow") | Same("same"), n_threads=2, quiet=True).run()
+"""
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_ctrl_c_cancels_closes_the_cluster_and_reraises(tmp_path):
+    script = tmp_path / "interrupted.py"
+    script.write_text(textwrap.dedent(INTERRUPTED))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    while len(parent.children(recursive=True)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    children = parent.children(recursive=True)
+    assert len(children) >= 2, "the cluster's worker processes never started"
+    time.sleep(1.5)  # let the run get going
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in err
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"left running: {alive}"
+
+
+@pytest.mark.timeout(30)
+def test_unreachable_scheduler_fails_within_the_time_limit():
+    start = time.monotonic()
+    with pytest.raises(SchedulerError, match=r"Could not reach the Dask scheduler at 'tcp://127.0.0.1:9' within 1.5 s"):
+        Pipeline(N.Gen("g", size=3) | N.Map("m"), client="tcp://127.0.0.1:9", connect_timeout=1.5).run()
+    assert time.monotonic() - start < 10
+    assert issubclass(SchedulerError, ConnectionError)
+
+
+class WhereAmI(Node):
+    def run(self, data):
+        from distributed import get_worker
+
+        worker = get_worker()
+        self.emit((worker.address, worker.scheduler.address))
+
+
+@pytest.mark.cluster
+def test_own_cluster_listens_on_loopback_only():
+    before = {p.pid for p in dask_processes()}
+    result = Pipeline(N.Gen("g", size=4) | WhereAmI("where"), n_threads=2, quiet=True).run()
+    for worker, scheduler in result["where"]:
+        assert worker.startswith("tcp://127.0.0.1:") and scheduler.startswith("tcp://127.0.0.1:")
+    assert {p.pid for p in dask_processes()} <= before
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_tls_cluster_with_security():
+    pytest.importorskip("cryptography")
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    security = Security.temporary()
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tls",
+        host="127.0.0.1",
+        security=security,
+        dashboard_address=":0",
+    ) as cluster:
+        assert cluster.scheduler_address.startswith("tls://")
+        result = Pipeline(
+            N.Gen("g", size=5) | N.Map("m", op="inc"), client=cluster.scheduler_address, security=security, quiet=True
+        ).run()
+        assert result["m"] == [1, 2, 3, 4, 5]
+        with pytest.raises(SchedulerError) as lost:
+            Pipeline(N.Gen("g", size=1) | N.Map("m"), client=cluster.scheduler_address, connect_timeout=2).run()
+        assert "needs Pipeline(security=" in str(lost.value)
