@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import threading
 import time
@@ -22,6 +21,16 @@ def _rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux keeps that across execve,
+    so a child would report the peak of the process that started it."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return _rss_mb()
 
 
 def pypiper(wid: str, n_threads: int, loops: int) -> None:
@@ -64,7 +73,7 @@ def stream(n: int) -> None:
     seconds = time.perf_counter() - t0
     done.set()
     sampler.join()
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    maxrss = _peak_mb()
     assert result.counts["add_one"] == n, result.counts
     print(
         json.dumps(

@@ -47,10 +47,14 @@ __all__ = [
     "SegmentResult",
     "SeqHolder",
     "SeqSpec",
+    "SeqStep",
+    "assemble",
     "final_state",
     "run_flush",
     "run_fused",
     "run_seq",
+    "step_flush",
+    "step_seq",
 ]
 
 #: Log entry: the end of one input item's events.
@@ -548,6 +552,8 @@ def run_fused(spec: FusedSpec, upstream: Any, sink: int | None = None) -> Segmen
 
 
 def _input(upstream: Any, sink: int | None) -> tuple[list, dict, set | None]:
+    if isinstance(upstream, SeqStep):
+        upstream = upstream.result
     if isinstance(upstream, Chunk):
         return upstream.items, upstream.prints, upstream.calls
     return upstream.outs[sink], {}, None
@@ -727,3 +733,50 @@ def run_flush(ref: Any, *after: Any) -> SegmentResult:
 def final_state(ref: Any, *after: Any) -> bytes:
     """The sequential node's final state, pickled."""
     return _holder(ref).state()
+
+
+# -- Pipeline.to_dask(): state carried through a chain of tasks ---------------------------
+
+
+class SeqStep:
+    """A sequential stage's holder after one partition, and what it produced."""
+
+    __slots__ = ("holder", "result")
+
+    def __init__(self, holder: SeqHolder, result: SegmentResult) -> None:
+        self.holder, self.result = holder, result
+
+
+def step_seq(prev: SeqStep | SeqSpec, upstream: SegmentResult, sink: int) -> SeqStep:
+    """Feed one partition to the holder the previous step left (or a new one)."""
+    holder = prev.holder if isinstance(prev, SeqStep) else SeqHolder(prev)
+    return SeqStep(holder, holder.process(upstream.outs[sink], sink in upstream.cross_closed))
+
+
+def step_flush(prev: SeqStep | SeqSpec) -> SeqStep:
+    """End the input of the holder the previous step left."""
+    holder = prev.holder if isinstance(prev, SeqStep) else SeqHolder(prev)
+    return SeqStep(holder, holder.flush())
+
+
+def assemble(plan: Any, layout: list, *results_in_order: Any) -> Any:
+    """Every round's results, in order, into the ``PipelineResult`` ``run()`` would give.
+
+    ``layout`` lists each round as ``(origin stage, source call ends, [stage ids])``;
+    the results follow in that order.
+    """
+    from .runtime.output import Output  # the caller's code, run here as the last task
+
+    out = Output(plan, quiet=True, collect=True)
+    flat = iter(results_in_order)
+    for origin, calls, stages in layout:
+        results = {}
+        for stage in stages:
+            r = next(flat)
+            results[stage] = r.result if isinstance(r, SeqStep) else r
+        if origin == 0:
+            out.round(0, results, calls)
+        else:
+            out.flush(origin, results)
+    out.finish()
+    return out.result()

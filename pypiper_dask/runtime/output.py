@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..compiler.plan import Plan
+from ..errors import short_repr
 from ..worker import Closed, Printed, SegmentResult
 
 __all__ = ["Output", "PipelineResult"]
@@ -42,6 +43,21 @@ class PipelineResult(Mapping):
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = "".join(
+            f"<tr><td><b>{html.escape(k)}</b></td><td>{n}</td>"
+            f"<td><code>{html.escape(short_repr(self._values[k][:5])) if k in self._values else '(not collected)'}"
+            "</code></td></tr>"
+            for k, n in self.counts.items()
+        )
+        errors = (
+            f"<p>{len(self.errors)} item(s) dropped by on_error; see <code>.errors</code>.</p>" if self.errors else ""
+        )
+        head = "<tr><th>leaf</th><th>items</th><th>first</th></tr>"
+        return f"<div><b>PipelineResult</b><table>{head}{rows}</table>{errors}</div>"
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}: {n} item{'s' if n != 1 else ''}" for k, n in self.counts.items())

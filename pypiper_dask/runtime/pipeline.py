@@ -9,13 +9,18 @@ from typing import Any
 
 import cloudpickle
 
+from ..compiler.collection import collection_graph
+from ..compiler.picture import plan_html, plan_picture
 from ..compiler.plan import Plan, compile_plan
+from ..compiler.tasks import TaskNames
 from ..errors import NodeTypeError, OptionError
 from ..model.graph import NodeGraph
 from ..model.node import Node
 from ..model.snapshot import Snapshot
-from .execute import execute
+from .collection import PipelineCollection
+from .execute import SourceReader, execute
 from .output import PipelineResult
+from .progress import progress_callback
 from .scheduler import choose_backend
 
 __all__ = ["Pipeline"]
@@ -55,6 +60,10 @@ class Pipeline:
     partition_size : int, optional
         Source items per partition; chosen automatically when not given.
         Output never depends on it.
+    progress : bool, optional
+        A progress bar (tqdm; a widget in a notebook) of source items done
+        against the source's ``size``: ``True`` always, ``False`` never, not
+        given: for runs longer than two seconds.
     connect_timeout : float
         Seconds to wait for the scheduler when ``client`` is an address.
     security : distributed.security.Security, optional
@@ -92,6 +101,7 @@ class Pipeline:
         *,
         client: Any = None,
         partition_size: int | None = None,
+        progress: bool | None = None,
         connect_timeout: float = 10.0,
         security: Any = None,
         **kwargs: Any,
@@ -115,6 +125,9 @@ class Pipeline:
         self.quiet = quiet
         self.client = client
         self.partition_size = partition_size
+        if progress not in (None, True, False):
+            raise NodeTypeError(f"Pipeline: progress must be True, False or None, not {progress!r}.")
+        self.progress = progress
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
             raise OptionError(f"Pipeline: connect_timeout must be a number of seconds > 0, not {connect_timeout!r}.")
         self.connect_timeout = connect_timeout
@@ -144,21 +157,66 @@ class Pipeline:
         backend = choose_backend(
             self.n_threads, self.client, connect_timeout=self.connect_timeout, security=self.security
         )
-        with backend:
-            result, source, states = execute(
-                self.plan,
-                backend,
-                quiet=self.quiet,
-                collect=collect,
-                partition_size=self.partition_size,
-                callback=update_callback,
-            )
+        callback, bar = progress_callback(self.progress, self._snapshot.root, update_callback)
+        try:
+            with backend:
+                result, source, states = execute(
+                    self.plan,
+                    backend,
+                    quiet=self.quiet,
+                    collect=collect,
+                    partition_size=self.partition_size,
+                    callback=callback,
+                )
+        finally:
+            if bar is not None:
+                bar.close()
         _adopt(self._originals[self._snapshot.root], source)
         for name, blob in states.items():
             _adopt(self._originals[name], cloudpickle.loads(blob))
         if result.errors:
             _report_dropped(result.errors)
         return result
+
+    def visualize(self, filename: str | None = None, format: str | None = None) -> Any:
+        """Draw the node graph, grouped and coloured by how each node runs.
+
+        Returns a ``graphviz.Digraph`` (a notebook shows it); with ``filename``
+        also writes the picture there (``format`` from its suffix, or given).
+        Needs ``pip install "pypiper-dask[viz]"`` and Graphviz's ``dot``.
+        """
+        picture = plan_picture(self.plan)
+        if filename is not None:
+            picture.render(outfile=filename, format=format, cleanup=True)
+        return picture
+
+    def to_dask(self, partition_size: int | None = None) -> PipelineCollection:
+        """The whole run as a Dask collection (the source must end).
+
+        The source runs here, now, to cut its partitions; the rest is a task
+        graph. ``dask.compute`` of it gives the ``PipelineResult`` that
+        ``run()`` gives (nothing is printed); ``dask.visualize`` draws it.
+
+        Examples
+        --------
+        >>> import dask
+        >>> from pypiper_dask.demo import Generate, Square
+        >>> (result,) = dask.compute(Pipeline(Generate("gen", size=5) | Square("sq")).to_dask(), scheduler="sync")
+        >>> result["sq"]
+        [0, 1, 4, 9, 16]
+        """
+        _check_positive_int("partition_size", partition_size)
+        reader = SourceReader(self._snapshot.node(self._snapshot.root))
+        chunks = []
+        while not reader.closed:
+            chunk = reader.pull(partition_size or self.partition_size or 1000)
+            if chunk.items or chunk.prints:
+                chunks.append(chunk)
+        graph, key = collection_graph(self.plan, TaskNames(self.plan), chunks)
+        return PipelineCollection(graph, key, len(chunks))
+
+    def _repr_html_(self) -> str:
+        return plan_html(self.plan, self._where())
 
     def __repr__(self) -> str:
         snap = self._snapshot

@@ -1,0 +1,67 @@
+"""Progress: adapters on the one mechanism, ``update_callback(done, total)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["ProgressBar", "progress_callback"]
+
+Callback = Callable[[int, "int | None"], None]
+
+
+class ProgressBar:
+    """A tqdm bar fed by ``update_callback`` calls: on stderr, or a widget in a notebook.
+
+    Parameters
+    ----------
+    desc : str
+        The bar's label.
+    delay : float
+        Seconds before the bar appears; a run that ends sooner shows nothing.
+
+    Examples
+    --------
+    >>> bar = ProgressBar("demo", delay=3600)  # never shown in a doctest
+    >>> bar(0, 10); bar(10, 10); bar.close()
+    >>> bar.done
+    10
+    """
+
+    def __init__(self, desc: str, delay: float = 0.0) -> None:
+        self.desc = desc
+        self.delay = delay
+        self.done = 0
+        self._bar: Any = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=self.desc, unit="item", delay=self.delay, leave=True)
+        self._bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def progress_callback(setting: bool | None, desc: str, user: Callback | None) -> tuple[Callback | None, Any]:
+    """Combine the user's ``update_callback`` with a bar, as ``progress`` asks.
+
+    ``setting``: ``True`` shows a bar at once, ``None`` shows one for runs
+    longer than two seconds, ``False`` none. Returns the callback to use and
+    the bar (to close), or ``None``.
+    """
+    bar = None if setting is False else ProgressBar(desc, delay=0.0 if setting else 2.0)
+    if bar is None:
+        return user, None
+    if user is None:
+        return bar, bar
+
+    def both(done: int, total: int | None) -> None:
+        bar(done, total)
+        user(done, total)
+
+    return both, bar
