@@ -103,6 +103,7 @@ class DistributedBackend:
         self.n_workers_wanted = n_workers
         self.timeout = timeout
         self.security = security
+        self._n_workers: int | None = None
         self._stack = contextlib.ExitStack()
 
     @property
@@ -161,7 +162,9 @@ class DistributedBackend:
 
     @property
     def n_workers(self) -> int:
-        return max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
+        if self._n_workers is None:  # asked once per round: keep the scheduler's answer
+            self._n_workers = max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
+        return self._n_workers
 
     @property
     def window(self) -> int:

@@ -165,8 +165,9 @@ def execute(
     index = attempt = 0
     try:
         while True:
-            # One round first: its cost per item sizes the partitions that fill the window.
-            window = backend.window if sizer.calibrated else 1
+            # One small round per worker first: their cost per item sizes the
+            # partitions that fill the window, and no worker waits meanwhile.
+            window = backend.window if sizer.calibrated else backend.n_workers
             while len(inflight) < window and not source.closed and not out.exhausted:
                 chunk = source.pull(sizer.next())
                 if chunk.items or chunk.prints:
