@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -132,6 +133,10 @@ def sys_pypiper(wid: str, n_threads: int) -> tuple[float, dict | str]:
     return seconds, f"wrong ({len(lines)} items printed, {len(in_order)} expected)"
 
 
+def _fresh(partition: Any, nonce: str) -> Any:
+    return partition
+
+
 class PList(list):
     """A list subclass: distributed pickles it whole instead of item by item."""
 
@@ -158,7 +163,8 @@ def sys_bag(wid: str, client: Any, subclass: bool) -> tuple[float, dict]:
         return outs
 
     start = time.perf_counter()
-    b = db.from_sequence(range(n), npartitions=parts)
+    # A fresh name each time: the same keys could return a previous repetition's results.
+    b = db.from_sequence(range(n), npartitions=parts).map_partitions(_fresh, uuid.uuid4().hex)
     if wid == "W1":
         out = {"add_one": run(b.map(W.sq).map(W.inc))[0]}
     elif wid == "W2":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -45,9 +46,9 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         p.kill()
 
 
-@pytest.fixture(scope="session")
-def local_client():
-    """A 2-worker LocalCluster (single-threaded worker processes) on 127.0.0.1."""
+@contextlib.contextmanager
+def two_worker_client():
+    """A client of a 2-worker LocalCluster (single-threaded worker processes) on 127.0.0.1."""
     from distributed import Client, LocalCluster
 
     with (
@@ -56,6 +57,13 @@ def local_client():
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
+        yield client
+
+
+@pytest.fixture(scope="session")
+def local_client():
+    """Shared by the tests that leave the cluster as they found it."""
+    with two_worker_client() as client:
         yield client
 
 

@@ -16,7 +16,7 @@ import pytest
 from pypiper_dask import Node, NodeError, Pipeline, StateLostError
 from pypiper_dask.errors import SchedulerError
 from tests import nodes as N
-from tests.conftest import ROOT, dask_processes
+from tests.conftest import ROOT, dask_processes, two_worker_client
 
 
 class Boom(Node):
@@ -142,19 +142,12 @@ class Spin(Node):
 
 @pytest.fixture
 def fresh_cluster():
-    """A 2-worker LocalCluster of its own: these tests kill its workers."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
+    """A cluster of its own: these tests kill its workers."""
+    with two_worker_client() as client:
         yield client
 
 
-def kill_soon(client, delay: float, pick: str = "any") -> threading.Thread:
+def kill_soon(client, delay: float) -> threading.Thread:
     pids = client.run(os.getpid)
 
     def kill() -> None:

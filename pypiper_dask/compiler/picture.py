@@ -8,7 +8,7 @@ from typing import Any
 from ..model.node import Node
 from .plan import Plan
 
-__all__ = ["plan_html", "plan_picture"]
+__all__ = ["plan_html", "plan_picture", "stream_label"]
 
 _COLOURS = {"source": "#d9d9d9", "fused": "#cfe2f3", "stateful": "#f9cb9c", "barrier": "#b6d7a8", "batch": "#ffe599"}
 
@@ -88,7 +88,7 @@ def plan_html(plan: Plan, where: str) -> str:
     for name in snap.order:
         info = snap.info[name]
         kind, how = _role(plan, name)
-        streams = f"{_streams(info.in_streams)} → {_streams(info.out_streams)}"
+        streams = f"{stream_label(info.in_streams)} → {stream_label(info.out_streams)}"
         rows.append(
             f'<tr><td style="background:{_COLOURS[kind]}"><b>{html.escape(name)}</b></td>'
             f"<td>{html.escape(info.cls)}</td><td>{html.escape(how)}</td>"
@@ -102,5 +102,6 @@ def plan_html(plan: Plan, where: str) -> str:
     )
 
 
-def _streams(streams: Any) -> str:
+def stream_label(streams: Any) -> str:
+    """``*`` or ``[a, b]``: a node's streams as the plan shows them."""
     return "*" if streams == "*" else "[" + ", ".join(streams) + "]"

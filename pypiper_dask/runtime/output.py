@@ -173,8 +173,7 @@ class Output:
     @property
     def exhausted(self) -> bool:
         """Every leaf sits below a closed node: pulling more source items is useless."""
-        anc = self.plan.ancestors
-        return bool(self.seen_closed) and all(anc[leaf] & self.seen_closed for leaf in self.plan.leaves)
+        return self._covers(self.seen_closed)
 
     def result(self) -> PipelineResult:
         return PipelineResult(self.values if self.collect else {}, self.counts, self.errors)
@@ -195,8 +194,12 @@ class Output:
 
     def _done(self) -> bool:
         """Every leaf is below a node closed so far in the walk: a sequential run stops here."""
+        return self._covers(self.closed)
+
+    def _covers(self, closed: set[str]) -> bool:
+        """Does every path from the source to a leaf pass through a node in ``closed``?"""
         anc = self.plan.ancestors
-        return bool(self.closed) and all(anc[leaf] & self.closed for leaf in self.plan.leaves)
+        return bool(closed) and all(anc[leaf] & closed for leaf in self.plan.leaves)
 
     def _blocked(self, node: str) -> bool:
         return bool(self.closed) and not self.closed.isdisjoint(self.plan.ancestors[node])

@@ -10,7 +10,7 @@ from typing import Any
 import cloudpickle
 
 from ..compiler.collection import collection_graph
-from ..compiler.picture import plan_html, plan_picture
+from ..compiler.picture import plan_html, plan_picture, stream_label
 from ..compiler.plan import Plan, compile_plan
 from ..compiler.tasks import TaskNames
 from ..errors import NodeTypeError, OptionError
@@ -236,7 +236,7 @@ class Pipeline:
             if not info.stateless:
                 notes.append("stateful")
             if info.in_streams != "*" or info.out_streams != "*":
-                notes.append(f"streams {_streams(info.in_streams)} -> {_streams(info.out_streams)}")
+                notes.append(f"streams {stream_label(info.in_streams)} -> {stream_label(info.out_streams)}")
             label = f"{name} ({info.cls}{', ' if notes else ''}{', '.join(notes)})"
             lines.append(("  " if top else prefix + ("└─ " if last else "├─ ")) + label)
             kids = snap.children[name]
@@ -272,10 +272,6 @@ def _report_dropped(errors: list) -> None:
             f"(first: {errs[0].item_repr}: {errs[0].error}); see PipelineResult.errors",
             file=sys.stderr,
         )
-
-
-def _streams(streams: Any) -> str:
-    return "*" if streams == "*" else "[" + ", ".join(streams) + "]"
 
 
 def _adopt(original: Node, final: Node) -> None:

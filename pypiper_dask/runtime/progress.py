@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,12 +34,20 @@ class ProgressBar:
         self.delay = delay
         self.done = 0
         self._bar: Any = None
+        self._start: float | None = None
 
     def __call__(self, done: int, total: int | None) -> None:
         if self._bar is None:
+            # A run that ends within the delay never imports or builds tqdm at all.
+            now = time.monotonic()
+            if self._start is None:
+                self._start = now
+            if now - self._start < self.delay:
+                self.done = done
+                return
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=self.desc, unit="item", delay=self.delay, leave=True)
+            self._bar = tqdm(total=total, desc=self.desc, unit="item", leave=True, initial=self.done)
         self._bar.update(done - self.done)
         self.done = done
 
