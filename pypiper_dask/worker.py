@@ -40,6 +40,7 @@ __all__ = [
     "END",
     "Chunk",
     "Closed",
+    "Ends",
     "FusedSpec",
     "ItemError",
     "NodeFailure",
@@ -84,6 +85,18 @@ class Closed:
 
     def __reduce__(self):
         return (Closed, (self.node,))
+
+
+class Ends:
+    """Log entry: ``n`` item ends in a row (items of a batch still being filled)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __reduce__(self):
+        return (Ends, (self.n,))
 
 
 class Chunk:
@@ -634,15 +647,18 @@ class SeqHolder:
                     i += len(part)
                     pending.extend(part)
                     if len(pending) < k:  # also every BATCH_SIZE_ALL slice: k is infinite
-                        log.extend([END] * len(part))
+                        log.append(Ends(len(part)))
                         continue
-                    log.extend([END] * (len(part) - 1))
+                    log.append(Ends(len(part) - 1))
                     batch = tuple(pending)
                     pending.clear()
                     self._call(batch, res)
                     log.append(END)
         if upstream_closed:
             self.upstream_closed = True
+        if k == 1 and not res.printed and not res.closed and not res.errors and len(res.outs[0]) == len(items):
+            # One output per item, nothing else: the caller can rebuild [0, END, 0, END, ...].
+            res.log, res.one_to_one = None, True
         res.seconds = time.perf_counter() - start
         res.n_in = len(items)
         return res

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..compiler.plan import Plan
 from ..errors import short_repr
-from ..worker import Closed, Printed, SegmentResult
+from ..worker import Closed, Ends, Printed, SegmentResult
 
 __all__ = ["Output", "PipelineResult"]
 
@@ -83,9 +84,12 @@ def _events(res: SegmentResult, calls: set[int] | None = None) -> Iterator[Any]:
     if res.log is not None:
         pos = [0] * len(outs)
         for entry in res.log:
-            if type(entry) is int:
+            kind = type(entry)
+            if kind is int:
                 yield (entry, outs[entry][pos[entry]])
                 pos[entry] += 1
+            elif kind is Ends:
+                yield from itertools.repeat(None, entry.n)
             else:
                 yield entry
         return
