@@ -183,9 +183,11 @@ class DistributedBackend:
             if stage.kind == "fused":
                 # Sent to every worker once; tasks carry only a reference, so a heavy
                 # node crosses the network once per worker per run, not once per task.
+                # Keyed under the stage's name: it shows on the dashboard as that node's.
+                key = names.key(stage.id, "spec")
                 self.refs[stage.id] = client.scatter(
-                    fused_spec(plan, stage, names.token, quiet), broadcast=True, hash=False
-                )
+                    {key: fused_spec(plan, stage, names.token, quiet)}, broadcast=True, hash=False
+                )[key]
             else:
                 # The holder's worker is chosen here, so nothing waits for the actor to
                 # exist: its tasks depend on its creation and are pinned to that worker.
