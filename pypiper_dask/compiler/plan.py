@@ -86,25 +86,8 @@ class Plan:
     seq_under: Mapping[str, tuple[int, ...]]  # node -> sequential stages at or below it
 
     @property
-    def top(self) -> FusedStage:
-        """The stage that reads the source."""
-        return self.stages[0]
-
-    @property
     def seq_stages(self) -> tuple[SeqStage, ...]:
         return tuple(s for s in self.stages if s.kind == "seq")
-
-    def subtree(self, stage_id: int) -> list[int]:
-        """``stage_id`` and every stage below it, in preorder."""
-        stage = self.stages[stage_id]
-        ids = [stage_id]
-        if stage.kind == "fused":
-            for sink in stage.sinks:
-                if sink.kind == "cross":
-                    ids += self.subtree(sink.stage)
-        elif stage.below is not None:
-            ids += self.subtree(stage.below)
-        return ids
 
     def describe(self) -> list[str]:
         """The plan as lines of text, one per stage."""

@@ -9,10 +9,13 @@ from typing import Any
 
 from ..errors import NodeTypeError, OptionError
 
-__all__ = ["RESERVED_KEYWORDS", "Node", "check_batch_size", "normalize_streams"]
+__all__ = ["NODE_OPTIONS", "ON_ERROR", "RESERVED_KEYWORDS", "Node", "check_batch_size", "normalize_streams"]
+
+#: Per-node options: keywords of ``Node(...)`` that win over what ``setup`` sets.
+NODE_OPTIONS = ("batch_size", "stateless", "retries", "on_error")
 
 #: Keywords of ``Node(...)`` the library consumes; they never reach ``setup``.
-RESERVED_KEYWORDS = ("in_streams", "out_streams", "batch_size", "stateless", "retries", "on_error")
+RESERVED_KEYWORDS = ("in_streams", "out_streams", *NODE_OPTIONS)
 
 #: What a node does with an item whose ``run`` raised (after its retries).
 ON_ERROR = ("raise", "skip", "collect")
@@ -109,7 +112,7 @@ class Node(abc.ABC):
         self.retries = 0
         self.on_error = "raise"
         self.size = None
-        override = {k: kwargs.pop(k) for k in ("batch_size", "stateless", "retries", "on_error") if k in kwargs}
+        override = {k: kwargs.pop(k) for k in NODE_OPTIONS if k in kwargs}
         for key, value in kwargs.items():
             setattr(self, key, value)
         self.setup(**_accepted(self.setup, kwargs))

@@ -26,7 +26,6 @@ class InProcessBackend:
 
     n_workers = 1
     window = 1
-    description = "in the calling process (dask synchronous scheduler)"
 
     def __enter__(self) -> InProcessBackend:
         return self
@@ -105,14 +104,6 @@ class DistributedBackend:
         self.security = security
         self._n_workers: int | None = None
         self._stack = contextlib.ExitStack()
-
-    @property
-    def description(self) -> str:
-        if self.n_workers_wanted:
-            return f"a LocalCluster of {self.n_workers_wanted} single-threaded worker processes, started for the run"
-        if self.address:
-            return f"the cluster at {self.address}"
-        return f"the cluster of {self.client!r}"
 
     def __enter__(self) -> DistributedBackend:
         from distributed import Client, LocalCluster
