@@ -38,6 +38,8 @@ def load_target(spec: str) -> Any:
 
     module_name = f"pypiper_dask_target_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ImportError(f"cannot import {path_text!r} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
     # Workers cannot import this module by name: its classes go by value. Registered

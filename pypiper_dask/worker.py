@@ -357,7 +357,8 @@ def _nodes_for(spec: FusedSpec) -> dict[str, Any]:
 def _build(spec: FusedSpec, nodes: dict[str, Any], res: SegmentResult, current: list) -> Any:
     """Compose the push functions of a fused stage; returns the input's push."""
     single = spec.single
-    outs, log = res.outs, res.log
+    # Only used in ordered mode (not single), where the log exists.
+    outs, log = res.outs, res.log if res.log is not None else []
 
     def deliver(edge: tuple) -> Any:
         parent_out, child_in, parent, child, target = edge
@@ -536,7 +537,7 @@ def run_fused(spec: FusedSpec, upstream: Any, sink: int | None = None) -> Segmen
         def end() -> None:
             marks.append((len(out), END))
     else:
-        end = partial(res.log.append, END)
+        end = partial(_log(res).append, END)
     with capture_stdout(record):
         if prints or calls is not None or not (spec.single and spec.leaf_out):
             for i, value in enumerate(items, 1):
@@ -615,13 +616,13 @@ class SeqHolder:
             self.node.run(data)
         except Exception as exc:
             _retry_or_drop(self.node, self.name, self.node.run, data, exc, self._buf, res)
-        buf = self._buf
+        buf, log = self._buf, _log(res)
         if buf:
             res.outs[0].extend(buf)
-            res.log.extend([0] * len(buf))
+            log.extend([0] * len(buf))
             buf.clear()
         if self.closed and not was_closed:
-            res.log.append(Closed(self.name))
+            log.append(Closed(self.name))
             res.closed.append(self.name)
 
     def process(self, items: list, upstream_closed: bool = False) -> SegmentResult:
@@ -630,7 +631,7 @@ class SeqHolder:
         if self.upstream_closed or self.closed:
             return res  # the caller skips these items too
         current = [self.name]
-        log, pending, k = res.log, self.pending, self.batch_size
+        log, pending, k = _log(res), self.pending, self.batch_size
         start = time.perf_counter()
         with capture_stdout(_recorder(res, current)):
             if k == 1:
@@ -643,7 +644,7 @@ class SeqHolder:
                 # Whole slices: only the item that completes a batch has events.
                 i, n = 0, len(items)
                 while i < n and not self.closed:
-                    part = items[i:] if k == float("inf") else items[i : i + k - len(pending)]
+                    part = items[i:] if k == float("inf") else items[i : i + int(k) - len(pending)]
                     i += len(part)
                     pending.extend(part)
                     if len(pending) < k:  # also every BATCH_SIZE_ALL slice: k is infinite
@@ -671,7 +672,7 @@ class SeqHolder:
             self.pending.clear()
             with capture_stdout(_recorder(res, [self.name])):
                 self._call(data, res)
-        res.log.append(END)
+        _log(res).append(END)
         return res
 
     def state(self) -> bytes:
@@ -690,7 +691,15 @@ def _holder(ref: Any) -> SeqHolder:
         return ref
     from distributed import get_worker
 
-    return get_worker().state.actors[ref.key]
+    holder = get_worker().state.actors[ref.key]
+    assert isinstance(holder, SeqHolder)
+    return holder
+
+
+def _log(res: SegmentResult) -> list:
+    """The ordering log of a result built in ordered mode (as a sequential stage's always is)."""
+    assert res.log is not None
+    return res.log
 
 
 class Blank:

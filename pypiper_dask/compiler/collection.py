@@ -13,7 +13,7 @@ from typing import Any
 from dask.task_spec import DataNode, Task, TaskRef
 
 from .. import worker
-from .plan import Plan
+from .plan import FusedStage, Plan
 from .tasks import TaskNames, fused_spec, seq_spec
 
 __all__ = ["collection_graph"]
@@ -25,7 +25,7 @@ def collection_graph(plan: Plan, names: TaskNames, chunks: list[worker.Chunk]) -
     last: dict[int, Any] = {}  # sequential stage -> its latest step (key) or its spec
     for stage in plan.stages:
         spec_key = names.key(stage.id, "spec")
-        spec = fused_spec(plan, stage, names.token) if stage.kind == "fused" else seq_spec(plan, stage)
+        spec = fused_spec(plan, stage, names.token) if isinstance(stage, FusedStage) else seq_spec(plan, stage)
         graph[spec_key] = DataNode(spec_key, spec)
         last[stage.id] = spec_key
     rounds = []
@@ -33,10 +33,11 @@ def collection_graph(plan: Plan, names: TaskNames, chunks: list[worker.Chunk]) -
     def add(stage_id: int, index: int, upstream: Any, sink: int | None, results: dict) -> None:
         stage = plan.stages[stage_id]
         key = names.key(stage_id, index)
-        if stage.kind == "fused":
+        if isinstance(stage, FusedStage):
             graph[key] = Task(key, worker.run_fused, TaskRef(names.key(stage_id, "spec")), upstream, sink)
             for i, s in enumerate(stage.sinks):
                 if s.kind == "cross":
+                    assert s.stage is not None  # a crossing always names its stage
                     add(s.stage, index, TaskRef(key), i, results)
         else:
             prev = TaskRef(last[stage_id])

@@ -6,7 +6,7 @@ import html
 from typing import Any
 
 from ..model.node import Node
-from .plan import Plan
+from .plan import FusedStage, Plan, SeqStage
 
 __all__ = ["plan_html", "plan_picture", "stream_label"]
 
@@ -18,9 +18,9 @@ def _role(plan: Plan, name: str) -> tuple[str, str]:
     if name == plan.snapshot.root:
         return "source", "source: runs in the caller; items cut into partitions"
     for stage in plan.stages:
-        if stage.kind == "fused" and name in stage.nodes:
+        if isinstance(stage, FusedStage) and name in stage.nodes:
             return "fused", f"stage {stage.id}: fused stateless, one task per partition"
-        if stage.kind == "seq" and stage.node == name:
+        if isinstance(stage, SeqStage) and stage.node == name:
             if not stage.stateless:
                 kind = "stateful"
             elif stage.batch_size == Node.BATCH_SIZE_ALL:
@@ -66,12 +66,12 @@ def plan_picture(plan: Plan) -> Any:
 
     add(dot, snap.root)
     for stage in plan.stages:
-        if stage.kind == "fused" and stage.nodes:
+        if isinstance(stage, FusedStage) and stage.nodes:
             with dot.subgraph(name=f"cluster_{stage.id}") as sub:
                 sub.attr(label=f"stage {stage.id}: fused, one task per partition", style="dashed", fontname="Helvetica")
                 for name in stage.nodes:
                     add(sub, name)
-        elif stage.kind == "seq":
+        elif isinstance(stage, SeqStage):
             add(dot, stage.node)
     for parent, kids in snap.children.items():
         for kid in kids:

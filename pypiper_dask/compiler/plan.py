@@ -87,7 +87,7 @@ class Plan:
 
     @property
     def seq_stages(self) -> tuple[SeqStage, ...]:
-        return tuple(s for s in self.stages if s.kind == "seq")
+        return tuple(s for s in self.stages if isinstance(s, SeqStage))
 
     def describe(self) -> list[str]:
         """The plan as lines of text, one per stage."""
@@ -98,7 +98,7 @@ class Plan:
             + (f" (size={size})" if isinstance(size, int) else "")
         ]
         for stage in self.stages:
-            if stage.kind == "fused":
+            if isinstance(stage, FusedStage):
                 what = " -> ".join(stage.nodes) if stage.nodes else "(routing only)"
                 crossing = [s.node for s in stage.sinks if s.kind == "cross"]
                 note = f"; hands items to {', '.join(crossing)}" if crossing else ""
@@ -138,6 +138,7 @@ def compile_plan(snap: Snapshot) -> Plan:
         under: dict[str, frozenset[int]] = {}
 
         def edge(parent: str, child: str) -> tuple:
+            target: tuple
             if is_sequential(info[child]):
                 target_stage = sequential(child)
                 sinks.append(Sink("cross", child, target_stage))
@@ -175,7 +176,7 @@ def compile_plan(snap: Snapshot) -> Plan:
 
     ancestors: dict[str, frozenset[str]] = {}
     seq_under: dict[str, list[int]] = {}
-    seq_of = {s.node: s.id for s in stages if s.kind == "seq"}
+    seq_of = {s.node: s.id for s in stages if isinstance(s, SeqStage)}
 
     def walk(name: str, above: frozenset[str]) -> list[int]:
         ancestors[name] = above | {name}

@@ -19,7 +19,7 @@ from .plan import FusedStage, Plan, SeqStage
 
 __all__ = ["Ref", "StageRef", "TaskNames", "TaskSpec", "fused_spec", "key_label", "round_tasks", "seq_spec"]
 
-Key = tuple[str, Any]
+Key = tuple[Any, ...]
 
 
 def key_label(name: str) -> str:
@@ -67,7 +67,7 @@ class TaskNames:
 
     @staticmethod
     def label(stage: FusedStage | SeqStage) -> str:
-        if stage.kind == "seq":
+        if isinstance(stage, SeqStage):
             return key_label(stage.node)
         if stage.nodes:
             return "+".join(map(key_label, stage.nodes))
@@ -91,14 +91,16 @@ def round_tasks(
     def add(stage_id: int, upstream: Any, sink: int | None, carry: int | None = None) -> None:
         stage = plan.stages[stage_id]
         key = names.key(stage_id, index, attempt)
-        if stage.kind == "fused":
+        if isinstance(stage, FusedStage):
             # A stage whose outputs all cross on is not fetched: its first crossing's
             # task brings back its log, so its items travel to the caller never.
             crossing = [i for i, s in enumerate(stage.sinks) if s.kind == "cross"]
             fetch = len(crossing) < len(stage.sinks)
             tasks.append(TaskSpec(key, worker.run_fused, (StageRef(stage_id), upstream, sink), stage_id, False, fetch))
             for i in crossing:
-                add(stage.sinks[i].stage, Ref(key), i, None if fetch or i != crossing[0] else stage_id)
+                below = stage.sinks[i].stage
+                assert below is not None  # a crossing always names its stage
+                add(below, Ref(key), i, None if fetch or i != crossing[0] else stage_id)
         else:
             if upstream is None:
                 tasks.append(TaskSpec(key, worker.run_flush, (StageRef(stage_id),), stage_id, True))

@@ -137,7 +137,7 @@ class NodeGraph:
             return NotImplemented
         return self._graph == other._graph and self._root is other._root
 
-    __hash__ = None  # mutable, like a list
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a list
 
     def __str__(self) -> str:
         lines = ["Graph<"]

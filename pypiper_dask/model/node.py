@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import inspect
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import NodeTypeError, OptionError
@@ -101,6 +102,15 @@ class Node(abc.ABC):
 
     BATCH_SIZE_ALL = float("inf")
 
+    name: str
+    in_streams: str | list[str]
+    out_streams: str | list[str]
+    batch_size: int | float
+    stateless: bool
+    retries: int
+    on_error: str
+    size: Any
+
     def __init__(self, name: str, in_streams: Any = "*", out_streams: Any = "*", **kwargs: Any) -> None:
         if not isinstance(name, str) or not name:
             raise NodeTypeError(f"A node's name must be a non-empty str, not {name!r}.")
@@ -132,8 +142,11 @@ class Node(abc.ABC):
         if self.on_error not in ON_ERROR:
             raise OptionError(f"Node {name!r}: on_error must be one of {ON_ERROR!r}, not {self.on_error!r}.")
 
-    def setup(self, **kwargs: Any) -> None:  # noqa: B027 - optional hook, as in pyPiper
+    def _setup(self, **kwargs: Any) -> None:  # noqa: B027 - optional hook, as in pyPiper
         """Prepare the node; called once by the constructor. Override freely."""
+
+    # Typed as any callable: pyPiper programs override setup() with any signature.
+    setup: Callable[..., None] = _setup
 
     @abc.abstractmethod
     def run(self, data: Any) -> None:

@@ -13,7 +13,7 @@ import sys
 from concurrent.futures import CancelledError
 from typing import Any
 
-from ..compiler.plan import Plan
+from ..compiler.plan import FusedStage, Plan, SeqStage
 from ..compiler.tasks import Ref, StageRef, TaskNames, TaskSpec, fused_spec, seq_spec
 from ..errors import PipelineError, SchedulerError, StateLostError
 from ..worker import Chunk, NodeFailure, SegmentResult, SeqHolder, final_state
@@ -36,7 +36,7 @@ class InProcessBackend:
     def start(self, plan: Plan, names: TaskNames, quiet: bool = False) -> None:
         self.plan = plan
         self.refs = {
-            s.id: fused_spec(plan, s, names.token, quiet) if s.kind == "fused" else SeqHolder(seq_spec(plan, s))
+            s.id: fused_spec(plan, s, names.token, quiet) if isinstance(s, FusedStage) else SeqHolder(seq_spec(plan, s))
             for s in plan.stages
         }
 
@@ -125,7 +125,7 @@ class DistributedBackend:
                 link = self.client.dashboard_link
                 if link:
                     print(f"pypiper_dask: dashboard at {link}", file=sys.stderr)
-            elif self.client is None:
+            elif self.client is None and self.address is not None:
                 try:
                     client = Client(self.address, timeout=self.timeout, security=self.security, set_as_default=False)
                 except (OSError, TimeoutError, TypeError, ValueError) as exc:
@@ -171,7 +171,7 @@ class DistributedBackend:
         self.settled: dict[int, Any] = {}
         workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {}))
         for stage in plan.stages:
-            if stage.kind == "fused":
+            if isinstance(stage, FusedStage):
                 # Sent to every worker once; tasks carry only a reference, so a heavy
                 # node crosses the network once per worker per run, not once per task.
                 # Keyed under the stage's name: it shows on the dashboard as that node's.
@@ -270,6 +270,7 @@ class DistributedBackend:
         for stage_id, address in self.where.items():
             if address not in alive:
                 stage = self.plan.stages[stage_id]
+                assert isinstance(stage, SeqStage)  # only sequential stages have a worker
                 what = "its state" if not stage.stateless else "the items it was holding for its next batch"
                 raise StateLostError(
                     stage.node,

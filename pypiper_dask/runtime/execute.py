@@ -29,7 +29,8 @@ class SourceReader:
         self.node = node
         self.emitted = 0
         self._stop: list = []  # non-empty once the source called close()
-        node.close = partial(self._stop.append, True)
+        # The engine rebinds emit/close on its own copy of the node.
+        setattr(node, "close", partial(self._stop.append, True))  # noqa: B010
 
     @property
     def closed(self) -> bool:
@@ -53,7 +54,7 @@ class SourceReader:
             at = k - 1 if bounds is None else start
             prints[at] = prints.get(at, "") + text
 
-        self.node.emit = items.append
+        setattr(self.node, "emit", items.append)  # noqa: B010
         with capture_stdout(record):
             try:
                 while not stop and len(items) < n:
@@ -207,6 +208,7 @@ def execute(
             done += len(chunk)
             if callback:
                 callback(done, total)
+        assert flushes is not None  # submitted once the source was done
         for stage_id, handle in flushes:
             out.flush(stage_id, backend.gather(handle))
         out.finish()

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ..compiler.plan import Plan
+from ..compiler.plan import FusedStage, Plan, SeqStage
 from ..errors import short_repr
 from ..worker import Closed, Ends, Printed, SegmentResult
 
@@ -128,7 +128,7 @@ class Output:
         self.waiting: list[tuple[int, dict[int, SegmentResult], set[int] | None]] = []
         self.leaf_sinks: dict[str, tuple[int, int]] = {}
         for stage in plan.stages:
-            if stage.kind == "fused":
+            if isinstance(stage, FusedStage):
                 for i, sink in enumerate(stage.sinks):
                     if sink.kind == "leaf":
                         self.leaf_sinks[sink.node] = (stage.id, i)
@@ -242,7 +242,7 @@ class Output:
             kind = type(event)
             if kind is tuple:
                 sink, value = event
-                if stage.kind == "seq":
+                if isinstance(stage, SeqStage):
                     if stage.below is None:
                         self._deliver(stage.node, value)
                     else:
