@@ -150,7 +150,7 @@ def sys_bag(wid: str, client: Any, subclass: bool) -> tuple[float, dict]:
     """
     import dask.bag as db
 
-    n = W.WORKLOADS[wid].n
+    n = W.size(wid)
     parts = min(20 if wid == "W2" else 8, n)
 
     def run(*bags: Any) -> list[list]:
@@ -182,7 +182,7 @@ def sys_bag(wid: str, client: Any, subclass: bool) -> tuple[float, dict]:
 
 
 def sys_pool(wid: str, pool: Any) -> tuple[float, dict]:
-    n = W.WORKLOADS[wid].n
+    n = W.size(wid)
     chunk = max(1, n // 8) if wid != "W2" else 25
     start = time.perf_counter()
     if wid == "W1":

@@ -6,6 +6,7 @@ Everything is top-level so multiprocessing and Dask can pickle it by reference.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,10 +114,16 @@ WORKLOADS = {
 }
 
 
+def size(wid: str) -> int:
+    """The workload's N; ``PYPIPER_DASK_BENCH_N`` overrides it (the tests' small runs)."""
+    override = os.environ.get("PYPIPER_DASK_BENCH_N")
+    return int(override) if override else WORKLOADS[wid].n
+
+
 def graph(wid: str, nodes: dict[str, type], n: int | None = None) -> Any:
     """The workload's node graph, built from ``nodes`` (ours or pyPiper's)."""
-    size = n or WORKLOADS[wid].n
-    src = nodes["Source"]("source", size=size)
+    count = n or size(wid)
+    src = nodes["Source"]("source", size=count)
     if wid == "W1":
         return src | nodes["Square"]("square") | nodes["AddOne"]("add_one")
     if wid == "W2":
@@ -168,8 +175,7 @@ def w5_item(x: int) -> tuple[int, int]:
 
 def serial(wid: str, n: int | None = None) -> dict[str, list]:
     """The reference output: a plain generator chain, no nodes."""
-    size = n or WORKLOADS[wid].n
-    xs = range(size)
+    xs = range(n or size(wid))
     if wid == "W1":
         return {"add_one": list(inc(y) for y in (sq(x) for x in xs))}
     if wid == "W2":
