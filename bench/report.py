@@ -149,6 +149,7 @@ def write_report(
     machine: dict,
 ) -> None:
     root = out.parent
+    (root / CHART).parent.mkdir(parents=True, exist_ok=True)
     write_chart(root / CHART, results)
     systems = list(next(iter(results.values())).keys())
     lines = [
