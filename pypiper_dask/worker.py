@@ -34,6 +34,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import short_repr
+from .model.node import Node
 from .model.streams import edge_selector
 
 __all__ = [
@@ -647,7 +648,7 @@ class SeqHolder:
                 # Whole slices: only the item that completes a batch has events.
                 i, n = 0, len(items)
                 while i < n and not self.closed:
-                    part = items[i:] if k == float("inf") else items[i : i + int(k) - len(pending)]
+                    part = items[i:] if k == Node.BATCH_SIZE_ALL else items[i : i + int(k) - len(pending)]
                     i += len(part)
                     pending.extend(part)
                     if len(pending) < k:  # also every BATCH_SIZE_ALL slice: k is infinite
@@ -671,7 +672,7 @@ class SeqHolder:
         """The input has ended: run what is still pending (the last batch)."""
         res = SegmentResult(1)
         if self.pending and not self.closed:
-            data = list(self.pending) if self.batch_size == float("inf") else tuple(self.pending)
+            data = list(self.pending) if self.batch_size == Node.BATCH_SIZE_ALL else tuple(self.pending)
             self.pending.clear()
             with capture_stdout(_recorder(res, [self.name])):
                 self._call(data, res)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..compiler.plan import FusedStage, Plan, SeqStage
@@ -113,11 +113,10 @@ class Output:
     order a sequential run produces.
     """
 
-    def __init__(self, plan: Plan, quiet: bool, collect: bool, write: Any = None) -> None:
+    def __init__(self, plan: Plan, quiet: bool, collect: bool) -> None:
         self.plan = plan
         self.quiet = quiet
         self.collect = collect
-        self._write = write
         self.values: dict[str, list] = {leaf: [] for leaf in plan.leaves}
         self.counts: dict[str, int] = dict.fromkeys(plan.leaves, 0)
         self.errors: list = []
@@ -185,7 +184,7 @@ class Output:
     # -- internals ---------------------------------------------------------------------
 
     def write(self, text: str) -> None:
-        (self._write or sys.stdout.write)(text)
+        sys.stdout.write(text)  # looked up now: a notebook cell or a redirect may have replaced it
 
     def _needs_flush(self, results: dict[int, SegmentResult]) -> bool:
         seq_under = self.plan.seq_under
@@ -208,7 +207,7 @@ class Output:
     def _blocked(self, node: str) -> bool:
         return bool(self.closed) and not self.closed.isdisjoint(self.plan.ancestors[node])
 
-    def _deliver_many(self, leaf: str, values: list) -> None:
+    def _deliver_many(self, leaf: str, values: Sequence[Any]) -> None:
         if not values:
             return
         self.counts[leaf] += len(values)
@@ -218,11 +217,7 @@ class Output:
             self.write("".join(f"{v!s}\n" for v in values))
 
     def _deliver(self, leaf: str, value: Any) -> None:
-        self.counts[leaf] += 1
-        if self.collect:
-            self.values[leaf].append(value)
-        if not self.quiet:
-            self.write(f"{value!s}\n")
+        self._deliver_many(leaf, (value,))
 
     def _walk_round(self, origin: int, results: dict[int, SegmentResult], calls: set[int] | None = None) -> None:
         for res in results.values():
