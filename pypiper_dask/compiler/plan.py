@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Literal
 
 from ..model.node import Node
 from ..model.snapshot import NodeInfo, Snapshot
+from ..worker.fused import Edge, ToNode, ToSink
 
 __all__ = ["FusedStage", "Plan", "SeqStage", "Sink", "compile_plan", "is_sequential"]
 
@@ -32,7 +34,7 @@ def is_sequential(info: NodeInfo) -> bool:
 class Sink:
     """Where a fused stage's outputs go: a leaf's results, or a crossing into a sequential stage."""
 
-    kind: str  # "leaf" or "cross"
+    kind: Literal["leaf", "cross"]
     node: str  # the leaf, or the sequential node crossed into
     stage: int | None  # the sequential stage, for a crossing
 
@@ -44,11 +46,22 @@ class FusedStage:
     id: int
     above: str  # the source or sequential node whose output this stage reads
     nodes: tuple[str, ...]
-    edges: tuple  # see worker.FusedSpec
+    edges: tuple[Edge, ...]  # the edges leaving ``above``, each down to its sink
     sinks: tuple[Sink, ...]
-    ends: bool  # log an END after each input item (input from a sequential node)
-    under: Mapping[str, frozenset[int]]  # node -> crossing sinks below it
-    kind: str = "fused"
+    under: Mapping[str, frozenset[int]]  # node -> the sinks below it
+    kind: Literal["fused"] = "fused"
+
+    @property
+    def ends(self) -> bool:
+        """Its tasks record each input item's end: the caller may need it to splice.
+
+        Not needed only for a chain into one leaf fed by the source.
+        """
+        return self.above_sequential or len(self.sinks) > 1 or self.sinks[0].kind == "cross"
+
+    @property
+    def above_sequential(self) -> bool:
+        return self.id != 0
 
 
 @dataclass(frozen=True)
@@ -60,7 +73,8 @@ class SeqStage:
     batch_size: int | float
     stateless: bool
     below: int | None  # the fused stage reading its output, if it has successors
-    kind: str = "seq"
+    chain: tuple[int, ...] = ()  # the sequential stages at or above it, top first (their flushes reach it)
+    kind: Literal["seq"] = "seq"
 
     @property
     def role(self) -> str:
@@ -130,49 +144,48 @@ def compile_plan(snap: Snapshot) -> Plan:
     info, children = snap.info, snap.children
     stages: list = []
 
-    def fused(above: str, kids: tuple[str, ...]) -> int:
+    def fused(above: str, kids: tuple[str, ...], chain: tuple[int, ...]) -> int:
         sid = len(stages)
         stages.append(None)  # keep preorder ids: this stage before the ones it feeds
         sinks: list[Sink] = []
         nodes: list[str] = []
         under: dict[str, frozenset[int]] = {}
 
-        def edge(parent: str, child: str) -> tuple:
-            target: tuple
+        def edge(parent: str, child: str) -> Edge:
+            target: ToNode | ToSink
             if is_sequential(info[child]):
-                target_stage = sequential(child)
+                target_stage = sequential(child, chain)
                 sinks.append(Sink("cross", child, target_stage))
-                target = ("sink", len(sinks) - 1)
+                target = ToSink(len(sinks) - 1)
             else:
                 nodes.append(child)
                 first = len(sinks)
                 if children[child]:
-                    target = ("node", child, None, tuple(edge(child, k) for k in children[child]))
+                    target = ToNode(child, None, tuple(edge(child, k) for k in children[child]))
                 else:
                     sinks.append(Sink("leaf", child, None))
-                    target = ("node", child, len(sinks) - 1, ())
-                under[child] = frozenset(i for i in range(first, len(sinks)) if sinks[i].kind == "cross")
-            return (info[parent].out_streams, info[child].in_streams, parent, child, target)
+                    target = ToNode(child, len(sinks) - 1, ())
+                under[child] = frozenset(range(first, len(sinks)))
+            return Edge(info[parent].out_streams, info[child].in_streams, parent, child, target)
 
         if kids:
             edges = tuple(edge(above, k) for k in kids)
         else:  # the source alone: its items are the output
             sinks.append(Sink("leaf", above, None))
-            edges = (("*", "*", above, above, ("sink", 0)),)
-        stages[sid] = FusedStage(
-            sid, above, tuple(nodes), edges, tuple(sinks), ends=above != snap.root, under=MappingProxyType(under)
-        )
+            edges = (Edge("*", "*", above, above, ToSink(0)),)
+        stages[sid] = FusedStage(sid, above, tuple(nodes), edges, tuple(sinks), MappingProxyType(under))
         return sid
 
-    def sequential(name: str) -> int:
+    def sequential(name: str, chain: tuple[int, ...]) -> int:
         sid = len(stages)
         stages.append(None)
-        below = fused(name, children[name]) if children[name] else None
+        chain = (*chain, sid)
+        below = fused(name, children[name], chain) if children[name] else None
         i = info[name]
-        stages[sid] = SeqStage(sid, name, i.batch_size, i.stateless, below)
+        stages[sid] = SeqStage(sid, name, i.batch_size, i.stateless, below, chain)
         return sid
 
-    fused(snap.root, children[snap.root])
+    fused(snap.root, children[snap.root], ())
 
     ancestors: dict[str, frozenset[str]] = {}
     seq_under: dict[str, list[int]] = {}

@@ -1,10 +1,15 @@
 """Plan → Dask tasks. The only module that names task keys.
 
-A key is ``(f"{label}-{token}", index)``: ``label`` is the node's name (fused
-nodes joined by ``+``) with ``-`` replaced by a non-breaking hyphen so that
-:func:`dask.utils.key_split`, which the dashboard and progress bars group by,
-returns it whole; ``token`` is 8 hex digits, new for every run, so keys never
-collide with an earlier run's; ``index`` is the round (partition).
+A key is ``(f"{label}-{token}{stage}", index)``: ``label`` is the node's name
+(fused nodes joined by ``+``) with ``-`` replaced by a non-breaking hyphen so
+that :func:`dask.utils.key_split`, which the dashboard and progress bars
+group by, returns it whole; ``token`` is 8 hex digits, new for every run, so
+keys never collide with an earlier run's; ``stage`` (the stage's number)
+makes every stage's keys its own whatever its nodes are called (a node named
+``"a+b"`` beside fused nodes ``a`` and ``b``); ``index`` is the round.
+
+One builder, :func:`round_tasks`, makes the tasks of a round for ``run()``
+(submitted round by round) and for ``to_dask()`` (one graph of every round).
 """
 
 from __future__ import annotations
@@ -17,7 +22,17 @@ from typing import Any, NamedTuple
 from .. import worker
 from .plan import FusedStage, Plan, SeqStage
 
-__all__ = ["Ref", "StageRef", "TaskNames", "TaskSpec", "fused_spec", "key_label", "round_tasks", "seq_spec"]
+__all__ = [
+    "Ref",
+    "StageRef",
+    "TaskNames",
+    "TaskSpec",
+    "fused_spec",
+    "key_label",
+    "round_tasks",
+    "seq_spec",
+    "state_step",
+]
 
 Key = tuple[Any, ...]
 
@@ -28,14 +43,14 @@ def key_label(name: str) -> str:
     Examples
     --------
     >>> from dask.utils import key_split
-    >>> key_split((key_label("stage-2") + "-1a2b3c4d", 0)) == key_label("stage-2")
+    >>> key_split((key_label("stage-2") + "-1a2b3c4d0", 0)) == key_label("stage-2")
     True
     """
     return name.replace("-", "\u2011")
 
 
 class Ref(NamedTuple):
-    """An argument that is the result of another task of this run."""
+    """An argument that is the result of another task of this round."""
 
     key: Key
 
@@ -48,22 +63,39 @@ class StageRef(NamedTuple):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task, before the runtime turns it into a graph entry or a submission."""
+    """One task, before the runtime turns it into a submission or a graph entry."""
 
     key: Key
     func: Callable
     args: tuple
     stage: int
-    sequential: bool  # must run after this stage's previous task, where its holder lives
-    fetch: bool = True  # the caller gathers its result (else a task below carries what it needs)
+    fetch: bool = True  # the caller gathers its result (else a task below brings back what it needs)
+
+    @property
+    def sequential(self) -> bool:
+        """A step of a sequential stage's holder."""
+        return self.func is not worker.run_fused
 
 
 class TaskNames:
-    """The key names of one run of a plan."""
+    """The key names of one run of a plan.
+
+    Examples
+    --------
+    >>> from pypiper_dask.model import Node
+    >>> from pypiper_dask.model.snapshot import Snapshot
+    >>> from pypiper_dask.compiler.plan import compile_plan
+    >>> class N(Node):
+    ...     def run(self, data):
+    ...         self.emit(data)
+    >>> names = TaskNames(compile_plan(Snapshot.from_graph(N("gen") | N("gen-out"))), token="1a2b3c4d")
+    >>> names.key(0, 3)
+    ('gen‑out-1a2b3c4d0', 3)
+    """
 
     def __init__(self, plan: Plan, token: str | None = None) -> None:
         self.token = token or uuid.uuid4().hex[:8]
-        self.prefix = {s.id: f"{self.label(s)}-{self.token}" for s in plan.stages}
+        self.prefix = {s.id: f"{self.label(s)}-{self.token}{s.id}" for s in plan.stages}
 
     @staticmethod
     def label(stage: FusedStage | SeqStage) -> str:
@@ -71,7 +103,7 @@ class TaskNames:
             return key_label(stage.node)
         if stage.nodes:
             return "+".join(map(key_label, stage.nodes))
-        return key_label(stage.above) + "\u2011out"
+        return key_label(stage.above)  # routing only: the items of the node above, handed on
 
     def key(self, stage: int, index: Any, attempt: int = 0) -> Key:
         """``(prefix, index)``; a round submitted again gets ``(prefix, index, attempt)``."""
@@ -79,62 +111,79 @@ class TaskNames:
 
 
 def round_tasks(
-    plan: Plan, names: TaskNames, index: int, origin: int, chunk: worker.Chunk | None = None, attempt: int = 0
+    plan: Plan,
+    names: TaskNames,
+    index: int,
+    origin: int,
+    chunk: worker.Chunk | None = None,
+    *,
+    n_source: int | None = None,
+    attempt: int = 0,
+    closed: frozenset[str] = frozenset(),
 ) -> list[TaskSpec]:
     """The tasks of one round, parents before children.
 
-    A round is a partition of source items fed to the top stage (``chunk``),
-    or the end of input of the sequential stage ``origin`` (its flush).
+    A round is a partition of source items fed to the top stage (``origin``
+    0, ``chunk``), or the end of input of the sequential stage ``origin``
+    (its flush), once every one of the ``n_source`` source rounds is out.
+
+    Each sequential stage's steps are numbered in the order its holder must
+    run them: step ``i`` for source round ``i``, then one step for each flush
+    of a sequential stage at or above it, top first. ``closed`` are the
+    nodes known to have closed in an earlier round: fused stages skip them.
     """
     tasks: list[TaskSpec] = []
+
+    def number(stage: SeqStage) -> int:
+        if origin == 0:
+            return index
+        assert n_source is not None  # a flush round comes after every source round
+        return n_source + stage.chain.index(origin)
 
     def add(stage_id: int, upstream: Any, sink: int | None, carry: int | None = None) -> None:
         stage = plan.stages[stage_id]
         key = names.key(stage_id, index, attempt)
         if isinstance(stage, FusedStage):
             # A stage whose outputs all cross on is not fetched: its first crossing's
-            # task brings back its log, so its items travel to the caller never.
+            # task brings back its log, so its items never travel to the caller.
             crossing = [i for i, s in enumerate(stage.sinks) if s.kind == "cross"]
             fetch = len(crossing) < len(stage.sinks)
-            tasks.append(TaskSpec(key, worker.run_fused, (StageRef(stage_id), upstream, sink), stage_id, False, fetch))
+            args = (StageRef(stage_id), upstream, sink, closed)
+            tasks.append(TaskSpec(key, worker.run_fused, args, stage_id, fetch))
             for i in crossing:
                 below = stage.sinks[i].stage
                 assert below is not None  # a crossing always names its stage
                 add(below, Ref(key), i, None if fetch or i != crossing[0] else stage_id)
+            return
+        if upstream is None:
+            tasks.append(TaskSpec(key, worker.run_flush, (StageRef(stage_id), number(stage)), stage_id))
         else:
-            if upstream is None:
-                tasks.append(TaskSpec(key, worker.run_flush, (StageRef(stage_id),), stage_id, True))
-            else:
-                args = (StageRef(stage_id), upstream, sink, carry)
-                tasks.append(TaskSpec(key, worker.run_seq, args, stage_id, True))
-            if stage.below is not None:
-                add(stage.below, Ref(key), 0)
+            args = (StageRef(stage_id), number(stage), upstream, sink, carry)
+            tasks.append(TaskSpec(key, worker.run_seq, args, stage_id))
+        if stage.below is not None:
+            add(stage.below, Ref(key), 0)
 
     add(origin, chunk, None)
     return tasks
 
 
-def fused_spec(plan: Plan, stage: FusedStage, token: str, quiet: bool = False) -> worker.FusedSpec:
-    """What a fused stage's tasks need on the worker.
+def state_step(stage: SeqStage, n_source: int) -> int:
+    """The step number of a sequential stage's final-state call: after its own flush."""
+    return n_source + len(stage.chain)
 
-    A stage may run breadth first when the caller needs no order between its
-    sinks: it reads the source (no per-item splicing) and has one sink, or
-    only leaves whose items are not printed.
-    """
-    blobs = {n: plan.snapshot.blobs[n] for n in stage.nodes}
-    kinds = [s.kind for s in stage.sinks]
-    breadth_first = not stage.ends and (len(kinds) == 1 or (quiet and "cross" not in kinds))
+
+def fused_spec(plan: Plan, stage: FusedStage, token: str) -> worker.FusedSpec:
+    """What a fused stage's tasks need on the worker."""
     return worker.FusedSpec(
-        f"{token}-{stage.id}",
-        TaskNames.label(stage),
-        blobs,
-        stage.edges,
-        len(stage.sinks),
-        stage.ends,
-        dict(stage.under),
-        plan.snapshot.root,
-        leaf_out=kinds == ["leaf"],
-        breadth_first=breadth_first,
+        token=f"{token}-{stage.id}",
+        label=TaskNames.label(stage),
+        above=stage.above,
+        blobs={n: plan.snapshot.blobs[n] for n in stage.nodes},
+        edges=stage.edges,
+        sinks=tuple(s.node for s in stage.sinks),
+        under=dict(stage.under),
+        ends=stage.ends,
+        top=not stage.above_sequential,
     )
 
 

@@ -1,8 +1,9 @@
 """Where the tasks of a run execute: in the caller, or on a distributed cluster.
 
 Both backends take the same :class:`~pypiper_dask.compiler.TaskSpec` lists
-(one list per round) and return the same results; which one a run uses is
-decided in :func:`pypiper_dask.runtime.scheduler.choose_backend`.
+(one list per round), follow the :class:`Backend` protocol, and return the
+same results; which one a run uses is decided in
+:func:`pypiper_dask.runtime.scheduler.choose_backend`.
 """
 
 from __future__ import annotations
@@ -11,36 +12,62 @@ import contextlib
 import logging
 import sys
 from concurrent.futures import CancelledError
-from typing import Any
+from typing import Any, Protocol
 
 from ..compiler.plan import FusedStage, Plan, SeqStage
-from ..compiler.tasks import Ref, StageRef, TaskNames, TaskSpec, fused_spec, seq_spec
+from ..compiler.tasks import Ref, StageRef, TaskNames, TaskSpec, fused_spec, seq_spec, state_step
 from ..errors import PipelineError, SchedulerError, StateLostError
-from ..worker import Chunk, NodeFailure, SegmentResult, SeqHolder, final_state
+from ..ordering import Segment
+from ..worker import Chunk, NodeFailure, SeqHolder, run_state
 
-__all__ = ["DataLost", "DistributedBackend", "InProcessBackend"]
+__all__ = ["Backend", "DataLost", "DistributedBackend", "InProcessBackend"]
+
+
+class Backend(Protocol):
+    """What the run loop needs of a place to run tasks.
+
+    ``window`` is how many rounds may be in flight at once; ``submit`` takes
+    one round's tasks and returns a handle; ``wait`` returns the handles
+    (of those given) that are done, waiting up to ``timeout`` seconds for
+    one; ``results`` gives a done round's fetched segments by stage (and
+    raises a task's failure, or :class:`DataLost`).
+    """
+
+    n_workers: int
+    window: int
+
+    def __enter__(self) -> Backend: ...
+    def __exit__(self, *exc: Any) -> None: ...
+    def start(self, plan: Plan, names: TaskNames) -> None: ...
+    def submit(self, tasks: list[TaskSpec]) -> Any: ...
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]: ...
+    def results(self, handle: Any) -> dict[int, Segment]: ...
+    def cancel(self, handles: list[Any] | None = None) -> None: ...
+    def final_states(self, n_source: int) -> dict[str, bytes]: ...
 
 
 class InProcessBackend:
     """Runs each round's tasks in the calling process on Dask's synchronous scheduler."""
 
-    n_workers = 1
-    window = 1
+    def __init__(self) -> None:
+        self.n_workers = 1
+        self.window = 1
+        self.refs: dict[int, Any] = {}
 
     def __enter__(self) -> InProcessBackend:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.refs: dict[int, Any] = {}
+        self.refs = {}
 
-    def start(self, plan: Plan, names: TaskNames, quiet: bool = False) -> None:
+    def start(self, plan: Plan, names: TaskNames) -> None:
         self.plan = plan
         self.refs = {
-            s.id: fused_spec(plan, s, names.token, quiet) if isinstance(s, FusedStage) else SeqHolder(seq_spec(plan, s))
+            s.id: fused_spec(plan, s, names.token) if isinstance(s, FusedStage) else SeqHolder(seq_spec(plan, s))
             for s in plan.stages
         }
 
-    def submit(self, tasks: list[TaskSpec]) -> dict[int, SegmentResult]:
+    def submit(self, tasks: list[TaskSpec]) -> dict[int, Segment]:
         from dask.local import get_sync
         from dask.task_spec import Task, TaskRef
 
@@ -53,22 +80,19 @@ class InProcessBackend:
 
         graph = {t.key: Task(t.key, t.func, *map(arg, t.args)) for t in tasks}
         results = get_sync(graph, [t.key for t in tasks])
-        return {t.stage: r for t, r in zip(tasks, results, strict=False)}
+        return _with_carried({t.stage: r for t, r in zip(tasks, results, strict=True) if t.fetch})
 
-    def gather(self, handle: dict[int, SegmentResult]) -> dict[int, SegmentResult]:
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        return handles  # each ran when it was submitted
+
+    def results(self, handle: dict[int, Segment]) -> dict[int, Segment]:
         return handle
 
-    def cancel(self) -> None:
+    def cancel(self, handles: list[Any] | None = None) -> None:
         pass
 
-    def rollback(self) -> None:
-        pass
-
-    def submit_states(self, names: TaskNames, attempt: int = 0) -> dict[str, Any]:
-        return {s.node: self.refs[s.id] for s in self.plan.seq_stages if not s.stateless}
-
-    def gather_states(self, handle: dict[str, Any]) -> dict[str, bytes]:
-        return {node: final_state(holder) for node, holder in handle.items()}
+    def final_states(self, n_source: int) -> dict[str, bytes]:
+        return {s.node: run_state(self.refs[s.id], 0) for s in self.plan.seq_stages if not s.stateless}
 
 
 class DistributedBackend:
@@ -153,22 +177,22 @@ class DistributedBackend:
 
     @property
     def n_workers(self) -> int:
-        if self._n_workers is None:  # asked once per round: keep the scheduler's answer
+        if self._n_workers is None:  # asked once per run: keep the scheduler's answer
             self._n_workers = max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
         return self._n_workers
 
     @property
     def window(self) -> int:
-        return max(2, 3 * self.n_workers)
+        """Rounds in flight: enough that every worker has its next partition queued."""
+        return max(2, 2 * self.n_workers + 1)
 
-    def start(self, plan: Plan, names: TaskNames, quiet: bool = False) -> None:
+    def start(self, plan: Plan, names: TaskNames) -> None:
         client = self.client
         self.plan = plan
+        self.names = names
         self.refs: dict[int, Any] = {}
         self.where: dict[int, str] = {}
-        self.last: dict[int, Any] = {}
-        self.live: list[_Round] = []
-        self.settled: dict[int, Any] = {}
+        self.live: set[_Round] = set()
         workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {}))
         for stage in plan.stages:
             if isinstance(stage, FusedStage):
@@ -177,15 +201,16 @@ class DistributedBackend:
                 # Keyed under the stage's name: it shows on the dashboard as that node's.
                 key = names.key(stage.id, "spec")
                 self.refs[stage.id] = client.scatter(
-                    {key: fused_spec(plan, stage, names.token, quiet)}, broadcast=True, hash=False
+                    {key: fused_spec(plan, stage, names.token)}, broadcast=True, hash=False
                 )[key]
             else:
-                # The holder's worker is chosen here, so nothing waits for the actor to
-                # exist: its tasks depend on its creation and are pinned to that worker.
+                # Holders spread over the workers; their steps are tasks that may run
+                # anywhere and call the holder, which runs them on its own thread.
                 self.where[stage.id] = where = workers[len(self.where) % len(workers)]
                 self.refs[stage.id] = client.submit(
                     SeqHolder,
                     seq_spec(plan, stage),
+                    4 * self.window + 8,
                     actor=True,
                     key=names.key(stage.id, "actor"),
                     workers=[where],
@@ -221,34 +246,35 @@ class DistributedBackend:
                 else self._data(a)
                 for a in t.args
             ]
-            options: dict[str, Any] = {}
-            if t.sequential:
-                if t.stage in self.last:
-                    args.append(self.last[t.stage])
-                options = {"workers": [self.where[t.stage]], "allow_other_workers": False}
-            future = self.client.submit(t.func, *args, key=t.key, pure=False, **options)
+            # A sequential step goes first wherever it lands: the next step of its
+            # chain, and the rounds waiting for delivery, wait on it.
+            future = self.client.submit(t.func, *args, key=t.key, pure=False, priority=1 if t.sequential else 0)
             round_.futures[t.key] = future
-            if t.sequential:
-                self.last[t.stage] = round_.seq[t.stage] = future
             if t.fetch:
                 round_.fetch[t.stage] = future
-        self.live.append(round_)
+        self.live.add(round_)
         return round_
 
-    def gather(self, handle: _Round) -> dict[int, SegmentResult]:
-        """Wait for one round, watching the workers that hold sequential nodes."""
+    def wait(self, handles: list[_Round], timeout: float) -> list[_Round]:
+        """The rounds among ``handles`` that are done (or failed), waiting up to ``timeout`` for one."""
         from distributed import wait
+
+        pending = [f for h in handles for f in h.fetch.values() if not f.done()]
+        if pending:
+            try:
+                with self.client.as_current():
+                    wait(pending, timeout=min(timeout, self.poll), return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                self._check_holders()
+                return []
+        return [h for h in handles if all(f.done() for f in h.fetch.values())]
+
+    def results(self, handle: _Round) -> dict[int, Segment]:
+        """A done round's segments by stage."""
         from distributed.client import FutureCancelledError
 
         fetch = list(handle.fetch.values())
         try:
-            while True:
-                try:
-                    with self.client.as_current():
-                        wait(fetch, timeout=self.poll)
-                    break
-                except TimeoutError:
-                    self._check_holders()
             values = self.client.gather(fetch)
         except (NodeFailure, StateLostError):
             raise
@@ -260,8 +286,7 @@ class DistributedBackend:
             if type(exc).__name__ == "KilledWorker":
                 raise PipelineError(f"A task of this pipeline killed its worker again and again: {exc}") from exc
             raise
-        self.settled.update(handle.seq)
-        self.live.remove(handle)
+        self.live.discard(handle)
         return _with_carried(dict(zip(handle.fetch, values, strict=True)))
 
     def _check_holders(self) -> None:
@@ -278,36 +303,23 @@ class DistributedBackend:
                     "so the run cannot go on exactly. Run it again.",
                 )
 
-    def rollback(self) -> None:
-        """Forget every round not gathered yet: each sequential chain goes on from its last gathered task."""
-        self.cancel()
-        self.last = dict(self.settled)
-
-    def cancel(self) -> None:
-        futures = [f for r in self.live for f in r.futures.values()]
-        self.live.clear()
+    def cancel(self, handles: list[_Round] | None = None) -> None:
+        """Cancel these rounds' tasks (every live round's by default)."""
+        rounds = list(self.live) if handles is None else handles
+        futures = [f for r in rounds for f in r.futures.values()]
+        self.live.difference_update(rounds)
         if futures:
             self.client.cancel(futures, force=True)
 
-    def submit_states(self, names: TaskNames, attempt: int = 0) -> dict[str, Any]:
-        """Ask each stateful node for its state once its last task has run."""
-        out = {}
+    def final_states(self, n_source: int) -> dict[str, bytes]:
+        """Each stateful node's state, asked for after its last step."""
+        futures = {}
         for s in self.plan.seq_stages:
             if not s.stateless:
-                after = [self.last[s.id]] if s.id in self.last else []
-                out[s.node] = self.client.submit(
-                    final_state,
-                    self.refs[s.id],
-                    *after,
-                    key=names.key(s.id, "state", attempt),
-                    workers=[self.where[s.id]],
-                    allow_other_workers=False,
-                    pure=False,
+                futures[s.node] = self.client.submit(
+                    run_state, self.refs[s.id], state_step(s, n_source), key=self.names.key(s.id, "state"), pure=False
                 )
-        return out
-
-    def gather_states(self, handle: dict[str, Any]) -> dict[str, bytes]:
-        return dict(zip(handle, self.client.gather(list(handle.values())), strict=True))
+        return dict(zip(futures, self.client.gather(list(futures.values())), strict=True))
 
 
 class DataLost(Exception):
@@ -317,16 +329,15 @@ class DataLost(Exception):
 class _Round:
     """The futures of one submitted round."""
 
-    __slots__ = ("fetch", "futures", "seq")
+    __slots__ = ("fetch", "futures")
 
     def __init__(self) -> None:
         self.futures: dict[Any, Any] = {}  # key -> future, every task
         self.fetch: dict[int, Any] = {}  # stage -> future, what the caller gathers
-        self.seq: dict[int, Any] = {}  # stage -> future, the sequential stages' tasks
 
 
-def _with_carried(results: dict[int, SegmentResult]) -> dict[int, SegmentResult]:
-    """Add the results that came back inside another's (see ``worker.run_seq``)."""
+def _with_carried(results: dict[int, Segment]) -> dict[int, Segment]:
+    """Add the segments that came back inside another's (see ``worker.run_seq``)."""
     for res in list(results.values()):
         if res.carried is not None:
             stage, carried = res.carried

@@ -1,9 +1,8 @@
-"""The run loop: pull the source, keep a window of rounds in flight, hand results to the output."""
+"""The run loop: pull the source, keep a window of rounds in flight, deliver them in order."""
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -12,8 +11,9 @@ from ..compiler.plan import Plan
 from ..compiler.tasks import TaskNames, round_tasks
 from ..errors import NodeError
 from ..model.node import Node
-from ..worker import Chunk, NodeFailure, SegmentResult, capture_stdout
-from .backends import DataLost
+from ..ordering import Segment
+from ..worker import Chunk, NodeFailure, capture_stdout, freezing
+from .backends import Backend, DataLost
 from .output import Output, PipelineResult
 
 #: How many times partitions lost with a worker are sent again before giving up.
@@ -54,7 +54,7 @@ class SourceReader:
             at = k - 1 if bounds is None else start
             prints[at] = prints.get(at, "") + text
 
-        setattr(self.node, "emit", items.append)  # noqa: B010
+        setattr(self.node, "emit", freezing(items.append, self.node))  # noqa: B010
         with capture_stdout(record):
             try:
                 while not stop and len(items) < n:
@@ -113,7 +113,7 @@ class PartitionSizer:
     def next(self) -> int:
         return self.fixed or self.current
 
-    def observe(self, n_items: int, results: dict[int, SegmentResult]) -> None:
+    def observe(self, n_items: int, results: dict[int, Segment]) -> None:
         if self.fixed or n_items == 0:
             return
         # Weighted by items, decaying: a small first task's fixed costs fade at once.
@@ -137,9 +137,25 @@ def _node_error(failure: NodeFailure) -> NodeError:
     return error
 
 
+class _Round:
+    """A submitted round: its place in the order, what it was built from, and its results once back."""
+
+    __slots__ = ("chunk", "failure", "handle", "index", "origin", "results")
+
+    def __init__(self, index: int, origin: int, chunk: Chunk | None) -> None:
+        self.index, self.origin, self.chunk = index, origin, chunk
+        self.handle: Any = None
+        self.results: dict[int, Segment] | None = None
+        self.failure: NodeFailure | None = None  # a node raised: reported when this round's turn comes
+
+    @property
+    def back(self) -> bool:
+        return self.results is not None or self.failure is not None
+
+
 def execute(
     plan: Plan,
-    backend: Any,
+    backend: Backend,
     *,
     quiet: bool,
     collect: bool,
@@ -147,6 +163,11 @@ def execute(
     callback: Callable[[int, int | None], None] | None,
 ) -> tuple[PipelineResult, Node, dict[str, bytes]]:
     """Run ``plan`` on an entered backend.
+
+    Up to ``backend.window`` rounds are in flight; whenever *any* of them is
+    back the window is filled again, and finished rounds wait in a reorder
+    buffer (at most ``window`` more) until every round before them is
+    delivered, so one slow partition idles no worker and memory stays bounded.
 
     Returns the result, the source node as it ended and the pickled final state
     of every stateful node.
@@ -156,63 +177,102 @@ def execute(
     total = snap.info[snap.root].size if isinstance(snap.info[snap.root].size, int) else None
     names = TaskNames(plan)
     out = Output(plan, quiet=quiet, collect=collect)
+    splicer = out.splicer
     sizer = PartitionSizer(partition_size, backend.n_workers, total)
     done = 0
     if callback:
         callback(done, total)
-    backend.start(plan, names, quiet)
-    inflight: deque = deque()
-    flushes: list | None = None
-    index = attempt = 0
+    backend.start(plan, names)
+    waiting: dict[int, _Round] = {}  # submitted and not delivered yet, by index
+    index = delivered = attempt = 0
+    n_source: int | None = None  # the number of source rounds, once the source is done
+
+    closed_at: dict[str, int] = {}  # node -> the first round it closed in
+
+    def submit(r: _Round) -> None:
+        # A node that closed in an earlier round gets nothing in this one, wherever it runs.
+        closed = frozenset(n for n, i in closed_at.items() if i < r.index)
+        tasks = round_tasks(plan, names, r.index, r.origin, r.chunk, n_source=n_source, attempt=attempt, closed=closed)
+        r.handle = backend.submit(tasks)
+        waiting[r.index] = r
+
     try:
         while True:
+            in_flight = [r for r in waiting.values() if not r.back]
+            failed = any(r.failure for r in waiting.values())
             # One small round per worker first: their cost per item sizes the
             # partitions that fill the window, and no worker waits meanwhile.
             window = backend.window if sizer.calibrated else backend.n_workers
-            while len(inflight) < window and not source.closed and not out.exhausted:
+            while (
+                n_source is None
+                and not failed
+                and len(in_flight) < window
+                and len(waiting) < 2 * backend.window
+                and not source.closed
+                and not splicer.exhausted
+            ):
                 chunk = source.pull(sizer.next())
                 if chunk.items or chunk.prints:
-                    # The chunk stays here until its round is gathered: if the worker
+                    # The chunk stays here until its round is delivered: if the worker
                     # holding it dies, it is sent again (a source cannot be re-run).
-                    inflight.append((chunk, index, backend.submit(round_tasks(plan, names, index, 0, chunk))))
+                    r = _Round(index, 0, chunk)
+                    submit(r)
+                    in_flight.append(r)
                     index += 1
-            if flushes is None and (source.closed or out.exhausted):
-                # The input is complete: end each sequential stage's input (in preorder,
-                # so a stage's flush feeds the stages below before theirs), and ask for
-                # final states, while the last rounds still run.
-                flushes = []
+            if n_source is None and not failed and (source.closed or splicer.exhausted):
+                # The input is complete: end each sequential stage's input, in preorder,
+                # so a stage's flush feeds the stages below before theirs.
+                n_source = index
                 for stage in plan.seq_stages:
-                    flushes.append((stage.id, backend.submit(round_tasks(plan, names, index, stage.id, None, attempt))))
+                    r = _Round(index, stage.id, None)
+                    submit(r)
+                    in_flight.append(r)
                     index += 1
-                states = backend.submit_states(names, attempt)
-            if not inflight:
+            if not waiting:
                 break
-            chunk, _, handle = inflight[0]
-            try:
-                results = backend.gather(handle)
-            except DataLost:
-                attempt += 1
-                if attempt > MAX_RESENDS:
-                    raise
-                # Every round not gathered yet goes again, in order, from its kept chunk;
-                # their sequential tasks had not run (each waits on the one that failed).
-                backend.rollback()
-                flushes = None
-                inflight = deque(
-                    (c, i, backend.submit(round_tasks(plan, names, i, 0, c, attempt))) for c, i, _ in inflight
-                )
-                continue
-            inflight.popleft()
-            sizer.observe(len(chunk), results)
-            out.round(0, results, chunk.calls)
-            done += len(chunk)
-            if callback:
-                callback(done, total)
-        assert flushes is not None  # submitted once the source was done
-        for stage_id, handle in flushes:
-            out.flush(stage_id, backend.gather(handle))
-        out.finish()
-        final_states = backend.gather_states(states)
+            back = {id(h) for h in backend.wait([r.handle for r in in_flight], 60.0)}
+            for r in [r for r in in_flight if id(r.handle) in back]:
+                try:
+                    r.results = backend.results(r.handle)
+                except NodeFailure as exc:
+                    # Rounds finish in any order: the sequential run fails at the first failing
+                    # item, so this one is raised once every round before it is delivered.
+                    r.failure = exc
+                    continue
+                except DataLost:
+                    attempt += 1
+                    if attempt > MAX_RESENDS:
+                        raise
+                    # Every round not back yet goes again from its kept chunk; a sequential
+                    # stage's holder answers a step it already ran with its first result.
+                    lost = [x for x in waiting.values() if not x.back]
+                    backend.cancel([x.handle for x in lost])
+                    for x in lost:
+                        submit(x)
+                    break
+                splicer.saw(r.results)
+                for res in r.results.values():
+                    for node in res.closed:
+                        closed_at[node] = min(closed_at.get(node, r.index), r.index)
+                if r.chunk is not None:
+                    sizer.observe(len(r.chunk), r.results)
+            while delivered in waiting and waiting[delivered].back:
+                r = waiting.pop(delivered)
+                delivered += 1
+                if r.failure is not None:
+                    raise r.failure
+                assert r.results is not None
+                if r.origin == 0:
+                    assert r.chunk is not None
+                    splicer.round(r.results, r.chunk)
+                    done += len(r.chunk)
+                    if callback:
+                        callback(done, total)
+                else:
+                    splicer.flush(r.origin, r.results)
+        splicer.finish()
+        assert n_source is not None
+        final_states = backend.final_states(n_source)
     except NodeFailure as failure:
         backend.cancel()
         raise _node_error(failure) from failure.error

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import cloudpickle
 
-from ..compiler.collection import collection_graph
 from ..compiler.picture import plan_html, plan_picture, stream_label
 from ..compiler.plan import Plan, compile_plan
 from ..compiler.tasks import TaskNames
+from ..compiler.to_dask import Layout, PipelineCollection, collection_graph
 from ..errors import NodeTypeError, OptionError
 from ..model.graph import NodeGraph
 from ..model.node import Node
 from ..model.snapshot import Snapshot
-from .collection import PipelineCollection
+from .backends import _with_carried
 from .execute import SourceReader, execute
-from .output import PipelineResult
+from .output import Output, PipelineResult
 from .progress import progress_callback
 from .scheduler import choose_backend
 
@@ -212,8 +212,8 @@ class Pipeline:
             chunk = reader.pull(partition_size or self.partition_size or 1000)
             if chunk.items or chunk.prints:
                 chunks.append(chunk)
-        graph, key = collection_graph(self.plan, TaskNames(self.plan), chunks)
-        return PipelineCollection(graph, key, len(chunks))
+        graph, layout = collection_graph(self.plan, TaskNames(self.plan), chunks)
+        return PipelineCollection(graph, layout, partial(_finish, self.plan))
 
     def _repr_html_(self) -> str:
         return plan_html(self.plan, self._where())
@@ -259,6 +259,24 @@ class Pipeline:
         if self.n_threads == 1:
             return "runs in the calling process"
         return "runs on the default Dask client if one is active, else in the calling process"
+
+
+def _finish(plan: Plan, results: list, layout: Layout) -> PipelineResult:
+    """A computed collection's rounds, in order, into the ``PipelineResult`` ``run()`` gives."""
+    out = Output(plan, quiet=True, collect=True)
+    flat = iter(results)
+    for origin, chunk, fetched in layout:
+        segments = {}
+        for stage, _ in fetched:
+            value = next(flat)
+            segments[stage] = getattr(value, "segment", value)  # a sequential step carries its segment
+        segments = _with_carried(segments)
+        if origin == 0:
+            out.splicer.round(segments, chunk)
+        else:
+            out.splicer.flush(origin, segments)
+    out.splicer.finish()
+    return out.result()
 
 
 def _report_dropped(errors: list) -> None:

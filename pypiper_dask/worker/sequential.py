@@ -1,0 +1,263 @@
+"""A sequential stage: one stateful, batched or ``BATCH_SIZE_ALL`` node fed every partition in order.
+
+The node lives in a :class:`SeqHolder`: a plain object in the caller, a Dask
+actor on a cluster. On a cluster each partition's step is a task named after
+the node (so the dashboard shows it); the task secedes from its worker's
+thread pool and hands the items to the holder, which runs the node on its own
+thread, in step order, each step once. So a step never queues behind fused
+work on a busy worker, and steps need not depend on each other (nothing of a
+step's output travels to the next one).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from ..model.node import Node
+from ..model.snapshot import load_node
+from ..ordering import Marks, Segment, compact_ends, stripped
+from .capture import capture_stdout
+from .fused import stage_input
+from .values import Items, freezing, retry_or_drop
+
+__all__ = [
+    "SeqHolder",
+    "SeqSpec",
+    "SeqStep",
+    "run_flush",
+    "run_seq",
+    "run_state",
+    "step_flush",
+    "step_seq",
+]
+
+
+@dataclass(frozen=True)
+class SeqSpec:
+    """A sequential node as the compiler describes it to its holder."""
+
+    name: str
+    blob: bytes
+    batch_size: int | float
+
+    def __repr__(self) -> str:
+        return f"<SeqSpec {self.name}>"
+
+
+class SeqHolder:
+    """Holds one sequential node and feeds it partition after partition.
+
+    ``keep``: how many of its latest steps' results it keeps, so that a step
+    sent again (its partition was lost with another worker) gets the first
+    result instead of feeding the node twice.
+    """
+
+    def __init__(self, spec: SeqSpec, keep: int = 64) -> None:
+        self.name = spec.name
+        self.batch_size = spec.batch_size
+        self.node = load_node(spec.blob)
+        self.pending: list = []
+        self.closed = False  # the node called close()
+        self.upstream_closed = False  # a node above it closed: no more input
+        self._buf: list = []
+        self._bind()
+        self.keep = keep
+        self._next = 0
+        self._calls: dict[int, Any] = {}
+        self._pumping = False
+        self._thread: ThreadPoolExecutor | None = None
+        self._failed: Exception | None = None
+
+    def _bind(self) -> None:
+        def close() -> None:
+            self.closed = True
+
+        self.node.emit = freezing(self._buf.append, self.node)
+        self.node.close = close
+
+    def _call(self, data: Any, seg: Segment, marks: Marks) -> None:
+        was_closed = self.closed
+        try:
+            self.node.run(data)
+        except Exception as exc:
+            retry_or_drop(self.node, self.name, data, exc, self._buf, seg)
+        if self._buf:
+            seg.outs[0].extend(self._buf)
+            self._buf.clear()
+        if self.closed and not was_closed:
+            marks.closed(self.name)
+
+    def process(self, items: Any, upstream_closed: bool = False) -> Segment:
+        """Feed one partition's items, in order; each input item is one unit of the result."""
+        seg = Segment(1)
+        ends: list[int] = []
+        seg.ends = ends
+        if self.upstream_closed or self.closed:
+            return seg  # the caller skips these items too
+        self._bind()  # its values are checked again at the start of every partition
+        out = seg.outs[0]
+        marks = Marks(seg, lambda: (len(ends), len(out)), lambda: self.name)
+        pending, k = self.pending, self.batch_size
+        with capture_stdout(marks.printed):
+            start = time.perf_counter()
+            if k == 1:
+                for value in items:
+                    self._call(value, seg, marks)
+                    ends.append(len(out))
+                    if self.closed:
+                        break
+            else:
+                # Whole slices: only the item that completes a batch has events.
+                i, n = 0, len(items)
+                while i < n and not self.closed:
+                    part = items[i:] if k == Node.BATCH_SIZE_ALL else items[i : i + int(k) - len(pending)]
+                    i += len(part)
+                    pending.extend(part)
+                    if len(pending) < k:  # also every BATCH_SIZE_ALL slice: k is infinite
+                        ends.extend(itertools.repeat(len(out), len(part)))
+                        continue
+                    ends.extend(itertools.repeat(len(out), len(part) - 1))
+                    batch = tuple(pending)
+                    pending.clear()
+                    self._call(batch, seg, marks)
+                    ends.append(len(out))
+            seg.seconds = time.perf_counter() - start
+        if upstream_closed:
+            self.upstream_closed = True
+        seg.ends = compact_ends(ends)
+        seg.n_in = len(items)
+        return seg
+
+    def flush(self) -> Segment:
+        """The input has ended: run what is still pending (the last batch); one unit."""
+        seg = Segment(1)
+        out = seg.outs[0]
+        if self.pending and not self.closed:
+            data = list(self.pending) if self.batch_size == Node.BATCH_SIZE_ALL else tuple(self.pending)
+            self.pending.clear()
+            marks = Marks(seg, lambda: (0, len(out)), lambda: self.name)
+            with capture_stdout(marks.printed):
+                self._call(data, seg, marks)
+        seg.ends = [len(out)]
+        return seg
+
+    def state(self) -> bytes:
+        """The node as it is now, pickled without the engine's bindings."""
+        for attr in ("emit", "close"):
+            self.node.__dict__.pop(attr, None)
+        try:
+            return cloudpickle.dumps(self.node)
+        finally:
+            self._bind()
+
+    async def step(self, number: int, method: str, *args: Any) -> Any:
+        """Run ``method(*args)`` as this holder's step ``number``: in number order, each once.
+
+        Called over the network (an actor method): calls may arrive in any
+        order, and the same step may arrive twice. Each runs on the holder's
+        own thread once every step before it has run; a repeated step gets
+        the first call's result.
+        """
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if number < self._next and number not in self._calls:
+            raise RuntimeError(f"Node {self.name!r}: step {number} was asked for again after it was forgotten.")
+        if number not in self._calls:
+            args = tuple(a.items if isinstance(a, Items) else a for a in args)
+            self._calls[number] = (loop.create_future(), method, args)
+            if not self._pumping:
+                await self._pump(loop)
+        return await asyncio.shield(self._calls[number][0])
+
+    async def _pump(self, loop: Any) -> None:
+        """Run the registered steps that are next in order, one at a time."""
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"pypiper-{self.name}")
+        self._pumping = True
+        try:
+            while self._next in self._calls and not self._calls[self._next][0].done():
+                future, method, args = self._calls[self._next]
+                if self._failed is not None:  # the node raised: it is called no more
+                    future.set_exception(self._failed)
+                else:
+                    try:
+                        future.set_result(await loop.run_in_executor(self._thread, getattr(self, method), *args))
+                    except Exception as exc:
+                        self._failed = exc
+                        future.set_exception(exc)
+                self._next += 1
+                for old in [n for n in self._calls if n < self._next - self.keep]:
+                    del self._calls[old]
+        finally:
+            self._pumping = False
+
+
+def _remote(holder: Any, number: int, method: str, *args: Any) -> Any:
+    """Run a step on a holder that is a Dask actor, from a task that leaves its thread pool meanwhile."""
+    from distributed import secede
+
+    secede()  # the holder runs it on its own thread: this worker's slot is free for fused work
+    return holder.step(number, method, *args).result()
+
+
+def run_seq(holder: Any, number: int, upstream: Segment, sink: int, carry: int | None = None) -> Segment:
+    """Feed one partition to a sequential stage (its step ``number``).
+
+    ``carry``: the id of the fused stage above, when the caller does not fetch
+    that stage's result (all its outputs cross into sequential stages) and
+    this task brings back its log instead.
+    """
+    items, _, _ = stage_input(upstream, sink)
+    closed = sink in upstream.blocked
+    if isinstance(holder, SeqHolder):  # in the caller
+        seg = holder.process(items, closed)
+    else:
+        seg = _remote(holder, number, "process", Items(items), closed)
+    if carry is not None:
+        seg.carried = (carry, stripped(upstream))
+    return seg
+
+
+def run_flush(holder: Any, number: int) -> Segment:
+    """End a sequential stage's input (see :meth:`SeqHolder.flush`)."""
+    if isinstance(holder, SeqHolder):
+        return holder.flush()
+    return _remote(holder, number, "flush")
+
+
+def run_state(holder: Any, number: int) -> bytes:
+    """The sequential node's final state, pickled, after its last step."""
+    if isinstance(holder, SeqHolder):
+        return holder.state()
+    return _remote(holder, number, "state")
+
+
+# -- Pipeline.to_dask(): the holder carried through a chain of tasks -----------------------
+
+
+class SeqStep:
+    """A sequential stage's holder after one step, and what the step produced."""
+
+    __slots__ = ("holder", "segment")
+
+    def __init__(self, holder: SeqHolder, segment: Segment) -> None:
+        self.holder, self.segment = holder, segment
+
+
+def step_seq(prev: SeqStep | SeqSpec, upstream: Segment, sink: int, carry: int | None = None) -> SeqStep:
+    """Feed one partition to the holder the previous step left (or a new one)."""
+    holder = prev.holder if isinstance(prev, SeqStep) else SeqHolder(prev)
+    return SeqStep(holder, run_seq(holder, 0, upstream, sink, carry))
+
+
+def step_flush(prev: SeqStep | SeqSpec) -> SeqStep:
+    """End the input of the holder the previous step left."""
+    holder = prev.holder if isinstance(prev, SeqStep) else SeqHolder(prev)
+    return SeqStep(holder, holder.flush())

@@ -1,0 +1,178 @@
+"""What travels between the caller and tasks: partitions, item lists, failures; values frozen at emit."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import decimal
+import fractions
+import pickle
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from ..errors import short_repr
+from ..ordering import ItemError, Segment
+
+__all__ = ["ATOMIC", "Chunk", "Items", "NodeFailure", "failure", "freeze", "freezing", "retry_or_drop"]
+
+
+class Chunk:
+    """A partition of source items, sent as one object.
+
+    Never a bare list: distributed serializes a plain list element by element.
+    ``prints`` maps an item's position to what the source printed before it.
+    ``calls`` holds the positions after which a source call ended, when a call
+    emitted other than exactly one item (``None``: after every item).
+    """
+
+    __slots__ = ("calls", "items", "prints")
+
+    def __init__(self, items: list, prints: dict[int, str] | None = None, calls: set[int] | None = None) -> None:
+        self.items = items
+        self.prints = prints or {}
+        self.calls = calls
+
+    def __reduce__(self):
+        return (Chunk, (self.items, self.prints, self.calls))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Items:
+    """A list of items handed to an actor as one object (an actor call serializes a bare list per element)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Any) -> None:
+        self.items = items
+
+    def __reduce__(self):
+        return (Items, (list(self.items),))
+
+
+#: Types whose values cannot change after ``emit``: passed on as they are.
+ATOMIC = frozenset(
+    {
+        int,
+        float,
+        complex,
+        bool,
+        str,
+        bytes,
+        type(None),
+        range,
+        frozenset,
+        decimal.Decimal,
+        fractions.Fraction,
+        datetime.date,
+        datetime.datetime,
+        datetime.time,
+        datetime.timedelta,
+    }
+)
+
+
+def freeze(value: Any) -> Any:
+    """``value`` as it is now, safe from later changes by the node that emitted it.
+
+    A node may emit one buffer again and again, changing it in between; a
+    value held past its ``emit`` (in a sink, a batch, a partition) must keep
+    what it held at the time. Atomic values and tuples of them are returned
+    as they are; anything else is copied (pickled and unpickled, or
+    deep-copied; a value that allows neither is passed on as it is).
+
+    Examples
+    --------
+    >>> buf = [1]
+    >>> kept = freeze(buf)
+    >>> buf[0] = 2
+    >>> kept
+    [1]
+    >>> t = (1, "a")
+    >>> freeze(t) is t
+    True
+    """
+    kind = type(value)
+    if kind in ATOMIC or (kind is tuple and all(type(v) in ATOMIC for v in value)):
+        return value
+    try:
+        return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        try:
+            return copy.deepcopy(value)
+        except Exception:
+            return value
+
+
+def freezing(append: Callable[[Any], Any], node: Any = None, trust_after: int = 64) -> Callable[[Any], None]:
+    """An ``emit`` that hands each value to ``append`` as it was when emitted (see :func:`freeze`).
+
+    With ``node``: once ``trust_after`` values in a row were atomic, the node's
+    ``emit`` becomes ``append`` itself, so a node of plain numbers and strings
+    pays no Python call per value; the engine arms this again for every
+    partition, so a node whose values change type is checked again there.
+    A node that emitted anything else keeps the freezing ``emit``.
+    """
+    left = trust_after if node is not None else -1
+
+    def emit(value: Any) -> None:
+        nonlocal left
+        if type(value) in ATOMIC:
+            append(value)
+            if left > 0:
+                left -= 1
+                if left == 0:
+                    node.emit = append
+        else:
+            left = -1  # it emits values that can change: keep checking
+            append(freeze(value))
+
+    return emit
+
+
+class NodeFailure(Exception):
+    """A node's ``run`` raised in a task; carries what the caller reports."""
+
+    def __init__(self, node: str, item: str, error: BaseException | None, tb: str) -> None:
+        super().__init__(node, item, error, tb)
+        self.node, self.item, self.error, self.tb = node, item, error, tb
+
+    def __str__(self) -> str:
+        return f"node {self.node!r} failed on {self.item}: {self.error!r}"
+
+
+def failure(node: str, data: Any, exc: BaseException) -> NodeFailure:
+    """A :class:`NodeFailure` for ``exc``, raised by ``node`` on ``data``, that survives pickling."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        cloudpickle.loads(cloudpickle.dumps(exc))
+    except Exception:
+        exc = RuntimeError(f"{type(exc).__name__}: {exc}")  # unpicklable: keep its text
+    return NodeFailure(node, short_repr(data), exc, tb)
+
+
+def retry_or_drop(node: Any, name: str, data: Any, exc: Exception, buf: list | None, seg: Segment) -> None:
+    """``node.run(data)`` raised ``exc``: call it again ``node.retries`` times, then raise or drop the item.
+
+    What a failed call emitted (``buf``) is discarded with it. Dropped items
+    (``on_error="skip"`` or ``"collect"``) are listed in ``seg.errors``.
+    """
+    for _ in range(getattr(node, "retries", 0)):
+        if buf is not None:
+            buf.clear()
+        try:
+            node.run(data)
+            return
+        except Exception as again:
+            exc = again
+    policy = getattr(node, "on_error", "raise")
+    if policy == "raise":
+        raise failure(name, data, exc) from exc
+    if buf is not None:
+        buf.clear()
+    kept = data if policy == "collect" else None
+    seg.errors.append(ItemError(name, short_repr(data), f"{type(exc).__name__}: {exc}", kept))
