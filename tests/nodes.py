@@ -1,7 +1,14 @@
-"""Node classes the tests build pipelines from (pickled by value to workers)."""
+r"""Node classes the tests build pipelines from (pickled by value to workers).
+
+Every class here takes an optional ``calls=`` keyword, a file path: each ``run``
+call then appends one line ``f"{name}\t{data!r}\n"`` to that file (see
+:func:`log_call`), a side effect that survives worker processes, so a test can
+count how often each node was called and with what.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pypiper_dask import Node
@@ -20,6 +27,35 @@ def num(data: Any) -> int:
     return 0
 
 
+def log_call(node: Node, data: Any) -> None:
+    r"""Append ``f"{node.name}\t{data!r}\n"`` to the file named by ``node.calls``, if it has one.
+
+    One ``os.write`` on an ``O_APPEND`` descriptor, opened and closed for each
+    line: lines written by concurrent worker processes never interleave, and
+    nothing is buffered in a process that may die or be discarded.
+    """
+    path = getattr(node, "calls", None)
+    if path is None:
+        return
+    line = f"{node.name}\t{data!r}\n".encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_calls(path: Any) -> list[tuple[str, str]]:
+    """The ``(node name, repr of data)`` lines :func:`log_call` wrote to ``path``, in file order."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    # split("\n"), not splitlines(): a node name may hold other line-breaking characters.
+    pairs = (line.split("\t", 1) for line in text.split("\n")[:-1])
+    return [(name, data) for name, data in pairs]
+
+
 class Gen(Node):
     """Emits 0..size-1, ``per_call`` items per call; optionally prints each call."""
 
@@ -29,6 +65,7 @@ class Gen(Node):
         self.loud = loud
 
     def run(self, data: Any) -> None:
+        log_call(self, data)
         if self.loud:
             print(f"{self.name} call at {self.pos}")
         for _ in range(self.per_call):
@@ -44,6 +81,7 @@ class Map(Node):
         self.op = op
 
     def run(self, data: Any) -> None:
+        log_call(self, data)
         x = num(data)
         self.emit({"sq": x * x, "inc": x + 1, "neg": -x, "str": f"<{x}>", "pair": (x, x % 3)}[self.op])
 
@@ -55,6 +93,7 @@ class Explode(Node):
         self.n = n
 
     def run(self, data: Any) -> None:
+        log_call(self, data)
         for j in range(num(data) % (self.n + 1)):
             self.emit((num(data), j))
 
@@ -64,6 +103,7 @@ class Filter(Node):
         self.mod = mod
 
     def run(self, data: Any) -> None:
+        log_call(self, data)
         if num(data) % self.mod != 1:
             self.emit(data)
 
@@ -72,6 +112,7 @@ class Echo(Node):
     """Prints what it gets, then passes it on."""
 
     def run(self, data: Any) -> None:
+        log_call(self, data)
         print(f"{self.name} got {data!r}")
         self.emit(data)
 
@@ -83,6 +124,7 @@ class CloseAt(Node):
         self.limit = limit
 
     def run(self, data: Any) -> None:
+        log_call(self, data)
         self.emit(data)
         if num(data) >= self.limit:
             self.close()
@@ -97,6 +139,7 @@ class Take(Node):
         self.stateless = False
 
     def run(self, data: Any) -> None:
+        log_call(self, data)
         self.seen += 1
         self.emit(data)
         if self.seen >= self.n:
@@ -107,6 +150,7 @@ class Batch(Node):
     """Emits each batch it gets (a tuple of exactly batch_size, or a list for ALL)."""
 
     def run(self, data: Any) -> None:
+        log_call(self, data)
         assert isinstance(data, (tuple, list)) and data, data
         if self.batch_size == Node.BATCH_SIZE_ALL:
             assert isinstance(data, list)
@@ -124,6 +168,7 @@ class Running(Node):
         self.stateless = False
 
     def run(self, data: Any) -> None:
+        log_call(self, data)
         self.count += 1
         self.total += num(data)
         self.emit((self.count, self.total))
@@ -137,6 +182,7 @@ class InOrder(Node):
         self.stateless = False
 
     def run(self, data: Any) -> None:
+        log_call(self, data)
         assert data == self.expected, f"expected {self.expected}, got {data}"
         self.expected += 1
 
@@ -145,6 +191,7 @@ class Split(Node):
     """Writes two named streams: the item and twice its summary."""
 
     def run(self, data: Any) -> None:
+        log_call(self, data)
         self.emit([data, num(data) * 2])
 
 
@@ -155,5 +202,77 @@ class Collect(Node):
         self.items = []
 
     def run(self, data: Any) -> None:
+        log_call(self, data)
         self.items.append(data)
         self.emit(data)
+
+
+class Ledger(Node):
+    """The issue's node: a side effect per item (``calls=``), a print every ``every``-th item.
+
+    Passes each item on; calls ``close()`` at item ``close_at`` and raises at item ``fail_at``.
+    """
+
+    def setup(self, every: int = 10, close_at: Any = None, fail_at: Any = None) -> None:
+        self.every = every
+        self.close_at = close_at
+        self.fail_at = fail_at
+
+    def run(self, data: Any) -> None:
+        log_call(self, data)
+        if data == self.fail_at:
+            raise ValueError(f"{self.name} fails at {data!r}")
+        if num(data) % self.every == 0:
+            print(f"{self.name} at {data!r}")
+        self.emit(data)
+        if data == self.close_at:
+            self.close()
+
+
+class Reuse(Node):
+    """Reuses one output list, as a fast node filling a buffer does.
+
+    Emits ``self.buf`` = ``[data, num(data) * 10 + j]`` for ``j`` in ``range(times)``,
+    mutating the same list in place between emits and between calls.
+    """
+
+    def setup(self, times: int = 1) -> None:
+        self.times = times
+        self.buf = [None, None]
+
+    def run(self, data: Any) -> None:
+        log_call(self, data)
+        for j in range(self.times):
+            self.buf[0] = data
+            self.buf[1] = num(data) * 10 + j
+            self.emit(self.buf)
+
+
+class ReuseGen(Gen):
+    """A source like :class:`Gen` that emits one reused list ``[pos, pos * 10]``, mutated in place."""
+
+    def setup(self, size: int, per_call: int = 1, loud: bool = False) -> None:
+        super().setup(size, per_call, loud)
+        self.buf = [None, None]
+
+    def run(self, data: Any) -> None:
+        log_call(self, data)
+        if self.loud:
+            print(f"{self.name} call at {self.pos}")
+        for _ in range(self.per_call):
+            if self.pos >= self.size:
+                self.close()
+                return
+            self.buf[0] = self.pos
+            self.buf[1] = self.pos * 10
+            self.emit(self.buf)
+            self.pos += 1
+
+
+class Times10(Node):
+    """Emits ten times the first element of a list or tuple item (or of the item itself)."""
+
+    def run(self, data: Any) -> None:
+        log_call(self, data)
+        first = data[0] if isinstance(data, (list, tuple)) and data else data
+        self.emit(num(first) * 10)

@@ -4,12 +4,18 @@ It shares nothing with the engine but the model (Node, NodeGraph, streams): it
 calls nodes one item at a time, depth first, and records what a sequential
 run prints and what each leaf emits. The engine, with any partitioning and on
 any cluster, must produce exactly this.
+
+Every consumer gets a value as it was when it was emitted ("Depth-first means
+depth-first"): the reference takes a deep copy at ``emit``, so a node that
+reuses and mutates one output buffer gets the answer a sequential run gives.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
+import os
 from typing import Any
 
 import cloudpickle
@@ -17,9 +23,18 @@ import cloudpickle
 from pypiper_dask.model import Node, NodeGraph, edge_selector
 
 
-def reference_run(graph: NodeGraph) -> tuple[str, dict[str, list]]:
-    """Return (stdout text, leaf name -> items) of a sequential run on copies of the nodes."""
+def reference_run(graph: NodeGraph, calls: str | os.PathLike | None = None) -> tuple[str, dict[str, list]]:
+    r"""Return (stdout text, leaf name -> items) of a sequential run on copies of the nodes.
+
+    ``calls``, a path: for each node that logs its calls (``tests/nodes.py``'s ``calls=``),
+    the reference itself appends ``f"{name}\t{data!r}\n"`` there for each ``run`` call it
+    makes, in call order. The copies' own logging is switched off either way, so a graph
+    whose nodes log to the engine's file can be given as it is: the reference never writes there.
+    """
     nodes = {n.name: cloudpickle.loads(cloudpickle.dumps(n)) for n in graph}
+    logged = {name for name, node in nodes.items() if getattr(node, "calls", None) is not None}
+    for name in logged:
+        nodes[name].calls = None  # the reference counts these calls itself
     root = graph.root.name
     kids = {n.name: [c.name for c in graph.children(n)] for n in graph}
     parent = {c: p for p, cs in kids.items() for c in cs}
@@ -43,13 +58,20 @@ def reference_run(graph: NodeGraph) -> tuple[str, dict[str, list]]:
     def call(name: str, data: Any) -> None:
         node = nodes[name]
         buf: list = []
-        node.emit = buf.append
+
+        def emit(value: Any) -> None:
+            buf.append(copy.deepcopy(value))  # the value as it is now, whatever the node does to it later
+
+        node.emit = emit
 
         def close() -> None:
             closed.add(name)
 
         node.close = close
         was_closed = name in closed
+        if calls is not None and name in logged:
+            with open(calls, "a", encoding="utf-8") as log:
+                log.write(f"{name}\t{data!r}\n")
         with contextlib.redirect_stdout(out):
             node.run(data)
         for value in buf:

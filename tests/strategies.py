@@ -1,4 +1,11 @@
-"""Hypothesis strategies: random pyPiper programs built from tests/nodes.py."""
+"""Hypothesis strategies: random pyPiper programs built from tests/nodes.py.
+
+A program is ``(source params, subtree specs)``; a spec is ``(kind, params, children)``.
+``programs()`` draws what it always drew; ``programs(reuse=True)`` adds nodes (and a
+source) that emit one reused, mutated output list, and ``programs(names=True)`` gives
+every node a name drawn from :data:`TRICKY_NAMES`, random text and names made from the
+other nodes' names (kept in ``params["name"]``, unique per program).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +17,77 @@ from tests import nodes as N
 # Each entry: (kind, factory(name, draw) -> Node). Kinds decide what may follow.
 _MIDDLE = ["map", "explode", "filter", "echo", "close_at", "take", "batch", "all", "running", "split"]
 
+#: Kinds that may call close(): what :func:`without_closes` disarms.
+CLOSING = ("close_at", "take")
+
+#: Names that look like what an engine might build from names: a key is
+#: "{label}-{token}", "-" may become "\u2011", fused nodes are joined by "+",
+#: a node's output stage may be "{name}-out".
+TRICKY_NAMES = (
+    "gen",
+    "gen-out",
+    "gen\u2011out",
+    "a",
+    "b",
+    "a+b",
+    "a-b",
+    "a\u2011b",
+    "x y",
+    " x",
+    "x ",
+    "ünï",
+    "名前",
+    "stage",
+    "stage-2",
+    "stage-2-1a2b3c4d",
+    "-",
+    "+",
+    "--",
+    "out",
+    "None",
+    "0",
+    "'q'",
+    '"q"',
+    "a/b",
+    "a.b",
+    "a:b",
+    "{x}",
+    "(0, 1)",
+    "%s",
+    "\\",
+    "🙂",
+    "é-ö+ü",
+)
+
+# No tab or line break: tests/nodes.py's call log is one "name<TAB>repr" line per call.
+_NAME_CHARS = "ab-+ ü名🙂\u2011.:/_()'\"0123"
+_SUFFIXES = ("-out", "\u2011out", "-0", "-1a2b3c4d", "+a", " ", "-")
+
 
 @st.composite
-def node_specs(draw, depth: int = 0):
+def node_names(draw, n: int) -> list[str]:
+    """``n`` distinct node names: tricky ones, random text, and names built from names already drawn."""
+    names: list[str] = []
+    for _ in range(n):
+        options = [st.sampled_from(TRICKY_NAMES), st.text(alphabet=_NAME_CHARS, min_size=1, max_size=10)]
+        if names:
+            earlier = st.sampled_from(names)
+            options += [
+                st.tuples(earlier, st.sampled_from(_SUFFIXES)).map("".join),
+                st.tuples(earlier, earlier).map("+".join),
+                earlier.map(lambda a: a.replace("-", "\u2011")),
+            ]
+        name = draw(st.one_of(options))
+        while name in names:
+            name += "~"
+        names.append(name)
+    return names
+
+
+@st.composite
+def node_specs(draw, depth: int = 0, kinds: tuple[str, ...] = tuple(_MIDDLE)):
     """A random subtree description: (kind, params, children)."""
-    kind = draw(st.sampled_from(_MIDDLE))
+    kind = draw(st.sampled_from(kinds))
     params: dict = {}
     if kind == "map":
         params["op"] = draw(st.sampled_from(["sq", "inc", "neg", "str", "pair"]))
@@ -31,33 +104,95 @@ def node_specs(draw, depth: int = 0):
         params["stateless"] = draw(st.booleans())
     elif kind in ("echo", "running", "all"):
         params["stateless"] = draw(st.booleans()) if kind == "echo" else None
+    elif kind == "reuse":
+        params["times"] = draw(st.integers(1, 2))
+        params["streams"] = draw(st.booleans())  # out_streams=["a", "b"] over the reused list
     n_kids = 0 if depth >= 3 else draw(st.integers(0, 2 if depth else 3))
-    kids = [draw(node_specs(depth=depth + 1)) for _ in range(n_kids)]
+    kids = [draw(node_specs(depth=depth + 1, kinds=kinds)) for _ in range(n_kids)]
     return kind, params, kids
 
 
+def _count(specs) -> int:
+    return sum(1 + _count(sub) for _kind, _params, sub in specs)
+
+
+def _named(specs, names) -> list:
+    """Copies of ``specs`` with the next of ``names`` in each ``params["name"]``, depth first."""
+    out = []
+    for kind, params, sub in specs:
+        mine = {**params, "name": next(names)}
+        out.append((kind, mine, _named(sub, names)))
+    return out
+
+
 @st.composite
-def programs(draw):
-    """(source params, subtree specs) for a random pipeline."""
+def programs(draw, *, reuse: bool = False, names: bool = False):
+    """(source params, subtree specs) for a random pipeline.
+
+    ``reuse``: also draw "reuse" nodes and a source that reuses its output list.
+    ``names``: draw every node's name (see :func:`node_names`); else ``build`` numbers them.
+    """
     size = draw(st.integers(0, 120))
     per_call = draw(st.integers(1, 3))
     loud = draw(st.booleans())
-    kids = draw(st.lists(node_specs(), min_size=1, max_size=3))
-    return {"size": size, "per_call": per_call, "loud": loud}, kids
+    source: dict = {"size": size, "per_call": per_call, "loud": loud}
+    kinds = (*_MIDDLE, "reuse") if reuse else tuple(_MIDDLE)
+    if reuse:
+        source["reuse"] = draw(st.booleans())
+    kids = draw(st.lists(node_specs(kinds=kinds), min_size=1, max_size=3))
+    if names:
+        drawn = draw(node_names(1 + _count(kids)))
+        source["name"] = drawn[0]
+        kids = _named(kids, iter(drawn[1:]))
+    return source, kids
 
 
-def build(program) -> NodeGraph:
-    """Turn a program description into a fresh NodeGraph."""
+def has_closes(program) -> bool:
+    """Whether any node of ``program`` may call ``close()`` (other than the source at its end)."""
+
+    def any_close(specs) -> bool:
+        return any(kind in CLOSING or any_close(sub) for kind, _params, sub in specs)
+
+    return any_close(program[1])
+
+
+def without_closes(program):
+    """``program`` with every ``close_at`` and ``take`` node made never to close (same names)."""
+
+    def disarm(specs) -> list:
+        out = []
+        for kind, params, sub in specs:
+            if kind == "close_at":
+                params = {**params, "limit": 10**9}
+            elif kind == "take":
+                params = {**params, "n": 10**9}
+            out.append((kind, params, disarm(sub)))
+        return out
+
+    source, kids = program
+    return source, disarm(kids)
+
+
+def build(program, calls=None) -> NodeGraph:
+    """Turn a program description into a fresh NodeGraph.
+
+    ``calls``: a path every node (source included) logs its ``run`` calls to (``tests/nodes.py``).
+    """
     source_params, kids = program
     counter = iter(range(1000))
-    graph = NodeGraph(N.Gen("gen", **source_params))
+    log = {} if calls is None else {"calls": str(calls)}
+    source = dict(source_params)
+    source_name = source.pop("name", "gen")
+    source_class = N.ReuseGen if source.pop("reuse", False) else N.Gen
+    graph = NodeGraph(source_class(source_name, **source, **log))
 
     def make(kind: str, params: dict, parent_split: bool) -> Node:
-        name = f"{kind}{next(counter)}"
-        extra = {}
+        number = next(counter)
+        p = {k: v for k, v in params.items() if v is not None}
+        name = p.pop("name", None) or f"{kind}{number}"
+        extra = dict(log)
         if parent_split:
             extra["in_streams"] = ["b", "a"] if params.get("stateless") is None and kind == "map" else ["b"]
-        p = {k: v for k, v in params.items() if v is not None}
         if kind == "map":
             return N.Map(name, **p, **extra)
         if kind == "explode":
@@ -78,6 +213,9 @@ def build(program) -> NodeGraph:
             return N.Running(name, **extra)
         if kind == "split":
             return N.Split(name, out_streams=["a", "b"], **extra)
+        if kind == "reuse":
+            streams = ["a", "b"] if p.pop("streams", False) else "*"
+            return N.Reuse(name, out_streams=streams, **p, **extra)
         raise AssertionError(kind)
 
     def attach(parent: Node, spec, parent_split: bool) -> None:
@@ -85,7 +223,7 @@ def build(program) -> NodeGraph:
         node = make(kind, params, parent_split)
         graph.add(parent, node)
         for s in sub:
-            attach(node, s, kind == "split")
+            attach(node, s, node.out_streams != "*")
 
     for spec in kids:
         attach(graph.root, spec, False)
