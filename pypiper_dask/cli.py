@@ -53,7 +53,7 @@ def load_target(spec: str) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import Node, NodeGraph, Pipeline
+    from . import Node, NodeGraph, NodeTypeError, OptionError, Pipeline
 
     target = load_target(args.target)
     if isinstance(target, (Node, NodeGraph)):
@@ -64,17 +64,23 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    # The command line's options override the pipeline's own.
+    # The command line's options override the pipeline's own, checked as Pipeline(...) checks them.
+    overrides: dict[str, Any] = {}
     if args.scheduler is not None:
-        target.client = args.scheduler
+        overrides["client"] = args.scheduler
     if args.n_threads is not None:
-        target.n_threads = args.n_threads
+        overrides["n_threads"] = args.n_threads
         if args.scheduler is None:
-            target.client = None
+            overrides["client"] = None
     if args.quiet:
-        target.quiet = True
+        overrides["quiet"] = True
     if args.progress is not None:
-        target.progress = args.progress
+        overrides["progress"] = args.progress
+    try:
+        target.options = target.options.replace(**overrides)
+    except (OptionError, NodeTypeError) as exc:
+        print(f"pypiper-dask: {exc}", file=sys.stderr)
+        return 2
     result = target.run()
     print(result, file=sys.stderr)
     return 0

@@ -88,12 +88,7 @@ def check_program(program, tmp_path, **options) -> None:
         source = (program[0].get("name", "gen"), "None")
         pulled, pulls = got_calls.pop(source, 0), want_calls.pop(source, 0)
         assert not differences(got_calls, want_calls), "calls differ from the sequential run's (node, data, got, want)"
-        # The source is pulled a partition at a time: once every path has closed it is
-        # pulled no further, but the partition being cut may hold items nobody needed.
-        ahead = options.get("partition_size") or 32  # the first partitions' size, when automatic
-        assert pulls <= pulled <= pulls + ahead, f"the source was called {pulled} times; the sequential run: {pulls}"
-        if not has_closes(program):
-            assert pulled == pulls, f"the source was called {pulled} times; the sequential run calls it {pulls} times"
+        assert pulled == pulls, f"the source was called {pulled} times; the sequential run calls it {pulls} times"
         return
     unclosed_log = fresh(tmp_path, "unclosed")
     reference_run(build(without_closes(program), calls=log), calls=unclosed_log)

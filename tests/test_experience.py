@@ -11,7 +11,8 @@ from pathlib import Path
 import dask
 import pytest
 
-from pypiper_dask import Node, Pipeline
+from pypiper_dask import Node, OptionError, Pipeline
+from pypiper_dask.demo import Generate
 from pypiper_dask.runtime.progress import progress_callback
 from tests import nodes as N
 from tests.conftest import ROOT, dask_processes
@@ -215,6 +216,20 @@ def test_cli_fails_with_the_error(script):
     assert "NodeError: Node 'fail' raised RuntimeError: no good" in done.stderr
     missing = cli("run", f"{script}:nothing", cwd=script.parent)
     assert missing.returncode == 1 and "has no attribute 'nothing'" in missing.stderr
+
+
+def test_cli_checks_its_options_as_pipeline_does(script):
+    # One options value for Pipeline(...) and the command line: n_threads=0 is refused by both.
+    done = cli("run", f"{script}:pipeline", "--n-threads", "0", cwd=script.parent)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "pypiper-dask: Pipeline: n_threads must be an int >= 1 or None, not 0." in done.stderr
+    with pytest.raises(OptionError, match="n_threads must be an int >= 1 or None, not 0"):
+        Pipeline(Generate("gen", size=1), n_threads=0)
+    pipeline = Pipeline(Generate("gen", size=1))
+    with pytest.raises(OptionError):
+        pipeline.n_threads = 0  # set one by one, checked the same way
+    assert pipeline.n_threads is None
 
 
 @pytest.mark.cluster

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pypiper_dask import Node, NodeGraph, Pipeline, PipelineResult
+from pypiper_dask.runtime import SyncTaskBackend
 from tests import nodes as N
 from tests.reference import reference_run
 from tests.strategies import build, programs
@@ -23,9 +24,24 @@ def run_text(pipeline: Pipeline, **kwargs) -> tuple[str, PipelineResult]:
     return buf.getvalue(), result
 
 
-def check_against_reference(graph: NodeGraph, **options) -> str:
+def run_tasks_text(pipeline: Pipeline, partition_size: int | None) -> tuple[str, PipelineResult]:
+    """Run the task path of a cluster run (partitions, stages, splicing) in this process."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), SyncTaskBackend() as backend:
+        result, _ = backend.run_pipeline(
+            pipeline.plan, quiet=pipeline.quiet, collect=True, partition_size=partition_size, callback=None
+        )
+    return buf.getvalue(), result
+
+
+def check_against_reference(graph: NodeGraph, partition_size: int | None = None) -> str:
+    """The reference's output from the in-process run and from the task path at ``partition_size``."""
     want_text, want_values = reference_run(graph)
-    text, result = run_text(Pipeline(graph, n_threads=1, **options))
+    in_process, tasks = Pipeline(graph, n_threads=1), Pipeline(graph)  # both from the nodes as they are now
+    text, result = run_text(in_process)
+    assert text == want_text
+    assert dict(result) == want_values
+    text, result = run_tasks_text(tasks, partition_size)
     assert text == want_text
     assert dict(result) == want_values
     return text

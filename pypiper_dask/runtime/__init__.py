@@ -1,8 +1,18 @@
 """The runtime: where a run executes, the run loop, output and results."""
 
-from .backends import DistributedBackend, InProcessBackend
+from .backends import Backend, DistributedBackend, InProcessBackend, SyncTaskBackend
+from .options import RunOptions
 from .output import PipelineResult
 from .pipeline import Pipeline
 from .scheduler import choose_backend
 
-__all__ = ["DistributedBackend", "InProcessBackend", "Pipeline", "PipelineResult", "choose_backend"]
+__all__ = [
+    "Backend",
+    "DistributedBackend",
+    "InProcessBackend",
+    "Pipeline",
+    "PipelineResult",
+    "RunOptions",
+    "SyncTaskBackend",
+    "choose_backend",
+]

@@ -17,10 +17,12 @@ from typing import Any, Protocol
 from ..compiler.plan import FusedStage, Plan, SeqStage
 from ..compiler.tasks import Ref, StageRef, TaskNames, TaskSpec, fused_spec, seq_spec, state_step
 from ..errors import PipelineError, SchedulerError, StateLostError
+from ..model.node import Node
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, SeqHolder, run_state
+from .output import PipelineResult
 
-__all__ = ["Backend", "DataLost", "DistributedBackend", "InProcessBackend"]
+__all__ = ["Backend", "DataLost", "DistributedBackend", "InProcessBackend", "SyncTaskBackend"]
 
 
 class Backend(Protocol):
@@ -47,15 +49,49 @@ class Backend(Protocol):
 
 
 class InProcessBackend:
-    """Runs each round's tasks in the calling process on Dask's synchronous scheduler."""
+    """Runs a pipeline in the calling process: its nodes called depth first, as pyPiper calls them.
+
+    No tasks and no partitions (see :mod:`pypiper_dask.runtime.inprocess`).
+    """
+
+    def __enter__(self) -> InProcessBackend:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
+        """Run ``plan``; the result, and the source and stateful nodes as they ended."""
+        from .execute import node_error
+        from .inprocess import run_in_process
+
+        options.pop("partition_size", None)  # nothing is cut into partitions here
+        try:
+            result, nodes = run_in_process(plan.snapshot, **options)
+        except NodeFailure as failure:
+            raise node_error(failure) from failure.error
+        return result, _final_nodes(plan, nodes)
+
+
+class SyncTaskBackend:
+    """Runs each round's tasks in the calling process on Dask's synchronous scheduler.
+
+    The task path of a cluster run without a cluster: what the tests use to
+    check partitioning, splicing and the task specs quickly.
+    """
 
     def __init__(self) -> None:
         self.n_workers = 1
         self.window = 1
         self.refs: dict[int, Any] = {}
 
-    def __enter__(self) -> InProcessBackend:
+    def __enter__(self) -> SyncTaskBackend:
         return self
+
+    def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
+        from .execute import execute
+
+        return execute(plan, self, **options)
 
     def __exit__(self, *exc: Any) -> None:
         self.refs = {}
@@ -93,6 +129,12 @@ class InProcessBackend:
 
     def final_states(self, n_source: int) -> dict[str, bytes]:
         return {s.node: run_state(self.refs[s.id], 0) for s in self.plan.seq_stages if not s.stateless}
+
+
+def _final_nodes(plan: Plan, nodes: dict[str, Node]) -> dict[str, Node]:
+    """The nodes whose final state goes back to the caller's objects: the source and the stateful ones."""
+    snap = plan.snapshot
+    return {n: nodes[n] for n in snap.order if n == snap.root or not snap.info[n].stateless}
 
 
 class DistributedBackend:
@@ -171,6 +213,12 @@ class DistributedBackend:
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
+
+    def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
+        """Run ``plan`` on this cluster (see :func:`~pypiper_dask.runtime.execute.execute`)."""
+        from .execute import execute
+
+        return execute(plan, self, **options)
 
     #: Seconds between checks that the workers holding sequential nodes are alive.
     poll = 0.5

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import cloudpickle
+
 from ..compiler.plan import Plan
 from ..compiler.tasks import TaskNames, round_tasks
 from ..errors import NodeError
@@ -19,7 +21,7 @@ from .output import Output, PipelineResult
 #: How many times partitions lost with a worker are sent again before giving up.
 MAX_RESENDS = 5
 
-__all__ = ["PartitionSizer", "SourceReader", "execute"]
+__all__ = ["PartitionSizer", "SourceReader", "execute", "node_error"]
 
 
 class SourceReader:
@@ -127,7 +129,7 @@ class PartitionSizer:
         self.current = int(min(max(want, self.smallest), self.largest))
 
 
-def _node_error(failure: NodeFailure) -> NodeError:
+def node_error(failure: NodeFailure) -> NodeError:
     err = failure.error
     error = NodeError(
         failure.node, failure.item, f"Node {failure.node!r} raised {type(err).__name__}: {err} on input {failure.item}."
@@ -161,16 +163,15 @@ def execute(
     collect: bool,
     partition_size: int | None,
     callback: Callable[[int, int | None], None] | None,
-) -> tuple[PipelineResult, Node, dict[str, bytes]]:
-    """Run ``plan`` on an entered backend.
+) -> tuple[PipelineResult, dict[str, Node]]:
+    """Run ``plan`` on an entered backend, round by round.
 
     Up to ``backend.window`` rounds are in flight; whenever *any* of them is
     back the window is filled again, and finished rounds wait in a reorder
     buffer (at most ``window`` more) until every round before them is
     delivered, so one slow partition idles no worker and memory stays bounded.
 
-    Returns the result, the source node as it ended and the pickled final state
-    of every stateful node.
+    Returns the result, and the source and every stateful node as they ended.
     """
     snap = plan.snapshot
     source = SourceReader(snap.node(snap.root))
@@ -275,11 +276,13 @@ def execute(
         final_states = backend.final_states(n_source)
     except NodeFailure as failure:
         backend.cancel()
-        raise _node_error(failure) from failure.error
+        raise node_error(failure) from failure.error
     except BaseException:
         backend.cancel()
         raise
     if callback:
         callback(done, total)
     source.unbind()
-    return out.result(), source.node, final_states
+    final = {name: cloudpickle.loads(blob) for name, blob in final_states.items()}
+    final[snap.root] = source.node
+    return out.result(), final

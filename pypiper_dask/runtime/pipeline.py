@@ -7,18 +7,17 @@ from collections.abc import Callable
 from functools import cached_property, partial
 from typing import Any
 
-import cloudpickle
-
 from ..compiler.picture import plan_html, plan_picture, stream_label
 from ..compiler.plan import Plan, compile_plan
 from ..compiler.tasks import TaskNames
 from ..compiler.to_dask import Layout, PipelineCollection, collection_graph
-from ..errors import NodeTypeError, OptionError
+from ..errors import NodeTypeError
 from ..model.graph import NodeGraph
 from ..model.node import Node
 from ..model.snapshot import Snapshot
 from .backends import _with_carried
-from .execute import SourceReader, execute
+from .execute import SourceReader
+from .options import RunOptions
 from .output import Output, PipelineResult
 from .progress import progress_callback
 from .scheduler import choose_backend
@@ -26,15 +25,6 @@ from .scheduler import choose_backend
 __all__ = ["Pipeline"]
 
 _IGNORED_PYPIPER_OPTIONS = ("exec_name",)
-
-
-def _check_positive_int(what: str, value: Any, *, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise NodeTypeError(f"Pipeline: {what} must be an int >= 1 or None, not {type(value).__name__} {value!r}.")
-    if value < 1:
-        raise OptionError(f"Pipeline: {what} must be an int >= 1 or None, not {value!r}.")
 
 
 class Pipeline:
@@ -114,27 +104,20 @@ class Pipeline:
             graph = NodeGraph(graph)
         if not isinstance(graph, NodeGraph):
             raise NodeTypeError(f"Pipeline() takes a NodeGraph or a Node, not {type(graph).__name__} {graph!r}.")
-        _check_positive_int("n_threads", n_threads)
-        _check_positive_int("partition_size", partition_size)
-        if client is not None and not isinstance(client, str) and not hasattr(client, "submit"):
-            raise NodeTypeError(
-                f"Pipeline: client must be a distributed.Client or a scheduler address string, not "
-                f"{type(client).__name__} {client!r}."
-            )
-        self.n_threads = n_threads
-        self.quiet = quiet
-        self.client = client
-        self.partition_size = partition_size
-        if progress not in (None, True, False):
-            raise NodeTypeError(f"Pipeline: progress must be True, False or None, not {progress!r}.")
-        self.progress = progress
-        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
-            raise OptionError(f"Pipeline: connect_timeout must be a number of seconds > 0, not {connect_timeout!r}.")
-        self.connect_timeout = connect_timeout
-        self.security = security
+        self.options = RunOptions(n_threads, quiet, client, partition_size, progress, connect_timeout, security)
         self._snapshot = Snapshot.from_graph(graph)
         # The caller's objects, to hand back final state after a run (as pyPiper does).
         self._originals = {n.name: n for n in graph}
+
+    # The options, readable and settable one by one; a value set is checked like a new one.
+    n_threads = property(lambda self: self.options.n_threads, lambda self, v: self._set(n_threads=v))
+    quiet = property(lambda self: self.options.quiet, lambda self, v: self._set(quiet=v))
+    client = property(lambda self: self.options.client, lambda self, v: self._set(client=v))
+    partition_size = property(lambda self: self.options.partition_size, lambda self, v: self._set(partition_size=v))
+    progress = property(lambda self: self.options.progress, lambda self, v: self._set(progress=v))
+
+    def _set(self, **change: Any) -> None:
+        self.options = self.options.replace(**change)
 
     @cached_property
     def plan(self) -> Plan:
@@ -154,26 +137,25 @@ class Pipeline:
         collect : bool
             Keep the leaves' items in the result; ``False`` keeps only counts.
         """
+        options = self.options
         backend = choose_backend(
-            self.n_threads, self.client, connect_timeout=self.connect_timeout, security=self.security
+            options.n_threads, options.client, connect_timeout=options.connect_timeout, security=options.security
         )
-        callback, bar = progress_callback(self.progress, self._snapshot.root, update_callback)
+        callback, bar = progress_callback(options.progress, self._snapshot.root, update_callback)
         try:
             with backend:
-                result, source, states = execute(
+                result, final = backend.run_pipeline(
                     self.plan,
-                    backend,
-                    quiet=self.quiet,
+                    quiet=options.quiet,
                     collect=collect,
-                    partition_size=self.partition_size,
+                    partition_size=options.partition_size,
                     callback=callback,
                 )
         finally:
             if bar is not None:
                 bar.close()
-        _adopt(self._originals[self._snapshot.root], source)
-        for name, blob in states.items():
-            _adopt(self._originals[name], cloudpickle.loads(blob))
+        for name, node in final.items():
+            _adopt(self._originals[name], node)
         if result.errors:
             _report_dropped(result.errors)
         return result
@@ -205,7 +187,7 @@ class Pipeline:
         >>> result["sq"]
         [0, 1, 4, 9, 16]
         """
-        _check_positive_int("partition_size", partition_size)
+        RunOptions(partition_size=partition_size)  # checks it
         reader = SourceReader(self._snapshot.node(self._snapshot.root))
         chunks = []
         while not reader.closed:
@@ -216,7 +198,7 @@ class Pipeline:
         return PipelineCollection(graph, layout, partial(_finish, self.plan))
 
     def _repr_html_(self) -> str:
-        return plan_html(self.plan, self._where())
+        return plan_html(self.plan, self.options.where())
 
     def __repr__(self) -> str:
         snap = self._snapshot
@@ -224,7 +206,7 @@ class Pipeline:
 
     def __str__(self) -> str:
         snap = self._snapshot
-        lines = [f"Pipeline of {len(snap.order)} nodes, {self._where()}", "Graph:"]
+        lines = [f"Pipeline of {len(snap.order)} nodes, {self.options.where()}", "Graph:"]
 
         def tree(name: str, prefix: str, last: bool, top: bool) -> None:
             info = snap.info[name]
@@ -248,17 +230,6 @@ class Pipeline:
         lines.append("Plan:")
         lines += self.plan.describe()
         return "\n".join(lines)
-
-    def _where(self) -> str:
-        if isinstance(self.client, str):
-            return f"runs on the cluster at {self.client}"
-        if self.client is not None:
-            return "runs on the given client's cluster"
-        if self.n_threads and self.n_threads > 1:
-            return f"runs on a local cluster of {self.n_threads} worker processes"
-        if self.n_threads == 1:
-            return "runs in the calling process"
-        return "runs on the default Dask client if one is active, else in the calling process"
 
 
 def _finish(plan: Plan, results: list, layout: Layout) -> PipelineResult:

@@ -26,7 +26,7 @@ from ..ordering import Marks, Segment, compact_ends
 from .capture import capture_stdout
 from .values import Chunk, freezing, retry_or_drop
 
-__all__ = ["FusedSpec", "ToNode", "ToSink", "Edge", "run_fused", "stage_input"]
+__all__ = ["Edge", "FusedSpec", "ToNode", "ToSink", "run_fused", "stage_input"]
 
 
 @dataclass(frozen=True)
@@ -161,10 +161,9 @@ class _Compiled:
             self.leaf_sink[target.name] = target.sink
         if target.edges:
             kid = f"v{depth + 1}"
-            lines.append(f"{pad}if BUF{i}:")
-            lines.append(f"{pad}    for {kid} in BUF{i}:")
-            self._edges(target.edges, kid, depth + 1, indent + 2, lines)
-            lines.append(f"{pad}    BUF{i}.clear()")
+            lines.append(f"{pad}for {kid} in BUF{i}:")
+            self._edges(target.edges, kid, depth + 1, indent + 1, lines)
+            lines.append(f"{pad}BUF{i}.clear()")
 
     def _failer(self, name: str, node: Any) -> Callable[[Any, Exception], None]:
         """What happens when ``node.run`` raised: retry, then raise or drop as the node asks."""
@@ -270,18 +269,16 @@ class _Compiled:
 
 
 class _Settling:
-    """A closed node's buffer until its closing call's values have gone down its subtree."""
+    """A closed node's buffer until its closing call's values have gone down its subtree.
+
+    The generated code iterates a node's buffer, then clears it: the clear is
+    where the close takes its place.
+    """
 
     __slots__ = ("buf", "settle")
 
     def __init__(self, buf: list, settle: Callable[[], None]) -> None:
         self.buf, self.settle = buf, settle
-
-    def __bool__(self) -> bool:
-        if self.buf:
-            return True
-        self.settle()  # it emitted nothing more: the close takes its place now
-        return False
 
     def __iter__(self):
         return iter(self.buf)

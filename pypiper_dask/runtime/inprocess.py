@@ -1,0 +1,336 @@
+"""A run in the calling process: the nodes called depth first, exactly as a sequential run calls them.
+
+In the caller nothing needs partitions: the whole node tree is written out as
+one Python function (the same technique as a fused stage's,
+:mod:`pypiper_dask.worker.fused`) that calls the source, then sends each item
+it emitted through the tree — batches filled, barriers held until their
+input ends, closes taking effect where pyPiper has them. So every ``run`` is
+called exactly when and as often as in a sequential run, the source is pulled
+no further once every path is closed, what nodes print goes straight to
+``sys.stdout`` in its place, and nothing is captured or reordered.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import NodeError
+from ..model.node import Node
+from ..model.snapshot import Snapshot
+from ..model.streams import edge_selector
+from ..ordering import ItemError
+from ..worker.fused import _Settling, _skip
+from ..worker.values import freezing, retry_or_drop
+from .output import PipelineResult
+
+__all__ = ["run_in_process"]
+
+
+class _Nowhere:
+    """A closed batch node's pending list: takes nothing, holds nothing."""
+
+    __slots__ = ()
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return 0
+
+
+_NOWHERE = _Nowhere()
+
+
+class _Vars(dict):
+    """The names the generated code uses, held in closure cells (as fast to read as locals).
+
+    Setting a name here sets the cell too, so a ``close()`` that swaps a
+    node's ``run`` for a no-op takes effect at once, in the code running now.
+    """
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(values)
+        self.setters: dict[str, Callable[[Any], None]] = {}
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        super().__setitem__(name, value)
+        if name in self.setters:
+            self.setters[name](value)
+
+    def compile(self, lines: list[str], filename: str) -> None:
+        """Define the functions in ``lines`` (at the top level) over cells of this mapping's names."""
+        names = list(self)
+        functions = [line.split("(")[0][4:] for line in lines if line.startswith("def ")]
+        source = ["def factory(V):"] + [f"    {name} = V[{name!r}]" for name in names]
+        source += [f"    {line}" for line in lines]
+        for name in names:
+            source += [f"    def set_{name}(value):", f"        nonlocal {name}", f"        {name} = value"]
+        made = ", ".join(f"{f!r}: {f}" for f in functions + [f"set_{n}" for n in names])
+        source.append(f"    return {{{made}}}")
+        namespace: dict[str, Any] = {"__builtins__": __builtins__}
+        exec(compile("\n".join(source) + "\n", filename, "exec"), namespace)
+        for name, function in namespace["factory"](dict(self)).items():
+            if name.startswith("set_"):
+                self.setters[name[4:]] = function
+            else:
+                super().__setitem__(name, function)
+
+
+class _Errors:
+    """Where ``retry_or_drop`` lists the items nodes dropped (``on_error``)."""
+
+    def __init__(self) -> None:
+        self.errors: list[ItemError] = []
+
+
+class _Tree:
+    """The node tree of one run, compiled; see the module's docstring."""
+
+    def __init__(self, snap: Snapshot, nodes: dict[str, Node], quiet: bool, collect: bool) -> None:
+        self.snap, self.nodes = snap, nodes
+        self.kids = snap.children
+        self.index = {name: i for i, name in enumerate(snap.order)}
+        self.leaves = [n for n in snap.order if not self.kids[n]]
+        self.values: dict[str, list] = {leaf: [] for leaf in self.leaves}
+        self.counts: dict[str, int] = dict.fromkeys(self.leaves, 0)
+        self.closed: set[str] = set()
+        self.ended: set[str] = set()
+        self.dropped = _Errors()
+        self.parent = {kid: p for p, kids in self.kids.items() for kid in kids}
+        self.ns = _Vars(STOP=False, PROGRESS=None, SOURCE_FAILED=None)
+        self.filename = f"<pipeline {snap.root}>"
+        self.appends: list[tuple[Node, Callable]] = []  # each node's emit target, to check its values again
+        root = snap.root
+        for name in snap.order:
+            node, i = nodes[name], self.index[name]
+            if name == root:
+                self.items: list = []
+                self.ns["ITEMS"] = self.items
+                self.appends.append((node, self.items.append))
+                node.close = self._source_closed
+                if not self.kids[root]:  # the source alone: its items are the output
+                    self.ns[f"OUT{i}"] = self._printer(name, collect) if not quiet else self._collector(name, collect)
+                continue
+            self.ns[f"RUN{i}"] = node.run
+            self.ns[f"FAIL{i}"] = self._failer(name)
+            if node.batch_size != 1:
+                self.ns[f"PEND{i}"] = []
+            if self.kids[name]:
+                self.ns[f"BUF{i}"] = buf = []
+                self.appends.append((node, buf.append))
+            elif quiet:  # a leaf whose items are not printed: straight into the result
+                self.appends.append((node, self._collector(name, collect)))
+            else:  # printed after its call returns, as pyPiper prints a leaf's items
+                self.ns[f"BUF{i}"] = buf = []
+                self.appends.append((node, buf.append))
+                self.ns[f"OUT{i}"] = self._printer(name, collect)
+            node.close = self._closer(name)
+        self.arm()
+        # The source's items and run are bound as locals (they never change); a node's
+        # RUN/BUF/PEND stay globals, which a close() rebinds.
+        self.ns["RUN_SOURCE"] = nodes[root].run
+        lines = ["def drive(n, ITEMS=ITEMS, RUN_SOURCE=RUN_SOURCE, len=len):", "    count = 0"]
+        lines += ["    while not STOP:", "        for _ in range(n):", "            try:"]
+        lines += ["                RUN_SOURCE(None)", "            except Exception as e:"]
+        lines += ["                SOURCE_FAILED(e, count)", "            for v0 in ITEMS:"]
+        if self.kids[root]:
+            self._deliver(root, "v0", 0, 4, lines)
+        else:
+            lines.append(f"                OUT{self.index[root]}(v0)")
+        lines += ["            count += len(ITEMS)", "            ITEMS.clear()", "            if STOP:"]
+        lines += ["                break", "        n = PROGRESS(count)", "    return count"]
+        for name in snap.order[1:]:
+            i = self.index[name]
+            lines.append(f"def call{i}(v0):")
+            self._call(name, "v0", 0, 1, lines)
+        self.ns.compile(lines, self.filename)
+
+    # -- code ---------------------------------------------------------------------------
+
+    def _deliver(self, parent: str, value: str, depth: int, indent: int, lines: list[str]) -> None:
+        """Lines sending ``value``, emitted by ``parent``, to each of its successors."""
+        info = self.snap.info
+        for kid in self.kids[parent]:
+            select = edge_selector(info[parent].out_streams, info[kid].in_streams, parent, kid)  # type: ignore[arg-type]
+            if select is None:
+                self._push(kid, value, depth, indent, lines)
+                continue
+            name = f"SEL{len(self.ns)}"
+            self.ns[name] = select
+            part = f"p{depth}_{len(lines)}"
+            lines.append(f"{'    ' * indent}for {part} in {name}({value}):")
+            self._push(kid, part, depth, indent + 1, lines)
+
+    def _push(self, name: str, value: str, depth: int, indent: int, lines: list[str]) -> None:
+        """Lines handing ``value`` to node ``name``: a call, or a place in its batch."""
+        pad, i, size = "    " * indent, self.index[name], self.nodes[name].batch_size
+        if size == 1:
+            self._call(name, value, depth, indent, lines)
+            return
+        lines.append(f"{pad}PEND{i}.append({value})")
+        if size == Node.BATCH_SIZE_ALL:
+            return  # called once, when its input ends
+        batch = f"b{depth}_{len(lines)}"
+        lines += [f"{pad}if len(PEND{i}) >= {size}:", f"{pad}    {batch} = tuple(PEND{i})", f"{pad}    PEND{i}.clear()"]
+        self._call(name, batch, depth, indent + 1, lines)
+
+    def _call(self, name: str, value: str, depth: int, indent: int, lines: list[str]) -> None:
+        """Lines calling node ``name`` with ``value``, then sending on what it emitted."""
+        pad, i = "    " * indent, self.index[name]
+        lines += [
+            f"{pad}try:",
+            f"{pad}    RUN{i}({value})",
+            f"{pad}except Exception as e:",
+            f"{pad}    FAIL{i}({value}, e)",
+        ]
+        if f"BUF{i}" not in self.ns:
+            return
+        kid = f"v{depth + 1}"
+        lines.append(f"{pad}for {kid} in BUF{i}:")
+        if self.kids[name]:
+            self._deliver(name, kid, depth + 1, indent + 1, lines)
+        else:
+            lines.append(f"{pad}    OUT{i}({kid})")
+        lines.append(f"{pad}BUF{i}.clear()")
+
+    # -- what the code calls ------------------------------------------------------------
+
+    def _failer(self, name: str) -> Callable[[Any, Exception], None]:
+        node, buf = self.nodes[name], self.ns.get(f"BUF{self.index[name]}")
+
+        def fail(data: Any, exc: Exception) -> None:
+            retry_or_drop(node, name, data, exc, buf, self.dropped)  # type: ignore[arg-type]
+
+        return fail
+
+    def _printer(self, leaf: str, collect: bool) -> Callable[[Any], None]:
+        values, counts = self.values[leaf], self.counts
+
+        def out(value: Any) -> None:
+            if collect:
+                values.append(value)
+            else:
+                counts[leaf] += 1
+            sys.stdout.write(f"{value!s}\n")  # looked up now: a notebook cell or a redirect may replace it
+
+        return out
+
+    def _collector(self, leaf: str, collect: bool) -> Callable[[Any], None]:
+        if collect:
+            return self.values[leaf].append
+        counts = self.counts
+
+        def count(value: Any) -> None:
+            counts[leaf] += 1
+
+        return count
+
+    def arm(self) -> None:
+        """(Re)bind each node's ``emit`` so that its values are frozen, until they prove atomic."""
+        for node, append in self.appends:
+            node.emit = freezing(append, node)
+
+    def _source_closed(self) -> None:
+        self.ns["STOP"] = True
+
+    def _closer(self, name: str) -> Callable[[], None]:
+        ns, i = self.ns, self.index[name]
+
+        def close() -> None:
+            if name in self.closed:
+                return
+            self.closed.add(name)
+            ns[f"RUN{i}"] = _skip  # it gets nothing after the item during which it closed
+            if f"PEND{i}" in ns:
+                ns[f"PEND{i}"] = _NOWHERE
+            if all(self._below_closed(leaf) for leaf in self.leaves):
+                ns["STOP"] = True  # every path is closed: the source is pulled no further
+            buf = ns.get(f"BUF{i}")
+            if buf is None:
+                self.ended.add(name)
+                return
+
+            def settle() -> None:
+                # Its input ends below it once what it emitted in this call went down.
+                ns[f"BUF{i}"] = buf
+                self.ended.add(name)
+                for kid in self.kids[name]:
+                    self.end(kid)
+
+            ns[f"BUF{i}"] = _Settling(buf, settle)
+
+        return close
+
+    def _below_closed(self, leaf: str) -> bool:
+        name: str | None = leaf
+        while name is not None:
+            if name in self.closed:
+                return True
+            name = self.parent.get(name)
+        return False
+
+    def end(self, name: str) -> None:
+        """``name``'s input has ended: call it with what it still holds, then end the nodes below."""
+        if name in self.ended:
+            return
+        self.ended.add(name)
+        i = self.index[name]
+        pending = self.ns.get(f"PEND{i}")
+        if name not in self.closed and pending:
+            data = list(pending) if self.nodes[name].batch_size == Node.BATCH_SIZE_ALL else tuple(pending)
+            pending.clear()
+            self.ns[f"call{i}"](data)
+        for kid in self.kids[name]:
+            self.end(kid)
+
+
+def run_in_process(
+    snap: Snapshot, *, quiet: bool, collect: bool, callback: Callable[[int, int | None], None] | None
+) -> tuple[PipelineResult, dict[str, Node]]:
+    """Run the pipeline of ``snap`` here; returns the result and the nodes as they ended.
+
+    ``callback(done, total)`` is called at the start, about ten times a second
+    while the run goes on (``done``: source items fully processed), and at the end.
+    """
+    nodes = {name: snap.node(name) for name in snap.order}
+    tree = _Tree(snap, nodes, quiet, collect)
+    root = snap.root
+    size = snap.info[root].size
+    total = size if isinstance(size, int) else None
+    if callback:
+        callback(0, total)
+    started = time.monotonic()
+    last = [started, 1]
+
+    def progress(count: int) -> int:
+        # Calls of the source between progress reports: grown while they take under 0.1 s.
+        now = time.monotonic()
+        n = last[1]
+        n = n * 2 if now - last[0] < 0.1 else max(1, n // 2)
+        last[0], last[1] = now, min(n, 1 << 16)
+        if callback:
+            callback(count, total)
+        tree.arm()  # values are checked again, as a fused stage does per partition
+        return last[1]
+
+    def source_failed(exc: Exception, count: int) -> None:
+        raise NodeError(
+            root,
+            "None",
+            f"Node {root!r} (the source) raised {type(exc).__name__}: {exc} in run(None), "
+            f"after emitting {count + len(tree.items)} items.",
+        ) from exc
+
+    tree.ns["PROGRESS"] = progress
+    tree.ns["SOURCE_FAILED"] = source_failed
+    done = tree.ns["drive"](1)
+    for kid in snap.children[root]:
+        tree.end(kid)
+    if callback:
+        callback(done, total)
+    counts = {leaf: len(v) for leaf, v in tree.values.items()} if collect else tree.counts
+    result = PipelineResult(tree.values if collect else {}, counts, tree.dropped.errors)
+    return result, nodes
