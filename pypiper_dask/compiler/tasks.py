@@ -148,7 +148,10 @@ def round_tasks(
             # task brings back its log, so its items never travel to the caller.
             crossing = [i for i, s in enumerate(stage.sinks) if s.kind == "cross"]
             fetch = len(crossing) < len(stage.sinks)
-            args = (StageRef(stage_id), upstream, sink, closed)
+            # Each sequential stage below gets its items straight from this task (see run_fused).
+            pushes = tuple((i, number(plan.stages[stage.sinks[i].stage])) for i in crossing)  # type: ignore[index]
+            holders = tuple(StageRef(stage.sinks[i].stage) for i in crossing)  # type: ignore[arg-type]
+            args = (StageRef(stage_id), upstream, sink, closed, pushes, *holders)
             tasks.append(TaskSpec(key, worker.run_fused, args, stage_id, fetch))
             for i in crossing:
                 below = stage.sinks[i].stage

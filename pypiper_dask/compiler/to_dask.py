@@ -46,10 +46,11 @@ def collection_graph(plan: Plan, names: TaskNames, chunks: list[worker.Chunk]) -
                 return TaskRef(last[a.stage])
             return a
 
-        args = [arg(a) for a in task.args]
         if task.func is worker.run_fused:
-            graph[task.key] = Task(task.key, worker.run_fused, *args)
+            # No holders to push to: each sequential step is a task of its own chain.
+            graph[task.key] = Task(task.key, worker.run_fused, *[arg(a) for a in task.args[:4]])
             return
+        args = [arg(a) for a in task.args]
         prev = args[0]
         if task.func is worker.run_flush:
             graph[task.key] = Task(task.key, worker.step_flush, prev)

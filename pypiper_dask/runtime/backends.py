@@ -44,6 +44,7 @@ class Backend(Protocol):
     def submit(self, tasks: list[TaskSpec]) -> Any: ...
     def wait(self, handles: list[Any], timeout: float) -> list[Any]: ...
     def results(self, handle: Any) -> dict[int, Segment]: ...
+    def results_many(self, handles: list[Any]) -> list[dict[int, Segment] | BaseException]: ...
     def cancel(self, handles: list[Any] | None = None) -> None: ...
     def final_states(self, n_source: int) -> dict[str, bytes]: ...
 
@@ -123,6 +124,9 @@ class SyncTaskBackend:
 
     def results(self, handle: dict[int, Segment]) -> dict[int, Segment]:
         return handle
+
+    def results_many(self, handles: list[Any]) -> list[dict[int, Segment] | BaseException]:
+        return handles
 
     def cancel(self, handles: list[Any] | None = None) -> None:
         pass
@@ -232,7 +236,7 @@ class DistributedBackend:
     @property
     def window(self) -> int:
         """Rounds in flight: enough that every worker has its next partition queued."""
-        return max(2, 2 * self.n_workers + 1)
+        return max(2, 4 * self.n_workers)
 
     def start(self, plan: Plan, names: TaskNames) -> None:
         client = self.client
@@ -294,9 +298,7 @@ class DistributedBackend:
                 else self._data(a)
                 for a in t.args
             ]
-            # A sequential step goes first wherever it lands: the next step of its
-            # chain, and the rounds waiting for delivery, wait on it.
-            future = self.client.submit(t.func, *args, key=t.key, pure=False, priority=1 if t.sequential else 0)
+            future = self.client.submit(t.func, *args, key=t.key, pure=False, priority=_priority(t))
             round_.futures[t.key] = future
             if t.fetch:
                 round_.fetch[t.stage] = future
@@ -316,6 +318,25 @@ class DistributedBackend:
                 self._check_holders()
                 return []
         return [h for h in handles if all(f.done() for f in h.fetch.values())]
+
+    def results_many(self, handles: list[_Round]) -> list[dict[int, Segment] | BaseException]:
+        """Done rounds' segments, fetched in one exchange; a failed round's error in its place."""
+        finished = [h for h in handles if all(f.status == "finished" for f in h.fetch.values())]
+        try:
+            values = iter(self.client.gather([f for h in finished for f in h.fetch.values()]) if finished else [])
+        except Exception:  # something was lost on the way: each round on its own says what
+            finished, values = [], iter([])
+        out: list[dict[int, Segment] | BaseException] = []
+        for h in handles:
+            if h in finished:
+                self.live.discard(h)
+                out.append(_with_carried({stage: next(values) for stage in h.fetch}))
+                continue
+            try:
+                out.append(self.results(h))
+            except Exception as exc:  # reported by the run loop, in round order
+                out.append(exc)
+        return out
 
     def results(self, handle: _Round) -> dict[int, Segment]:
         """A done round's segments by stage."""
@@ -368,6 +389,16 @@ class DistributedBackend:
                     run_state, self.refs[s.id], state_step(s, n_source), key=self.names.key(s.id, "state"), pure=False
                 )
         return dict(zip(futures, self.client.gather(list(futures.values())), strict=True))
+
+
+def _priority(task: TaskSpec) -> int:
+    """Earlier rounds first (delivery is in round order); a sequential step before any fused work.
+
+    Without it, tasks submitted within the scheduler's FIFO timeout of each
+    other share a priority, and a worker ran its queue last-in first-out.
+    """
+    index = task.key[1]
+    return (1 << 40) - index if task.sequential else -index
 
 
 class DataLost(Exception):

@@ -91,10 +91,20 @@ class PartitionSizer:
     """Chooses how many source items go in each partition.
 
     A task costs a few milliseconds to schedule and move, so a partition should
-    carry about ``target`` seconds of work; when the source's size is known,
-    partitions are made smaller so each worker gets about two, but never below
+    carry about ``target`` seconds of work. When the source's size is known,
+    partitions shrink towards the end (guided scheduling: what is left over
+    twice the workers), so the last partitions end together, but never below
     ``least`` seconds of work. The cost per item is measured from finished
-    tasks; the first partition is small and runs alone to measure it.
+    tasks; the first partitions are small and run one per worker to measure it.
+
+    Examples
+    --------
+    >>> sizer = PartitionSizer(None, n_workers=4, total=10_000)
+    >>> sizer.next(0)
+    32
+    >>> sizer.per_item = 0.001  # 1 ms an item: 0.1 s is 100 items
+    >>> sizer.next(0), sizer.next(9_600), sizer.next(9_990)
+    (100, 50, 25)
     """
 
     target, least = 0.1, 0.025
@@ -106,14 +116,22 @@ class PartitionSizer:
         self.total = total
         self.per_item: float | None = None
         self._seconds = self._items = 0.0
-        self.current = self.first
 
     @property
     def calibrated(self) -> bool:
         return bool(self.fixed) or self.per_item is not None
 
-    def next(self) -> int:
-        return self.fixed or self.current
+    def next(self, pulled: int = 0) -> int:
+        """The size of the next partition, ``pulled`` source items having been cut so far."""
+        if self.fixed:
+            return self.fixed
+        if self.per_item is None:
+            return self.first
+        want = self.target / self.per_item
+        if self.total and self.n_workers > 1:
+            left = max(self.total - pulled, 0)
+            want = min(want, max(math.ceil(left / (2 * self.n_workers)), self.least / self.per_item))
+        return int(min(max(want, self.smallest), self.largest))
 
     def observe(self, n_items: int, results: dict[int, Segment]) -> None:
         if self.fixed or n_items == 0:
@@ -122,11 +140,6 @@ class PartitionSizer:
         self._seconds = 0.5 * self._seconds + sum(r.seconds for r in results.values())
         self._items = 0.5 * self._items + n_items
         self.per_item = max(self._seconds / self._items, 1e-7)
-        want = self.target / self.per_item
-        if self.total and self.n_workers > 1:
-            balanced = math.ceil(self.total / (2 * self.n_workers))
-            want = min(want, max(balanced, self.least / self.per_item))
-        self.current = int(min(max(want, self.smallest), self.largest))
 
 
 def node_error(failure: NodeFailure) -> NodeError:
@@ -203,7 +216,7 @@ def execute(
             failed = any(r.failure for r in waiting.values())
             # One small round per worker first: their cost per item sizes the
             # partitions that fill the window, and no worker waits meanwhile.
-            window = backend.window if sizer.calibrated else backend.n_workers
+            window = backend.window if sizer.calibrated else 2 * backend.n_workers
             while (
                 n_source is None
                 and not failed
@@ -212,7 +225,7 @@ def execute(
                 and not source.closed
                 and not splicer.exhausted
             ):
-                chunk = source.pull(sizer.next())
+                chunk = source.pull(sizer.next(source.emitted))
                 if chunk.items or chunk.prints:
                     # The chunk stays here until its round is delivered: if the worker
                     # holding it dies, it is sent again (a source cannot be re-run).
@@ -232,9 +245,12 @@ def execute(
             if not waiting:
                 break
             back = {id(h) for h in backend.wait([r.handle for r in in_flight], 60.0)}
-            for r in [r for r in in_flight if id(r.handle) in back]:
+            returned = [r for r in in_flight if id(r.handle) in back]
+            for r, outcome in zip(returned, backend.results_many([r.handle for r in returned]), strict=True):
                 try:
-                    r.results = backend.results(r.handle)
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                    r.results = outcome
                 except NodeFailure as exc:
                     # Rounds finish in any order: the sequential run fails at the first failing
                     # item, so this one is raised once every round before it is delivered.

@@ -13,9 +13,9 @@ What a task records of output order is written with :mod:`pypiper_dask.ordering`
 """
 
 from .capture import capture_stdout
-from .fused import Edge, FusedSpec, ToNode, ToSink, run_fused, stage_input
+from .fused import Edge, FusedSpec, ToNode, ToSink, run_fused
 from .sequential import SeqHolder, SeqSpec, SeqStep, run_flush, run_seq, run_state, step_flush, step_seq
-from .values import Chunk, Items, NodeFailure, failure, freeze, freezing
+from .values import Chunk, Items, NodeFailure, failure, freeze, freezing, stage_input
 
 __all__ = [
     "Chunk",

@@ -24,7 +24,8 @@ from ..model.snapshot import load_node
 from ..model.streams import edge_selector
 from ..ordering import Marks, Segment, compact_ends
 from .capture import capture_stdout
-from .values import Chunk, freezing, retry_or_drop
+from .sequential import push_step
+from .values import freezing, retry_or_drop, stage_input
 
 __all__ = ["Edge", "FusedSpec", "ToNode", "ToSink", "run_fused", "stage_input"]
 
@@ -318,22 +319,23 @@ def _compiled(spec: FusedSpec) -> _Compiled:
     return stage
 
 
-def stage_input(upstream: Any, sink: int | None) -> tuple[list, dict, set | None]:
-    """The items a stage reads: a partition of source items, or a sink of the stage above."""
-    upstream = getattr(upstream, "segment", upstream)  # a to_dask step carries its segment
-    if isinstance(upstream, Chunk):
-        return upstream.items, upstream.prints, upstream.calls
-    assert sink is not None
-    return upstream.outs[sink], {}, None
-
-
-def run_fused(spec: FusedSpec, upstream: Any, sink: int | None = None, closed: frozenset[str] = frozenset()) -> Segment:
+def run_fused(
+    spec: FusedSpec,
+    upstream: Any,
+    sink: int | None = None,
+    closed: frozenset[str] = frozenset(),
+    pushes: tuple[tuple[int, int], ...] = (),
+    *holders: Any,
+) -> Segment:
     """Run a fused stage over one partition, each node once per item it receives.
 
     ``upstream`` is a :class:`Chunk` of source items, or the
     :class:`~pypiper_dask.ordering.Segment` of the sequential stage above,
     whose sink ``sink`` holds this stage's input. ``closed`` are the nodes
-    known to have closed in an earlier partition.
+    known to have closed in an earlier partition. ``pushes``, ``(sink, step)``
+    for each of ``holders``: hand that sink's items to that sequential stage's
+    holder as its step ``step`` as soon as this task ends, so the stage goes
+    on without waiting for a worker slot (its own task collects the result).
     """
     items, prints, calls = stage_input(upstream, sink)
     stage = _compiled(spec)
@@ -351,4 +353,6 @@ def run_fused(spec: FusedSpec, upstream: Any, sink: int | None = None, closed: f
         seg.ends = compact_ends(ends)
     seg.n_in = len(items)
     stage._bound = None
+    for (out, number), holder in zip(pushes, holders, strict=True):
+        push_step(holder, number, seg.outs[out], out in seg.blocked)
     return seg

@@ -23,13 +23,13 @@ from ..model.node import Node
 from ..model.snapshot import load_node
 from ..ordering import Marks, Segment, compact_ends, stripped
 from .capture import capture_stdout
-from .fused import stage_input
-from .values import Items, freezing, retry_or_drop
+from .values import Items, freezing, retry_or_drop, stage_input
 
 __all__ = [
     "SeqHolder",
     "SeqSpec",
     "SeqStep",
+    "push_step",
     "run_flush",
     "run_seq",
     "run_state",
@@ -199,12 +199,32 @@ class SeqHolder:
             self._pumping = False
 
 
+def push_step(holder: Any, number: int, items: list, upstream_closed: bool) -> None:
+    """Hand a partition to a holder that is an actor as its step ``number``, not waiting for it.
+
+    The fused task above calls this as it ends; the step's own task sends the
+    same step again (the holder runs it once), so nothing is lost if this
+    message is.
+    """
+    if not isinstance(holder, SeqHolder):
+        holder.step(number, "process", Items(items), upstream_closed)
+
+
 def _remote(holder: Any, number: int, method: str, *args: Any) -> Any:
-    """Run a step on a holder that is a Dask actor, from a task that leaves its thread pool meanwhile."""
+    """Run a step on a holder that is a Dask actor, and wait for it.
+
+    The holder runs it on its own thread; usually it already has (the fused
+    task above pushed the items), so the answer is quick. If not, this task
+    leaves its worker's thread pool while it waits, so the slot goes to fused work.
+    """
     from distributed import secede
 
-    secede()  # the holder runs it on its own thread: this worker's slot is free for fused work
-    return holder.step(number, method, *args).result()
+    answer = holder.step(number, method, *args)
+    try:
+        return answer.result(timeout=0.01)
+    except TimeoutError:
+        secede()
+        return answer.result()
 
 
 def run_seq(holder: Any, number: int, upstream: Segment, sink: int, carry: int | None = None) -> Segment:

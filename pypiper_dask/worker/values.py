@@ -16,7 +16,7 @@ import cloudpickle
 from ..errors import short_repr
 from ..ordering import ItemError, Segment
 
-__all__ = ["ATOMIC", "Chunk", "Items", "NodeFailure", "failure", "freeze", "freezing", "retry_or_drop"]
+__all__ = ["ATOMIC", "Chunk", "Items", "NodeFailure", "failure", "freeze", "freezing", "retry_or_drop", "stage_input"]
 
 
 class Chunk:
@@ -176,3 +176,12 @@ def retry_or_drop(node: Any, name: str, data: Any, exc: Exception, buf: list | N
         buf.clear()
     kept = data if policy == "collect" else None
     seg.errors.append(ItemError(name, short_repr(data), f"{type(exc).__name__}: {exc}", kept))
+
+
+def stage_input(upstream: Any, sink: int | None) -> tuple[list, dict, set | None]:
+    """The items a stage reads: a partition of source items, or a sink of the stage above."""
+    upstream = getattr(upstream, "segment", upstream)  # a to_dask step carries its segment
+    if isinstance(upstream, Chunk):
+        return upstream.items, upstream.prints, upstream.calls
+    assert sink is not None
+    return upstream.outs[sink], {}, None
