@@ -1,6 +1,7 @@
 """Run every workload on every system in one run; write BENCHMARKS.md and a chart.
 
-``python -m bench`` (about 5 minutes) or ``python -m bench --quick`` (under 2).
+``python -m bench`` (about 5 minutes) or ``python -m bench --quick`` (under 2);
+``python -m bench --scale`` for the scaling workloads S1-S5 alone (bench/scale.py).
 Ratios, not absolute times, are what the targets state: every system runs on
 the same machine, back to back, and every output is checked against serial.
 """
@@ -267,7 +268,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one repetition, W6 at 1M/2M: under two minutes")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 3)")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="only S1-S5 at 2, 4 and 8 workers and the revised T1 (bench.md, 'Scaling past two workers'):"
+        " replaces that section of --out; about 7 minutes, --quick about 4",
+    )
+    parser.add_argument(
+        "--from-json", metavar="PATH", help="with --scale: rewrite the section and chart from saved figures"
+    )
     args = parser.parse_args(argv)
+    if args.from_json and not args.scale:
+        parser.error("--from-json needs --scale")
+    if args.scale:
+        from bench import scale
+
+        return scale.main(args)
     reps = args.reps or (1 if args.quick else 3)
 
     import multiprocessing

@@ -189,3 +189,133 @@ def serial(wid: str, n: int | None = None) -> dict[str, list]:
     if wid == "W7":
         return {"square": [sq(x) for x in xs]}
     raise KeyError(wid)
+
+
+# -- the scaling workloads S1-S5 (shared/docs/bench.md, "Scaling past two workers") ----------
+#
+# Items sleep instead of computing: a sleeping task holds its worker without a core, so
+# 8 single-threaded workers on a 2-core machine show the waiting the engine causes.
+
+
+@dataclass
+class ScaleWorkload:
+    id: str
+    what: str
+    leaves: tuple[str, ...]
+    skew: bool = False
+
+
+SCALE_N = 3000
+SLEEP = {"ms": 2.0, "long_ms": 40.0, "every": 50}  # S2: one item in `every` sleeps long_ms
+
+SCALE_WORKLOADS = {
+    "S1": ScaleWorkload("S1", "sleep → leaf", ("leaf",)),
+    "S2": ScaleWorkload("S2", "sleep (1 in 50: 40 ms) → leaf", ("leaf",), skew=True),
+    "S3": ScaleWorkload("S3", "sleep → stateful running sum", ("running",)),
+    "S4": ScaleWorkload("S4", "sleep → batch_size=10 sum", ("batch",)),
+    "S5": ScaleWorkload("S5", "sleep → [BATCH_SIZE_ALL sum, leaf]", ("sum", "leaf")),
+}
+
+
+def sleep_ms(x: int, skew: bool, ms: float, long_ms: float, every: int) -> float:
+    """Item ``x``'s nominal sleep in milliseconds."""
+    return long_ms if skew and x % every == 0 else ms
+
+
+def nominal_sleep(sid: str, n: int, sleep: dict | None = None) -> float:
+    """The items' total nominal sleep in seconds (S1 at N=3000: 6 s; S2: 60 × 40 ms + 2940 × 2 ms)."""
+    s = sleep or SLEEP
+    skew = SCALE_WORKLOADS[sid].skew
+    return sum(sleep_ms(x, skew, s["ms"], s["long_ms"], s["every"]) for x in range(n)) / 1000
+
+
+def sleep_item(x: int, skew: bool, ms: float, long_ms: float, every: int) -> int:
+    """Sleep for item ``x`` and return it (the per-item function of dask.bag and the ThreadPool)."""
+    time.sleep(sleep_ms(x, skew, ms, long_ms, every) / 1000)
+    return x
+
+
+def batch_sums(items: Any, size: int = 10) -> list[int]:
+    """Sums of consecutive ``size``-item batches (the last may be shorter)."""
+    items = list(items)
+    return [sum(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+class Sleep(Node):
+    """Sleeps for each item (``sleep_ms``), then emits it unchanged."""
+
+    def setup(self, skew=False, ms=2.0, long_ms=40.0, every=50):
+        self.skew, self.ms, self.long_ms, self.every = skew, ms, long_ms, every
+
+    def run(self, data):
+        time.sleep(sleep_ms(data, self.skew, self.ms, self.long_ms, self.every) / 1000)
+        self.emit(data)
+
+
+class Leaf(Node):
+    """Emits each item unchanged."""
+
+    def run(self, data):
+        self.emit(data)
+
+
+class ScaleRunningSum(Node):
+    """A stateful running sum: one instance sees every item, in order."""
+
+    def setup(self):
+        self.total = 0
+        self.stateless = False
+
+    def run(self, data):
+        self.total += data
+        self.emit(self.total)
+
+
+class BatchSum(Node):
+    """Sums each batch of 10 items."""
+
+    def setup(self):
+        self.batch_size = 10
+
+    def run(self, data):
+        self.emit(sum(data))
+
+
+class SumEverything(Node):
+    """One sum of every item (``BATCH_SIZE_ALL``)."""
+
+    def setup(self):
+        self.batch_size = Node.BATCH_SIZE_ALL
+
+    def run(self, data):
+        self.emit(sum(data))
+
+
+def scale_graph(sid: str, n: int = SCALE_N, sleep: dict | None = None) -> Any:
+    """S1-S5 as a pypiper_dask node graph."""
+    s = sleep or SLEEP
+    src = OURS["Source"]("source", size=n)
+    slept = src | Sleep("sleep", skew=SCALE_WORKLOADS[sid].skew, ms=s["ms"], long_ms=s["long_ms"], every=s["every"])
+    if sid in ("S1", "S2"):
+        return slept | Leaf("leaf")
+    if sid == "S3":
+        return slept | ScaleRunningSum("running")
+    if sid == "S4":
+        return slept | BatchSum("batch")
+    if sid == "S5":
+        return slept | [SumEverything("sum"), Leaf("leaf")]
+    raise KeyError(sid)
+
+
+def scale_serial(sid: str, n: int = SCALE_N) -> dict[str, list]:
+    """S1-S5's expected output (the sleeps change no item, so nothing sleeps here)."""
+    xs = range(n)
+    if sid in ("S1", "S2"):
+        return {"leaf": list(xs)}
+    if sid == "S3":
+        return {"running": list(itertools.accumulate(xs))}
+    if sid == "S4":
+        return {"batch": batch_sums(xs)}
+    if sid == "S5":
+        return {"sum": [sum(xs)], "leaf": list(xs)}
+    raise KeyError(sid)
