@@ -277,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--from-json", metavar="PATH", help="with --scale: rewrite the section and chart from saved figures"
     )
+    parser.add_argument(
+        "--workers",
+        default="2,4,8",
+        help="with --scale: the worker counts, comma-separated (a machine with more cores: 4,8,15)",
+    )
     args = parser.parse_args(argv)
     if args.from_json and not args.scale:
         parser.error("--from-json needs --scale")

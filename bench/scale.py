@@ -354,7 +354,10 @@ def main(args: Any) -> int:
         data = json.loads(Path(args.from_json).read_text())
     else:
         reps = args.reps or (1 if args.quick else 2)
-        data = run_scale(reps, quick=args.quick, t1_reps=args.reps or (1 if args.quick else 3), log=_log)
+        workers = tuple(int(w) for w in str(getattr(args, "workers", "2,4,8")).split(","))
+        data = run_scale(
+            reps, quick=args.quick, workers=workers, t1_reps=args.reps or (1 if args.quick else 3), log=_log
+        )
         figures.parent.mkdir(parents=True, exist_ok=True)
         figures.write_text(json.dumps(data, indent=1) + "\n")
         print(f"wrote {figures}", file=sys.stderr)
