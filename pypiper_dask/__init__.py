@@ -5,6 +5,7 @@ Change ``from pyPiper import Node, Pipeline`` to
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     GraphError,
@@ -18,7 +19,20 @@ from .errors import (
 )
 from .model import Node, NodeGraph
 from .model.snapshot import NodePickleError
-from .runtime import Pipeline, PipelineResult
+
+if TYPE_CHECKING:
+    from .runtime import Pipeline, PipelineResult
+
+
+def __getattr__(name: str) -> Any:
+    # The runtime is imported when first asked for: a worker unpickling a task's
+    # function (pypiper_dask.worker) never loads the caller's side.
+    if name in ("Pipeline", "PipelineResult"):
+        from . import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'pypiper_dask' has no attribute {name!r}")
+
 
 try:
     __version__ = version("pypiper-dask")

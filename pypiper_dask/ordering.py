@@ -194,7 +194,7 @@ class Marks:
 def stripped(seg: Segment) -> Segment:
     """``seg`` without its values: what the caller needs of a stage whose outputs all cross on."""
     copy = _rebuild_segment({slot: getattr(seg, slot) for slot in Segment.__slots__})
-    copy.outs = [_Blank(len(o)) for o in seg.outs]
+    copy.outs = [_Blank(len(o)) for o in seg.outs]  # type: ignore[misc]  # read for their lengths only
     copy.carried = None
     return copy
 

@@ -149,8 +149,9 @@ def round_tasks(
             crossing = [i for i, s in enumerate(stage.sinks) if s.kind == "cross"]
             fetch = len(crossing) < len(stage.sinks)
             # Each sequential stage below gets its items straight from this task (see run_fused).
-            pushes = tuple((i, number(plan.stages[stage.sinks[i].stage])) for i in crossing)  # type: ignore[index]
-            holders = tuple(StageRef(stage.sinks[i].stage) for i in crossing)  # type: ignore[arg-type]
+            below_seq = [plan.stages[s.stage] for s in stage.sinks if s.stage is not None]
+            pushes = tuple((i, number(b)) for i, b in zip(crossing, below_seq, strict=True) if isinstance(b, SeqStage))
+            holders = tuple(StageRef(b.id) for b in below_seq)
             args = (StageRef(stage_id), upstream, sink, closed, pushes, *holders)
             tasks.append(TaskSpec(key, worker.run_fused, args, stage_id, fetch))
             for i in crossing:

@@ -20,8 +20,10 @@ class NodePickleError(NodeTypeError):
     """A node cannot be pickled, so it cannot be snapshotted or sent to a worker."""
 
 
-def load_node(blob: bytes) -> Node:
+def load_node(blob: bytes) -> Any:
     """Unpickle a node into an instance as fast to run as one built by its constructor.
+
+    Typed ``Any``: the engine rebinds the copy's ``emit`` and ``close``.
 
     An unpickled object's attribute dict is filled in one go, which leaves it
     without the key sharing that makes ``self.x`` fast; the attributes are set
@@ -33,7 +35,8 @@ def load_node(blob: bytes) -> Node:
         state = vars(node)
     except TypeError:  # __slots__: nothing to gain
         return node
-    fresh = type(node).__new__(type(node))
+    cls: Any = type(node)
+    fresh = cls.__new__(cls)
     for key, value in state.items():
         object.__setattr__(fresh, key, value)
     return fresh

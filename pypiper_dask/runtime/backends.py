@@ -35,10 +35,12 @@ class Backend(Protocol):
     raises a task's failure, or :class:`DataLost`).
     """
 
-    n_workers: int
-    window: int
+    @property
+    def n_workers(self) -> int: ...
+    @property
+    def window(self) -> int: ...
 
-    def __enter__(self) -> Backend: ...
+    def __enter__(self) -> Any: ...
     def __exit__(self, *exc: Any) -> None: ...
     def start(self, plan: Plan, names: TaskNames) -> None: ...
     def submit(self, tasks: list[TaskSpec]) -> Any: ...
@@ -84,6 +86,7 @@ class SyncTaskBackend:
     def __init__(self) -> None:
         self.n_workers = 1
         self.window = 1
+        self.plan: Plan | None = None
         self.refs: dict[int, Any] = {}
 
     def __enter__(self) -> SyncTaskBackend:
@@ -132,6 +135,7 @@ class SyncTaskBackend:
         pass
 
     def final_states(self, n_source: int) -> dict[str, bytes]:
+        assert self.plan is not None  # started
         return {s.node: run_state(self.refs[s.id], 0) for s in self.plan.seq_stages if not s.stateless}
 
 
@@ -174,6 +178,12 @@ class DistributedBackend:
         self.security = security
         self._n_workers: int | None = None
         self._stack = contextlib.ExitStack()
+        # Set by start(), for one run:
+        self.plan: Plan | None = None
+        self.names: TaskNames | None = None
+        self.refs: dict[int, Any] = {}  # stage -> its scattered spec, or its holder (an actor)
+        self.where: dict[int, str] = {}  # sequential stage -> the worker holding it
+        self.live: set[_Round] = set()  # rounds submitted and not fetched yet
 
     def __enter__(self) -> DistributedBackend:
         from distributed import Client, LocalCluster
@@ -240,11 +250,8 @@ class DistributedBackend:
 
     def start(self, plan: Plan, names: TaskNames) -> None:
         client = self.client
-        self.plan = plan
-        self.names = names
-        self.refs: dict[int, Any] = {}
-        self.where: dict[int, str] = {}
-        self.live: set[_Round] = set()
+        self.plan, self.names = plan, names
+        self.refs, self.where, self.live = {}, {}, set()
         workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {}))
         for stage in plan.stages:
             if isinstance(stage, FusedStage):
@@ -360,6 +367,7 @@ class DistributedBackend:
 
     def _check_holders(self) -> None:
         """Fail if a worker holding a sequential node's state has gone."""
+        assert self.plan is not None  # started
         alive = set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
         for stage_id, address in self.where.items():
             if address not in alive:
@@ -382,6 +390,7 @@ class DistributedBackend:
 
     def final_states(self, n_source: int) -> dict[str, bytes]:
         """Each stateful node's state, asked for after its last step."""
+        assert self.plan is not None and self.names is not None  # started
         futures = {}
         for s in self.plan.seq_stages:
             if not s.stateless:

@@ -89,7 +89,7 @@ class _Errors:
 class _Tree:
     """The node tree of one run, compiled; see the module's docstring."""
 
-    def __init__(self, snap: Snapshot, nodes: dict[str, Node], quiet: bool, collect: bool) -> None:
+    def __init__(self, snap: Snapshot, nodes: dict[str, Any], quiet: bool, collect: bool) -> None:
         self.snap, self.nodes = snap, nodes
         self.kids = snap.children
         self.index = {name: i for i, name in enumerate(snap.order)}
@@ -102,7 +102,7 @@ class _Tree:
         self.parent = {kid: p for p, kids in self.kids.items() for kid in kids}
         self.ns = _Vars(STOP=False, PROGRESS=None, SOURCE_FAILED=None)
         self.filename = f"<pipeline {snap.root}>"
-        self.appends: list[tuple[Node, Callable]] = []  # each node's emit target, to check its values again
+        self.appends: list[tuple[Any, Callable]] = []  # each node's emit target, to check its values again
         root = snap.root
         for name in snap.order:
             node, i = nodes[name], self.index[name]
@@ -118,13 +118,14 @@ class _Tree:
             self.ns[f"FAIL{i}"] = self._failer(name)
             if node.batch_size != 1:
                 self.ns[f"PEND{i}"] = []
+            buf: list = []
             if self.kids[name]:
-                self.ns[f"BUF{i}"] = buf = []
+                self.ns[f"BUF{i}"] = buf
                 self.appends.append((node, buf.append))
             elif quiet:  # a leaf whose items are not printed: straight into the result
                 self.appends.append((node, self._collector(name, collect)))
             else:  # printed after its call returns, as pyPiper prints a leaf's items
-                self.ns[f"BUF{i}"] = buf = []
+                self.ns[f"BUF{i}"] = buf
                 self.appends.append((node, buf.append))
                 self.ns[f"OUT{i}"] = self._printer(name, collect)
             node.close = self._closer(name)
@@ -302,8 +303,7 @@ def run_in_process(
     total = size if isinstance(size, int) else None
     if callback:
         callback(0, total)
-    started = time.monotonic()
-    last = [started, 1]
+    last: list = [time.monotonic(), 1]  # when progress was last reported, and the calls since
 
     def progress(count: int) -> int:
         # Calls of the source between progress reports: grown while they take under 0.1 s.
