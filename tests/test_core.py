@@ -183,7 +183,7 @@ def test_partitions_are_calibrated_then_sized_by_cost_and_shrink_at_the_end():
     first.seconds = 0.032  # 1 ms an item over the first 32
     sizer.observe(32, {0: first})
     assert sizer.calibrated
-    assert sizer.next(0) == 100  # 0.1 s of work
+    assert sizer.next(0) == 200  # 0.2 s of work
     assert sizer.next(99_800) == 25  # what is left over twice the workers, but ≥ 25 ms of work
     assert sizer.next(100_000) == 25
 

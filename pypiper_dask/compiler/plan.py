@@ -122,7 +122,7 @@ class Plan:
             else:
                 lines.append(
                     f"  stage {stage.id}  {stage.node}: sequential ({stage.role}), "
-                    "one holder fed partition after partition"
+                    "one holder running its steps in order, a step per partition"
                 )
         return lines
 

@@ -90,8 +90,9 @@ class SourceReader:
 class PartitionSizer:
     """Chooses how many source items go in each partition.
 
-    A task costs a few milliseconds to schedule and move, so a partition should
-    carry about ``target`` seconds of work. When the source's size is known,
+    A task costs a few milliseconds to schedule and move, and the caller's own
+    work per round takes CPU from the workers on a small machine, so a
+    partition should carry about ``target`` seconds of work. When the source's size is known,
     partitions shrink towards the end (guided scheduling: what is left over
     twice the workers), so the last partitions end together, but never below
     ``least`` seconds of work. The cost per item is measured from finished
@@ -102,12 +103,12 @@ class PartitionSizer:
     >>> sizer = PartitionSizer(None, n_workers=4, total=10_000)
     >>> sizer.next(0)
     32
-    >>> sizer.per_item = 0.001  # 1 ms an item: 0.1 s is 100 items
+    >>> sizer.per_item = 0.001  # 1 ms an item: 0.2 s is 200 items
     >>> sizer.next(0), sizer.next(9_600), sizer.next(9_990)
-    (100, 50, 25)
+    (200, 50, 25)
     """
 
-    target, least = 0.1, 0.025
+    target, least = 0.2, 0.025
     smallest, largest, first = 16, 100_000, 32
 
     def __init__(self, fixed: int | None, n_workers: int, total: int | None) -> None:
