@@ -21,6 +21,10 @@ from .output import Output, PipelineResult
 #: How many times partitions lost with a worker are sent again before giving up.
 MAX_RESENDS = 5
 
+#: Source items out at once (cut, not yet delivered), whatever the window: the caller
+#: keeps each partition until it is delivered, and holds finished ones in order.
+MAX_ITEMS_OUT = 300_000
+
 __all__ = ["PartitionSizer", "SourceReader", "execute", "node_error"]
 
 
@@ -130,8 +134,11 @@ class PartitionSizer:
             return self.first
         want = self.target / self.per_item
         if self.total and self.n_workers > 1:
+            # Not below `least`, nor so small that the caller's work per round (a few ms)
+            # cannot keep up with this many workers.
+            least = max(self.least, 0.004 * self.n_workers)
             left = max(self.total - pulled, 0)
-            want = min(want, max(math.ceil(left / (2 * self.n_workers)), self.least / self.per_item))
+            want = min(want, max(math.ceil(left / (2 * self.n_workers)), least / self.per_item))
         return int(min(max(want, self.smallest), self.largest))
 
     def observe(self, n_items: int, results: dict[int, Segment]) -> None:
@@ -217,12 +224,13 @@ def execute(
             failed = any(r.failure for r in waiting.values())
             # One small round per worker first: their cost per item sizes the
             # partitions that fill the window, and no worker waits meanwhile.
-            window = backend.window if sizer.calibrated else 2 * backend.n_workers
+            window = backend.window if sizer.calibrated else backend.n_workers
             while (
                 n_source is None
                 and not failed
                 and len(in_flight) < window
                 and len(waiting) < 2 * backend.window
+                and sum(len(r.chunk or ()) for r in waiting.values()) < MAX_ITEMS_OUT
                 and not source.closed
                 and not splicer.exhausted
             ):
