@@ -313,7 +313,7 @@ class DistributedBackend:
         return round_
 
     def wait(self, handles: list[_Round], timeout: float) -> list[_Round]:
-        """The rounds among ``handles`` that are done (or failed), waiting up to ``timeout`` for one."""
+        """The rounds among ``handles`` that are done, failed or lost, waiting up to ``timeout`` for one."""
         from distributed import wait
 
         pending = [f for h in handles for f in h.fetch.values() if not f.done()]
@@ -324,7 +324,9 @@ class DistributedBackend:
             except TimeoutError:
                 self._check_holders()
                 return []
-        return [h for h in handles if all(f.done() for f in h.fetch.values())]
+            except CancelledError:
+                pass  # a future lost with its worker: its round is back, and results() says so
+        return [h for h in handles if all(f.done() or _failed(f) for f in h.fetch.values())]
 
     def results_many(self, handles: list[_Round]) -> list[dict[int, Segment] | BaseException]:
         """Done rounds' segments, fetched in one exchange; a failed round's error in its place."""
@@ -398,6 +400,10 @@ class DistributedBackend:
                     run_state, self.refs[s.id], state_step(s, n_source), key=self.names.key(s.id, "state"), pure=False
                 )
         return dict(zip(futures, self.client.gather(list(futures.values())), strict=True))
+
+
+def _failed(future: Any) -> bool:
+    return future.status in ("error", "cancelled", "lost")
 
 
 def _priority(task: TaskSpec) -> int:

@@ -217,12 +217,14 @@ def _remote(holder: Any, number: int, method: str, *args: Any) -> Any:
     task above pushed the items), so the answer is quick. If not, this task
     leaves its worker's thread pool while it waits, so the slot goes to fused work.
     """
+    import asyncio
+
     from distributed import secede
 
     answer = holder.step(number, method, *args)
     try:
         return answer.result(timeout=0.01)
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
         secede()
         return answer.result()
 
