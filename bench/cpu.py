@@ -43,16 +43,6 @@ class Work(Node):
         self.emit(work(data, self.loops, self.skew))
 
 
-class Running(Node):
-    def setup(self):
-        self.total = 0
-        self.stateless = False
-
-    def run(self, data):
-        self.total += data
-        self.emit(self.total)
-
-
 def expected(kind: str) -> list:
     out = [work(x, W.LOOPS["n"], kind == "skewed") for x in range(N)]
     return list(itertools.accumulate(out)) if kind == "stateful" else out
@@ -62,7 +52,7 @@ def ours(kind: str, client: Any) -> tuple[float, list]:
     g = W.OURS["Source"]("source", size=N) | Work("work", loops=W.LOOPS["n"], skew=kind == "skewed")
     leaf = "work"
     if kind == "stateful":
-        g = g | Running("running")
+        g = g | W.ScaleRunningSum("running")
         leaf = "running"
     start = time.perf_counter()
     result = Pipeline(g, quiet=True, client=client, progress=False).run()

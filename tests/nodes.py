@@ -72,8 +72,12 @@ class Gen(Node):
             if self.pos >= self.size:
                 self.close()
                 return
-            self.emit(self.pos)
+            self.emit(self.item())
             self.pos += 1
+
+    def item(self) -> Any:
+        """What the source emits at its position."""
+        return self.pos
 
 
 class Map(Node):
@@ -255,18 +259,10 @@ class ReuseGen(Gen):
         super().setup(size, per_call, loud)
         self.buf = [None, None]
 
-    def run(self, data: Any) -> None:
-        log_call(self, data)
-        if self.loud:
-            print(f"{self.name} call at {self.pos}")
-        for _ in range(self.per_call):
-            if self.pos >= self.size:
-                self.close()
-                return
-            self.buf[0] = self.pos
-            self.buf[1] = self.pos * 10
-            self.emit(self.buf)
-            self.pos += 1
+    def item(self) -> Any:
+        self.buf[0] = self.pos
+        self.buf[1] = self.pos * 10
+        return self.buf
 
 
 class Times10(Node):
