@@ -58,6 +58,10 @@ class SeqHolder:
     result instead of feeding the node twice.
     """
 
+    #: Seconds a step's task waits for the items the fused task above pushed
+    #: before it sends them itself (a push lost with its worker).
+    collect_wait = 5.0
+
     def __init__(self, spec: SeqSpec, keep: int = 64) -> None:
         self.name = spec.name
         self.batch_size = spec.batch_size
@@ -73,6 +77,7 @@ class SeqHolder:
         self._pumping = False
         self._thread: ThreadPoolExecutor | None = None
         self._failed: Exception | None = None
+        self._arrivals: dict[int, Any] = {}  # step -> asyncio.Event, for a collect waiting on a push
 
     def _bind(self) -> None:
         def close() -> None:
@@ -169,9 +174,21 @@ class SeqHolder:
         loop = asyncio.get_running_loop()
         if number < self._next and number not in self._calls:
             raise RuntimeError(f"Node {self.name!r}: step {number} was asked for again after it was forgotten.")
+        if method == "collect":  # the step's items were pushed (see push_step): wait for them a while
+            if number not in self._calls:
+                arrived = self._arrivals.setdefault(number, asyncio.Event())
+                try:
+                    await asyncio.wait_for(arrived.wait(), self.collect_wait)
+                except (TimeoutError, asyncio.TimeoutError):
+                    return None  # not here: the caller sends them itself
+                finally:
+                    self._arrivals.pop(number, None)
+            return await asyncio.shield(self._calls[number][0])
         if number not in self._calls:
             args = tuple(a.items if isinstance(a, Items) else a for a in args)
             self._calls[number] = (loop.create_future(), method, args)
+            if number in self._arrivals:
+                self._arrivals[number].set()
             if not self._pumping:
                 await self._pump(loop)
         return await asyncio.shield(self._calls[number][0])
@@ -202,9 +219,8 @@ class SeqHolder:
 def push_step(holder: Any, number: int, items: list, upstream_closed: bool) -> None:
     """Hand a partition to a holder that is an actor as its step ``number``, not waiting for it.
 
-    The fused task above calls this as it ends; the step's own task sends the
-    same step again (the holder runs it once), so nothing is lost if this
-    message is.
+    The fused task above calls this as it ends; the step's own task collects
+    the result, and sends the items itself if this message never arrived.
     """
     if not isinstance(holder, SeqHolder):
         holder.step(number, "process", Items(items), upstream_closed)
@@ -241,7 +257,11 @@ def run_seq(holder: Any, number: int, upstream: Segment, sink: int, carry: int |
     if isinstance(holder, SeqHolder):  # in the caller
         seg = holder.process(items, closed)
     else:
-        seg = _remote(holder, number, "process", Items(items), closed)
+        # The fused task above pushed these items to the holder as it ended: collect the
+        # step's result without sending them again, unless the push never arrived.
+        seg = _remote(holder, number, "collect")
+        if seg is None:
+            seg = _remote(holder, number, "process", Items(items), closed)
     if carry is not None:
         seg.carried = (carry, stripped(upstream))
     return seg
