@@ -132,10 +132,6 @@ class Segment:
         """Nodes that called ``close()`` in this segment."""
         return [m[2].node for m in self.marks if type(m[2]) is Closed]
 
-    @property
-    def printed(self) -> bool:
-        return any(type(m[2]) is Printed for m in self.marks)
-
     def __repr__(self) -> str:
         return f"<Segment {self.n_in} in, {[len(o) for o in self.outs]} out, {len(self.marks)} marks>"
 

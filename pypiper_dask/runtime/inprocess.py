@@ -22,7 +22,7 @@ from ..model.node import Node
 from ..model.snapshot import Snapshot
 from ..model.streams import edge_selector
 from ..ordering import ItemError
-from ..worker.fused import _Settling, _skip
+from ..worker.fused import SettlingBuffer, skip
 from ..worker.values import freezing, retry_or_drop
 from .output import PipelineResult
 
@@ -244,7 +244,7 @@ class _Tree:
             if name in self.closed:
                 return
             self.closed.add(name)
-            ns[f"RUN{i}"] = _skip  # it gets nothing after the item during which it closed
+            ns[f"RUN{i}"] = skip  # it gets nothing after the item during which it closed
             if f"PEND{i}" in ns:
                 ns[f"PEND{i}"] = _NOWHERE
             if all(self._below_closed(leaf) for leaf in self.leaves):
@@ -261,7 +261,7 @@ class _Tree:
                 for kid in self.kids[name]:
                     self.end(kid)
 
-            ns[f"BUF{i}"] = _Settling(buf, settle)
+            ns[f"BUF{i}"] = SettlingBuffer(buf, settle)
 
         return close
 

@@ -27,7 +27,7 @@ from .capture import capture_stdout
 from .sequential import push_step
 from .values import freezing, retry_or_drop, stage_input
 
-__all__ = ["Edge", "FusedSpec", "ToNode", "ToSink", "run_fused", "stage_input"]
+__all__ = ["Edge", "FusedSpec", "SettlingBuffer", "ToNode", "ToSink", "run_fused", "skip"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class FusedSpec:
         return f"<FusedSpec {self.label}>"
 
 
-def _skip(value: Any) -> None:
+def skip(value: Any) -> None:
     """A closed node's ``run``: it receives nothing more."""
 
 
@@ -205,7 +205,7 @@ class _Compiled:
                 node.emit = freezing(ns[f"BUF{i}"].append, node)
             node.close = self._closer(name, i, seg, marks)
             if name in closed:
-                ns[f"RUN{i}"] = _skip
+                ns[f"RUN{i}"] = skip
                 seg.blocked.update(spec.under[name])
         seg.blocked.update(s for s, node in enumerate(spec.sinks) if node in closed)
         return marks
@@ -230,11 +230,11 @@ class _Compiled:
             ns["STOP"] = True  # the end of this item checks whether every path is closed
 
         def close() -> None:
-            if ns[f"RUN{i}"] is _skip:
+            if ns[f"RUN{i}"] is skip:
                 return
-            ns[f"RUN{i}"] = _skip
+            ns[f"RUN{i}"] = skip
             if buf is not None:
-                ns[f"BUF{i}"] = _Settling(buf, settle)
+                ns[f"BUF{i}"] = SettlingBuffer(buf, settle)
             else:
                 self.unsettled.append(settle)
                 ns["STOP"] = True
@@ -269,7 +269,7 @@ class _Compiled:
         return self.spec.above
 
 
-class _Settling:
+class SettlingBuffer:
     """A closed node's buffer until its closing call's values have gone down its subtree.
 
     The generated code iterates a node's buffer, then clears it: the clear is
