@@ -39,7 +39,7 @@ def run_text(pipeline: Pipeline, **kwargs):
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
-@given(programs(), st.sampled_from([None, 2, 7]))
+@given(programs(reuse=True, names=True), st.sampled_from([None, 2, 7]))
 def test_random_pipelines_on_a_local_cluster(local_client, program, partition_size):
     want = reference_run(build(program))
     got = run_text(Pipeline(build(program), client=local_client, partition_size=partition_size))
@@ -51,7 +51,7 @@ def test_random_pipelines_on_a_local_cluster(local_client, program, partition_si
 @settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
-@given(programs())
+@given(programs(reuse=True, names=True))
 def test_random_pipelines_on_an_external_cluster(external_cluster, program):
     want = reference_run(build(program))
     got = run_text(Pipeline(build(program), client=external_cluster, partition_size=5))
