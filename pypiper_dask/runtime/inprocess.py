@@ -22,7 +22,7 @@ from ..model.node import Node
 from ..model.snapshot import Snapshot
 from ..model.streams import edge_selector
 from ..ordering import ItemError
-from ..worker.fused import SettlingBuffer, skip
+from ..worker.fused import SettlingBuffer, call_lines, select_loop, skip
 from ..worker.values import freezing, retry_or_drop
 from .output import PipelineResult
 
@@ -159,10 +159,7 @@ class _Tree:
             if select is None:
                 self._push(kid, value, depth, indent, lines)
                 continue
-            name = f"SEL{len(self.ns)}"
-            self.ns[name] = select
-            part = f"p{depth}_{len(lines)}"
-            lines.append(f"{'    ' * indent}for {part} in {name}({value}):")
+            part = select_loop(self.ns, select, value, depth, indent, lines)
             self._push(kid, part, depth, indent + 1, lines)
 
     def _push(self, name: str, value: str, depth: int, indent: int, lines: list[str]) -> None:
@@ -181,12 +178,7 @@ class _Tree:
     def _call(self, name: str, value: str, depth: int, indent: int, lines: list[str]) -> None:
         """Lines calling node ``name`` with ``value``, then sending on what it emitted."""
         pad, i = "    " * indent, self.index[name]
-        lines += [
-            f"{pad}try:",
-            f"{pad}    RUN{i}({value})",
-            f"{pad}except Exception as e:",
-            f"{pad}    FAIL{i}({value}, e)",
-        ]
+        lines += call_lines(pad, i, value)
         if f"BUF{i}" not in self.ns:
             return
         kid = f"v{depth + 1}"

@@ -27,7 +27,7 @@ from .capture import capture_stdout
 from .sequential import push_step
 from .values import freezing, retry_or_drop, stage_input
 
-__all__ = ["Edge", "FusedSpec", "SettlingBuffer", "ToNode", "ToSink", "run_fused", "skip"]
+__all__ = ["Edge", "FusedSpec", "SettlingBuffer", "ToNode", "ToSink", "call_lines", "run_fused", "select_loop", "skip"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,26 @@ class FusedSpec:
         return f"<FusedSpec {self.label}>"
 
 
+def call_lines(pad: str, i: int, value: str) -> list[str]:
+    """Generated lines calling node ``i``'s ``run`` (``RUN{i}``) with ``value``; a raise goes to ``FAIL{i}``.
+
+    Examples
+    --------
+    >>> call_lines("", 3, "v0")
+    ['try:', '    RUN3(v0)', 'except Exception as e:', '    FAIL3(v0, e)']
+    """
+    return [f"{pad}try:", f"{pad}    RUN{i}({value})", f"{pad}except Exception as e:", f"{pad}    FAIL{i}({value}, e)"]
+
+
+def select_loop(ns: dict, select: Callable, value: str, depth: int, indent: int, lines: list[str]) -> str:
+    """Open a generated loop over the items a named-streams edge makes of ``value``; returns the item's name."""
+    name = f"SEL{len(ns)}"
+    ns[name] = select
+    part = f"p{depth}_{len(lines)}"
+    lines.append(f"{'    ' * indent}for {part} in {name}({value}):")
+    return part
+
+
 def skip(value: Any) -> None:
     """A closed node's ``run``: it receives nothing more."""
 
@@ -140,10 +160,7 @@ class _Compiled:
             if select is None:
                 self._target(edge.target, value, depth, indent, lines)
                 continue
-            name = f"SEL{len(self.ns)}"
-            self.ns[name] = select
-            part = f"p{depth}_{len(lines)}"
-            lines.append(f"{'    ' * indent}for {part} in {name}({value}):")
+            part = select_loop(self.ns, select, value, depth, indent, lines)
             self._target(edge.target, part, depth, indent + 1, lines)
 
     def _target(self, target: ToNode | ToSink, value: str, depth: int, indent: int, lines: list[str]) -> None:
@@ -152,12 +169,10 @@ class _Compiled:
             lines.append(f"{pad}SINK{target.sink}({value})")
             return
         i = self.index[target.name]
-        lines.append(f"{pad}try:")
-        lines.append(f"{pad}    RUN{i}({value})")
-        self.line_node[len(lines)] = target.name
-        lines.append(f"{pad}except Exception as e:")
-        lines.append(f"{pad}    FAIL{i}({value}, e)")
-        self.line_node[len(lines)] = target.name
+        first = len(lines)
+        lines += call_lines(pad, i, value)
+        # The call's lines, for a print's node (see _who): RUN and FAIL, the 2nd and 4th.
+        self.line_node[first + 2] = self.line_node[first + 4] = target.name
         if target.sink is not None:
             self.leaf_sink[target.name] = target.sink
         if target.edges:
