@@ -138,3 +138,41 @@ def test_graph_repr_and_str():
     assert repr(g) == "<NodeGraph 'g': 2 nodes>"
     assert "Node<g> -> [Node<a>]" in str(g)
     assert isinstance(g, NodeGraph)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "meant"),
+    [
+        ("stateles", "stateless"),
+        ("batchsize", "batch_size"),
+        ("in_stream", "in_streams"),
+        ("retry", "retries"),
+        ("on_errors", "on_error"),
+        ("out_stream", "out_streams"),
+        ("Batch_Size", "batch_size"),
+    ],
+)
+def test_a_near_miss_of_a_reserved_keyword_is_an_error_naming_it(keyword, meant):
+    class WordCount(Node):
+        def run(self, data):
+            self.emit(data)
+
+    with pytest.raises(NodeTypeError, match=rf"Node 'wc': keyword '{keyword}' .* did you mean '{meant}'\?"):
+        WordCount("wc", **{keyword: False})
+
+
+def test_keywords_setup_takes_and_seed_style_attributes_keep_working():
+    class Takes(Node):
+        def setup(self, retry=0, stream="x"):
+            self.got = (retry, stream)
+
+        def run(self, data):
+            pass
+
+    class Seed(Node):
+        def run(self, data):
+            pass
+
+    assert Takes("t", retry=2, stream="y").got == (2, "y")  # setup takes them: no slip
+    seed = Seed("s", size=3, stream="y", batch=2, stateful=True, state=1)  # not close enough to any
+    assert (seed.size, seed.stream, seed.batch) == (3, "y", 2)

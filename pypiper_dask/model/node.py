@@ -10,7 +10,15 @@ from typing import Any
 
 from ..errors import NodeTypeError, OptionError
 
-__all__ = ["NODE_OPTIONS", "ON_ERROR", "RESERVED_KEYWORDS", "Node", "check_batch_size", "normalize_streams"]
+__all__ = [
+    "NODE_OPTIONS",
+    "ON_ERROR",
+    "RESERVED_KEYWORDS",
+    "Node",
+    "check_batch_size",
+    "near_miss",
+    "normalize_streams",
+]
 
 #: Per-node options: keywords of ``Node(...)`` that win over what ``setup`` sets.
 NODE_OPTIONS = ("batch_size", "stateless", "retries", "on_error")
@@ -123,9 +131,19 @@ class Node(abc.ABC):
         self.on_error = "raise"
         self.size = None
         override = {k: kwargs.pop(k) for k in NODE_OPTIONS if k in kwargs}
+        accepted = _accepted(self.setup, kwargs)
+        # Node's own setup takes **kwargs and does nothing with them: it takes none really.
+        taken = accepted.keys() if type(self).setup is not Node.setup else set()
+        for key in kwargs.keys() - taken:
+            meant = near_miss(key)
+            if meant is not None:
+                raise NodeTypeError(
+                    f"Node {name!r}: keyword {key!r} is not one of Node's and {type(self).__name__}.setup() does "
+                    f"not take it; did you mean {meant!r}? (Left as it is, it would only become an attribute.)"
+                )
         for key, value in kwargs.items():
             setattr(self, key, value)
-        self.setup(**_accepted(self.setup, kwargs))
+        self.setup(**accepted)
         # A keyword given to the constructor wins over what setup() chose.
         for key, value in override.items():
             setattr(self, key, value)
@@ -181,6 +199,44 @@ class Node(abc.ABC):
 
     def __str__(self) -> str:
         return f"Node<{self.name}>"
+
+
+def _forms(word: str) -> set[str]:
+    """A keyword as written, without underscores, and in the singular."""
+    forms = {word, word.replace("_", "")}
+    for form in list(forms):
+        if form.endswith("ies"):
+            forms.add(form[:-3] + "y")
+        elif form.endswith("s") and not form.endswith("ss"):
+            forms.add(form[:-1])
+    return forms
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """At most one letter inserted, deleted or changed between ``a`` and ``b``."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b, strict=True)) <= 1
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+def near_miss(keyword: str) -> str | None:
+    """The reserved keyword that ``keyword`` is a slip of, if any.
+
+    Examples
+    --------
+    >>> [near_miss(k) for k in ("stateles", "batchsize", "in_stream", "retry", "on_errors")]
+    ['stateless', 'batch_size', 'in_streams', 'retries', 'on_error']
+    >>> near_miss("size") is None and near_miss("stream") is None
+    True
+    """
+    mine = _forms(keyword.lower())
+    for reserved in RESERVED_KEYWORDS:
+        if keyword != reserved and any(_one_edit_apart(a, b) for a in mine for b in _forms(reserved)):
+            return reserved
+    return None
 
 
 def _accepted(method: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
