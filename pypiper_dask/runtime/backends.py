@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 from concurrent.futures import CancelledError
 from typing import Any, Protocol
 
 from ..compiler.plan import FusedStage, Plan, SeqStage
 from ..compiler.tasks import Ref, StageRef, TaskNames, TaskSpec, fused_spec, seq_spec, state_step
 from ..errors import PipelineError, SchedulerError, StateLostError
+from ..log import logger
 from ..model.node import Node
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, SeqHolder, run_state
@@ -190,6 +192,8 @@ class DistributedBackend:
 
         try:
             if self.client is None and self.address is None:
+                # Entered before the cluster, left after it closed (the stack unwinds in reverse).
+                self._stack.enter_context(_QUIET_DISTRIBUTED)
                 with _main_not_reimported():
                     cluster = self._stack.enter_context(
                         LocalCluster(
@@ -204,7 +208,7 @@ class DistributedBackend:
                 self.client = self._stack.enter_context(Client(cluster, set_as_default=False))
                 link = self.client.dashboard_link
                 if link:
-                    print(f"pypiper_dask: dashboard at {link}", file=sys.stderr)
+                    logger.info("dashboard at %s", link)
             elif self.client is None and self.address is not None:
                 try:
                     client = Client(self.address, timeout=self.timeout, security=self.security, set_as_default=False)
@@ -438,6 +442,43 @@ def _with_carried(results: dict[int, Segment]) -> dict[int, Segment]:
             results[stage] = carried
             res.carried = None
     return results
+
+
+class _QuietDistributed:
+    """distributed's log handlers in this process at ERROR while any cluster a run started is up.
+
+    ``LocalCluster(silence_logs=...)`` lowers them per cluster and puts back
+    what it found when it closes: with two runs from two threads at once, the
+    first to close turned INFO back on while the second still ran. Counted
+    here instead: the first run in lowers them (so the cluster finds them
+    lowered and restores nothing), the last one out puts them back.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._saved: list[tuple[logging.Handler, int]] = []
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._count == 0:
+                for root in ("distributed", "bokeh"):
+                    for handler in logging.getLogger(root).handlers:
+                        if isinstance(handler, logging.StreamHandler) and handler.level < logging.ERROR:
+                            self._saved.append((handler, handler.level))
+                            handler.setLevel(logging.ERROR)
+            self._count += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._count -= 1
+            if self._count == 0:
+                for handler, level in self._saved:
+                    handler.setLevel(level)
+                self._saved.clear()
+
+
+_QUIET_DISTRIBUTED = _QuietDistributed()
 
 
 @contextlib.contextmanager

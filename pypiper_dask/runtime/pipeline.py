@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from functools import cached_property, partial
 from typing import Any
@@ -12,6 +11,7 @@ from ..compiler.plan import Plan, compile_plan
 from ..compiler.tasks import TaskNames
 from ..compiler.to_dask import Layout, PipelineCollection, collection_graph
 from ..errors import NodeTypeError
+from ..log import logger
 from ..model.graph import NodeGraph
 from ..model.node import Node
 from ..model.snapshot import Snapshot
@@ -251,15 +251,17 @@ def _finish(plan: Plan, results: list, layout: Layout) -> PipelineResult:
 
 
 def _report_dropped(errors: list) -> None:
-    """Say on stderr which nodes dropped items, so none vanish unnoticed."""
+    """Say which nodes dropped items (on the ``pypiper_dask`` logger), so none vanish unnoticed."""
     by_node: dict[str, list] = {}
     for e in errors:
         by_node.setdefault(e.node, []).append(e)
     for node, errs in by_node.items():
-        print(
-            f"pypiper_dask: node {node!r} dropped {len(errs)} item(s) whose run() raised "
-            f"(first: {errs[0].item_repr}: {errs[0].error}); see PipelineResult.errors",
-            file=sys.stderr,
+        logger.warning(
+            "node %r dropped %d item(s) whose run() raised (first: %s: %s); see PipelineResult.errors",
+            node,
+            len(errs),
+            errs[0].item_repr,
+            errs[0].error,
         )
 
 
