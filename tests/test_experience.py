@@ -57,6 +57,16 @@ def test_visualize_draws_stages_or_says_how_to_install():
     assert "gen -> sq" in source and "sq -> total" in source
 
 
+def test_visualize_without_graphvizs_dot_says_what_to_install(tmp_path, monkeypatch):
+    pytest.importorskip("graphviz")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dot to be found
+    pipeline = Pipeline(N.Gen("gen", size=3) | N.Map("sq"))
+    with pytest.raises(RuntimeError, match=r"needs Graphviz's dot program .* apt-get install graphviz"):
+        pipeline.visualize(str(tmp_path / "plan.png"))
+    shown = pipeline.visualize()._repr_mimebundle_()  # what a notebook shows
+    assert "apt-get install graphviz" in shown["text/plain"]
+
+
 def test_progress_callback_path_reports_items_against_size():
     seen = []
     callback, bar = progress_callback(False, "gen", lambda done, total: seen.append((done, total)))

@@ -8,7 +8,13 @@ from typing import Any
 from ..model.node import Node
 from .plan import FusedStage, Plan, SeqStage
 
-__all__ = ["plan_html", "plan_picture", "stream_label"]
+__all__ = ["NO_DOT", "plan_html", "plan_picture", "stream_label"]
+
+#: What to install when the graphviz package is there but Graphviz's own ``dot`` program is not.
+NO_DOT = (
+    "Pipeline.visualize() needs Graphviz's dot program to draw the picture: apt-get install graphviz "
+    "(or conda install graphviz, or brew install graphviz). The picture's source is in .source."
+)
 
 _COLOURS = {"source": "#d9d9d9", "fused": "#cfe2f3", "stateful": "#f9cb9c", "barrier": "#b6d7a8", "batch": "#ffe599"}
 
@@ -48,7 +54,17 @@ def plan_picture(plan: Plan) -> Any:
             "(and Graphviz's dot program to render: apt-get install graphviz)"
         ) from exc
     snap = plan.snapshot
-    dot = graphviz.Digraph(
+
+    class Picture(graphviz.Digraph):
+        """A notebook shows what to install, not a traceback, where Graphviz's ``dot`` is missing."""
+
+        def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict:
+            try:
+                return super()._repr_mimebundle_(include, exclude, **kwargs)
+            except graphviz.ExecutableNotFound:
+                return {"text/plain": NO_DOT}
+
+    dot = Picture(
         "pipeline",
         graph_attr={"rankdir": "LR", "fontname": "Helvetica"},
         node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica"},

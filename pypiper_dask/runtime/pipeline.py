@@ -6,7 +6,7 @@ from collections.abc import Callable
 from functools import cached_property, partial
 from typing import Any
 
-from ..compiler.picture import plan_html, plan_picture, stream_label
+from ..compiler.picture import NO_DOT, plan_html, plan_picture, stream_label
 from ..compiler.plan import Plan, compile_plan
 from ..compiler.tasks import TaskNames
 from ..compiler.to_dask import Layout, PipelineCollection, collection_graph
@@ -169,7 +169,12 @@ class Pipeline:
         """
         picture = plan_picture(self.plan)
         if filename is not None:
-            picture.render(outfile=filename, format=format, cleanup=True)
+            import graphviz
+
+            try:
+                picture.render(outfile=filename, format=format, cleanup=True)
+            except graphviz.ExecutableNotFound as exc:
+                raise RuntimeError(NO_DOT) from exc
         return picture
 
     def to_dask(self, partition_size: int | None = None) -> PipelineCollection:
