@@ -15,7 +15,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_target", "main"]
+__all__ = ["TargetError", "load_target", "main"]
+
+
+class TargetError(ValueError):
+    """``FILE.py:NAME`` does not name something in a file: a usage error (exit code 2)."""
 
 
 def load_target(spec: str) -> Any:
@@ -26,20 +30,20 @@ def load_target(spec: str) -> Any:
     >>> load_target("no-colon-here")
     Traceback (most recent call last):
     ...
-    ValueError: expected FILE.py:NAME, got 'no-colon-here'
+    pypiper_dask.cli.TargetError: expected FILE.py:NAME, got 'no-colon-here'
     """
     path_text, sep, name = spec.rpartition(":")
     if not sep or not path_text or not name:
-        raise ValueError(f"expected FILE.py:NAME, got {spec!r}")
+        raise TargetError(f"expected FILE.py:NAME, got {spec!r}")
     path = Path(path_text).resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path_text!r}")
+        raise TargetError(f"no such file: {path_text!r}")
     import cloudpickle
 
     module_name = f"pypiper_dask_target_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     if module_spec is None or module_spec.loader is None:
-        raise ImportError(f"cannot import {path_text!r} as a Python module")
+        raise TargetError(f"cannot import {path_text!r} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
     # Workers cannot import this module by name: its classes go by value. Registered
@@ -48,21 +52,24 @@ def load_target(spec: str) -> Any:
     sys.path.insert(0, str(path.parent))  # the file's own imports of its neighbours
     module_spec.loader.exec_module(module)
     if not hasattr(module, name):
-        raise AttributeError(f"{path_text} has no attribute {name!r}")
+        raise TargetError(f"{path_text} has no attribute {name!r}")
     return getattr(module, name)
 
 
 def _run(args: argparse.Namespace) -> int:
     from . import Node, NodeGraph, NodeTypeError, OptionError, Pipeline
 
-    target = load_target(args.target)
+    try:
+        target = load_target(args.target)
+    except TargetError as exc:
+        print(f"pypiper-dask: {exc}", file=sys.stderr)
+        return 2
     if isinstance(target, (Node, NodeGraph)):
         target = Pipeline(target)
     if not isinstance(target, Pipeline):
-        print(
-            f"pypiper-dask: {args.target} is a {type(target).__name__}, not a Pipeline, NodeGraph or Node",
-            file=sys.stderr,
-        )
+        kind = type(target).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        print(f"pypiper-dask: {args.target} is {article} {kind}, not a Pipeline, NodeGraph or Node", file=sys.stderr)
         return 2
     # The command line's options override the pipeline's own, checked as Pipeline(...) checks them.
     overrides: dict[str, Any] = {}
@@ -88,12 +95,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pypiper-dask``; returns the exit code."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="pypiper-dask", description="Run pyPiper pipelines on Dask.")
+    parser.add_argument("--version", action="version", version=f"pypiper-dask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
         help="run the pipeline NAME defined in FILE.py",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        # The module's docstring, without its reST markup.
+        description=__doc__.split("\n\n")[1].replace("``", "") if __doc__ else None,
     )
     run.add_argument(
         "target", metavar="FILE.py:NAME", help="a file and the name of a Pipeline, NodeGraph or Node in it"
@@ -107,14 +118,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="show a progress bar on stderr (default: the pipeline's own setting)",
     )
-    demo = sub.add_parser("demo", help="run the demo pipeline on a local 2-process cluster")
-    demo.add_argument("--n-threads", type=int, default=2)
+    demo = sub.add_parser(
+        "demo",
+        help="run the demo pipeline on a local 2-process cluster",
+        description="The demo pipeline: gen | square | [running_total (stateful), summary (BATCH_SIZE_ALL)].",
+    )
+    demo.add_argument("--n-threads", type=int, default=2, help="worker processes to start (1: in-process)")
+    demo.add_argument("--size", type=int, default=100_000, help="items the source emits")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             from .demo import main as demo_main
 
-            return demo_main(["--n-threads", str(args.n_threads)])
+            return demo_main(["--n-threads", str(args.n_threads), "--size", str(args.size)])
         return _run(args)
     except KeyboardInterrupt:
         print("pypiper-dask: interrupted", file=sys.stderr)

@@ -225,7 +225,29 @@ def test_cli_fails_with_the_error(script):
     assert done.returncode == 1
     assert "NodeError: Node 'fail' raised RuntimeError: no good" in done.stderr
     missing = cli("run", f"{script}:nothing", cwd=script.parent)
-    assert missing.returncode == 1 and "has no attribute 'nothing'" in missing.stderr
+    # A typo in FILE.py:NAME is a usage error: one clean line, exit code 2.
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [f"pypiper-dask: {script} has no attribute 'nothing'"]
+    assert "Traceback" not in missing.stderr
+
+
+def test_cli_version_help_and_usage_errors(script, tmp_path):
+    from pypiper_dask import __version__
+
+    version = cli("--version", cwd=ROOT)
+    assert version.returncode == 0 and version.stdout.strip() == f"pypiper-dask {__version__}"
+    run_help = cli("run", "--help", cwd=ROOT)
+    assert "``" not in run_help.stdout and "Runs a Pipeline (or a NodeGraph or Node)" in run_help.stdout
+    demo_help = cli("demo", "--help", cwd=ROOT)
+    assert "--size" in demo_help.stdout and "The demo pipeline" in demo_help.stdout
+    for bad in ["no-colon-here", "nofile.py:x"]:
+        done = cli("run", bad, cwd=tmp_path)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    (tmp_path / "num.py").write_text("answer = 42\n")
+    done = cli("run", "num.py:answer", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "num.py:answer is an int, not a Pipeline, NodeGraph or Node" in done.stderr
 
 
 def test_cli_checks_its_options_as_pipeline_does(script):
