@@ -33,8 +33,8 @@ class Backend(Protocol):
     ``window`` is how many rounds may be in flight at once; ``submit`` takes
     one round's tasks and returns a handle; ``wait`` returns the handles
     (of those given) that are done, waiting up to ``timeout`` seconds for
-    one; ``results`` gives a done round's fetched segments by stage (and
-    raises a task's failure, or :class:`DataLost`).
+    one; ``results_many`` gives done rounds' fetched segments by stage, or in
+    a round's place the error it ended with (a task's failure, or :class:`DataLost`).
     """
 
     @property
@@ -47,7 +47,6 @@ class Backend(Protocol):
     def start(self, plan: Plan, names: TaskNames) -> None: ...
     def submit(self, tasks: list[TaskSpec]) -> Any: ...
     def wait(self, handles: list[Any], timeout: float) -> list[Any]: ...
-    def results(self, handle: Any) -> dict[int, Segment]: ...
     def results_many(self, handles: list[Any]) -> list[dict[int, Segment] | BaseException]: ...
     def cancel(self, handles: list[Any] | None = None) -> None: ...
     def final_states(self, n_source: int) -> dict[str, bytes]: ...
@@ -126,9 +125,6 @@ class SyncTaskBackend:
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
         return handles  # each ran when it was submitted
-
-    def results(self, handle: dict[int, Segment]) -> dict[int, Segment]:
-        return handle
 
     def results_many(self, handles: list[Any]) -> list[dict[int, Segment] | BaseException]:
         return handles
@@ -329,7 +325,7 @@ class DistributedBackend:
                 self._check_holders()
                 return []
             except CancelledError:
-                pass  # a future lost with its worker: its round is back, and results() says so
+                pass  # a future lost with its worker: its round is back, and results_many() says so
         return [h for h in handles if all(f.done() or _failed(f) for f in h.fetch.values())]
 
     def results_many(self, handles: list[_Round]) -> list[dict[int, Segment] | BaseException]:
@@ -346,12 +342,12 @@ class DistributedBackend:
                 out.append(_with_carried({stage: next(values) for stage in h.fetch}))
                 continue
             try:
-                out.append(self.results(h))
+                out.append(self._results(h))
             except Exception as exc:  # reported by the run loop, in round order
                 out.append(exc)
         return out
 
-    def results(self, handle: _Round) -> dict[int, Segment]:
+    def _results(self, handle: _Round) -> dict[int, Segment]:
         """A done round's segments by stage."""
         from distributed.client import FutureCancelledError
 
