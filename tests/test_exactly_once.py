@@ -95,6 +95,15 @@ def check_program(program, tmp_path, **options) -> None:
     check_calls_past_a_close(got_calls, want_calls, count_calls(unclosed_log), build(program))
 
 
+def check_graph(make, tmp_path, where: dict) -> None:
+    """``make(calls_path)``'s graph: output and calls equal the reference's (no closes in it)."""
+    log, ref_log = fresh(tmp_path, "engine"), fresh(tmp_path, "reference")
+    want = reference_run(make(str(log)), calls=ref_log)
+    got = run_text(Pipeline(make(str(log)), partition_size=4, **where))
+    assert got == want
+    assert not differences(count_calls(log), count_calls(ref_log)), "calls differ (node, data, got, want)"
+
+
 def check_calls_past_a_close(got: Counter, closed: Counter, unclosed: Counter, graph) -> None:
     """The cluster's calls when nodes close: every call of the sequential run, and no item twice.
 
@@ -299,11 +308,7 @@ REUSED = {
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", list(REUSED))
 def test_a_reused_buffer_reaches_every_consumer_as_it_was_at_emit(where, tmp_path, case):
-    log, ref_log = fresh(tmp_path, "engine"), fresh(tmp_path, "reference")
-    want = reference_run(REUSED[case](str(log)), calls=ref_log)
-    got = run_text(Pipeline(REUSED[case](str(log)), partition_size=4, **where))
-    assert got == want
-    assert not differences(count_calls(log), count_calls(ref_log)), "calls differ (node, data, got, want)"
+    check_graph(REUSED[case], tmp_path, where)
 
 
 # -- any string is a node name ----------------------------------------------------------
@@ -341,11 +346,7 @@ NAMED = {
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", list(NAMED))
 def test_any_string_is_a_node_name(where, tmp_path, case):
-    log, ref_log = fresh(tmp_path, "engine"), fresh(tmp_path, "reference")
-    want = reference_run(NAMED[case](str(log)), calls=ref_log)
-    got = run_text(Pipeline(NAMED[case](str(log)), partition_size=4, **where))
-    assert got == want
-    assert not differences(count_calls(log), count_calls(ref_log)), "calls differ (node, data, got, want)"
+    check_graph(NAMED[case], tmp_path, where)
 
 
 @pytest.mark.cluster
