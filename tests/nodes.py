@@ -272,3 +272,21 @@ class Times10(Node):
         log_call(self, data)
         first = data[0] if isinstance(data, (list, tuple)) and data else data
         self.emit(num(first) * 10)
+
+
+class SetupSource(Gen):
+    """A ``Gen`` whose ``setup`` emits ``"start"`` (pyPiper sends it with the first call's items)."""
+
+    def setup(self, size: int, per_call: int = 1, loud: bool = False) -> None:
+        super().setup(size, per_call, loud)
+        self.emit("start")
+
+
+class SetupEmitter(Node):
+    """Passes items on; its ``setup`` emits ``word``, which goes out with its first call."""
+
+    def setup(self, word: str = "hello") -> None:
+        self.emit(word)
+
+    def run(self, data: Any) -> None:
+        self.emit(data)

@@ -118,8 +118,9 @@ def test_unpicklable_node_names_node_and_attribute():
         def run(self, data):
             self.emit(data)
 
+    # Only a run that leaves the process needs to pickle it (in the process it just runs).
     with pytest.raises(NodePickleError, match=r"Node 'locked' cannot be pickled \(its attribute 'lock' holds lock"):
-        Pipeline(Gen("g", size=1) | Locked("locked"))
+        Pipeline(Gen("g", size=1) | Locked("locked"), n_threads=2)
 
 
 def test_emit_outside_a_pipeline_is_explained():

@@ -112,7 +112,8 @@ def check_calls_past_a_close(got: Counter, closed: Counter, unclosed: Counter, g
     where nothing closes (the same value may legitimately come twice, from two items).
     Batches count per item, so a batch called again with a later item added is caught;
     and a batch that the sequential run ends early, at the close, may hold more items
-    on a cluster that had already cut them (its items still each arrive once).
+    on a cluster that had already cut them (its items still each arrive once; what
+    the short batch made below it never appears there).
     """
     batched = {n.name for n in graph if n.batch_size != 1}
 
@@ -127,7 +128,9 @@ def check_calls_past_a_close(got: Counter, closed: Counter, unclosed: Counter, g
         return items
 
     got_items, closed_items, unclosed_items = per_item(got), per_item(closed), per_item(unclosed)
-    missing = closed_items - got_items
+    # A value that only the sequential run's early stop makes (a batch flushed short because
+    # every path had closed, while the cluster had already cut more items) may be missing.
+    missing = Counter({line: k for line, k in (closed_items - got_items).items() if unclosed_items[line]})
     assert not missing, f"items of the sequential run that no call received: {sorted(missing)[:20]}"
     twice = sorted(
         (*line, k, closed_items[line], unclosed_items[line])

@@ -27,17 +27,16 @@ def run_text(pipeline: Pipeline, **kwargs) -> tuple[str, PipelineResult]:
 def run_tasks_text(pipeline: Pipeline, partition_size: int | None) -> tuple[str, PipelineResult]:
     """Run the task path of a cluster run (partitions, stages, splicing) in this process."""
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), SyncTaskBackend() as backend:
-        result, _ = backend.run_pipeline(
-            pipeline.plan, quiet=pipeline.quiet, collect=True, partition_size=partition_size, callback=None
-        )
+    pipeline.partition_size = partition_size
+    with contextlib.redirect_stdout(buf):
+        result = pipeline._run_on(SyncTaskBackend())
     return buf.getvalue(), result
 
 
 def check_against_reference(graph: NodeGraph, partition_size: int | None = None) -> str:
     """The reference's output from the in-process run and from the task path at ``partition_size``."""
     want_text, want_values = reference_run(graph)
-    in_process, tasks = Pipeline(graph, n_threads=1), Pipeline(graph)  # both from the nodes as they are now
+    in_process, tasks = Pipeline(graph, n_threads=1), Pipeline(graph)  # a later run re-initialises the nodes
     text, result = run_text(in_process)
     assert text == want_text
     assert dict(result) == want_values
@@ -162,14 +161,16 @@ def test_pipeline_is_lazy():
     assert calls == []
 
 
-def test_pipeline_snapshot_is_independent_of_later_changes():
+def test_pipeline_keeps_the_graph_shape_and_runs_the_callers_nodes():
     gen = Generate("gen", size=3)
     graph = gen | Square("square")
     pipeline = Pipeline(graph)
-    graph | Printer("late")  # changing the graph afterwards
-    gen.size = 100  # or the node
+    graph | Printer("late")  # a node added afterwards is not run
+    gen.size = 4  # but the nodes are the caller's objects, as in pyPiper
     text, result = run_text(pipeline)
     assert list(result) == ["square"]
+    assert text == "0\n1\n4\n9\n"
+    text, _ = run_text(pipeline)  # a later run re-initialises them from their keywords
     assert text == "0\n1\n4\n"
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -11,7 +11,7 @@ import cloudpickle
 
 from ..errors import NodeTypeError
 from .graph import NodeGraph
-from .node import Node
+from .node import Node, has_setup_emits
 
 __all__ = ["NodeInfo", "NodePickleError", "Snapshot", "load_node"]
 
@@ -67,9 +67,9 @@ def _pickle(node: Node) -> bytes:
                 culprit = f" (its attribute {attr!r} holds {type(value).__name__} {value!r:.60})"
                 break
         raise NodePickleError(
-            f"Node {node.name!r} cannot be pickled{culprit}: {exc}. Every node is "
-            "snapshotted when the pipeline is built and sent to workers; create such "
-            "resources in run() or keep them out of the node's attributes."
+            f"Node {node.name!r} cannot be pickled{culprit}: {exc}. A run outside this process "
+            "(n_threads > 1 or a cluster) sends every node to the workers; create such "
+            "resources in run(), or run with n_threads=1, where nodes are used as they are."
         ) from exc
 
 
@@ -96,15 +96,19 @@ class Snapshot:
     blobs: Mapping[str, bytes]
 
     @classmethod
-    def from_graph(cls, graph: NodeGraph) -> Snapshot:
+    def from_graph(cls, graph: NodeGraph, pickle: bool = True) -> Snapshot:
+        """The snapshot of ``graph``; ``pickle=False`` takes its structure only (see :meth:`with_nodes`)."""
         nodes = list(graph)
         children = {n.name: tuple(c.name for c in graph.children(n)) for n in nodes}
+        root = graph.root
         info = {
             n.name: NodeInfo(
                 n.name,
                 type(n).__name__,
                 n.batch_size,
-                n.stateless,
+                # Values a setup() emitted go out with the node's first call: one instance,
+                # in order, so it runs as a sequential stage (the source always is one).
+                n.stateless and (n is root or not has_setup_emits(n)),
                 n.in_streams if n.in_streams == "*" else tuple(n.in_streams),
                 n.out_streams if n.out_streams == "*" else tuple(n.out_streams),
                 getattr(n, "size", None),
@@ -116,8 +120,12 @@ class Snapshot:
             order=tuple(n.name for n in nodes),
             children=MappingProxyType(children),
             info=MappingProxyType(info),
-            blobs=MappingProxyType({n.name: _pickle(n) for n in nodes}),
+            blobs=MappingProxyType({n.name: _pickle(n) for n in nodes} if pickle else {}),
         )
+
+    def with_nodes(self, nodes: Mapping[str, Node]) -> Snapshot:
+        """This structure with ``nodes`` pickled as they are now (raises :class:`NodePickleError`)."""
+        return replace(self, blobs=MappingProxyType({name: _pickle(nodes[name]) for name in self.order}))
 
     def node(self, name: str) -> Node:
         """A fresh copy of the node as it was after ``setup``."""

@@ -37,6 +37,8 @@ class Backend(Protocol):
     a round's place the error it ended with (a task's failure, or :class:`DataLost`).
     """
 
+    in_process: bool  # runs the caller's node objects, not copies
+
     @property
     def n_workers(self) -> int: ...
     @property
@@ -58,20 +60,29 @@ class InProcessBackend:
     No tasks and no partitions (see :mod:`pypiper_dask.runtime.inprocess`).
     """
 
+    in_process = True  # it runs the caller's node objects
+
     def __enter__(self) -> InProcessBackend:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         pass
 
-    def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
-        """Run ``plan``; the result, and the source and stateful nodes as they ended."""
+    def run_pipeline(
+        self, plan: Plan, nodes: dict[str, Node] | None = None, **options: Any
+    ) -> tuple[PipelineResult, dict[str, Node]]:
+        """Run ``plan`` on ``nodes`` themselves (copies of its snapshot's if not given).
+
+        Returns the result, and the source and stateful nodes as they ended.
+        """
         from .execute import node_error
         from .inprocess import run_in_process
 
         options.pop("partition_size", None)  # nothing is cut into partitions here
+        if nodes is None:
+            nodes = {name: plan.snapshot.node(name) for name in plan.snapshot.order}
         try:
-            result, nodes = run_in_process(plan.snapshot, **options)
+            result = run_in_process(plan.snapshot, nodes, **options)
         except NodeFailure as failure:
             raise node_error(failure) from failure.error
         return result, _final_nodes(plan, nodes)
@@ -84,6 +95,8 @@ class SyncTaskBackend:
     check partitioning, splicing and the task specs quickly.
     """
 
+    in_process = False  # its tasks run on copies, as a cluster's do
+
     def __init__(self) -> None:
         self.n_workers = 1
         self.window = 1
@@ -94,6 +107,7 @@ class SyncTaskBackend:
         return self
 
     def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
+        options.pop("nodes", None)  # the plan's snapshot holds the copies that travel
         from .execute import execute
 
         return execute(plan, self, **options)
@@ -160,6 +174,8 @@ class DistributedBackend:
     security : distributed.security.Security, optional
         TLS settings for connecting to ``address``.
     """
+
+    in_process = False
 
     def __init__(
         self,
@@ -229,6 +245,7 @@ class DistributedBackend:
         self._stack.close()
 
     def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
+        options.pop("nodes", None)  # the plan's snapshot holds the copies that travel
         """Run ``plan`` on this cluster (see :func:`~pypiper_dask.runtime.execute.execute`)."""
         from .execute import execute
 

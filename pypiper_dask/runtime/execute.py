@@ -12,7 +12,7 @@ import cloudpickle
 from ..compiler.plan import Plan
 from ..compiler.tasks import TaskNames, round_tasks
 from ..errors import NodeError
-from ..model.node import Node
+from ..model.node import Node, arm_setup_emits
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, capture_stdout, freezing
 from .backends import Backend, DataLost
@@ -37,6 +37,7 @@ class SourceReader:
         self._stop: list = []  # non-empty once the source called close()
         # The engine rebinds emit/close on its own copy of the node.
         setattr(node, "close", partial(self._stop.append, True))  # noqa: B010
+        arm_setup_emits(node)
 
     @property
     def closed(self) -> bool:

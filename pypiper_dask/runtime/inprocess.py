@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import NodeError
-from ..model.node import Node
+from ..model.node import Node, arm_setup_emits
 from ..model.snapshot import Snapshot
 from ..model.streams import edge_selector
 from ..ordering import ItemError
@@ -106,6 +106,7 @@ class _Tree:
         root = snap.root
         for name in snap.order:
             node, i = nodes[name], self.index[name]
+            arm_setup_emits(node)
             if name == root:
                 self.items: list = []
                 self.ns["ITEMS"] = self.items
@@ -281,14 +282,35 @@ class _Tree:
 
 
 def run_in_process(
-    snap: Snapshot, *, quiet: bool, collect: bool, callback: Callable[[int, int | None], None] | None
-) -> tuple[PipelineResult, dict[str, Node]]:
-    """Run the pipeline of ``snap`` here; returns the result and the nodes as they ended.
+    snap: Snapshot,
+    nodes: dict[str, Any],
+    *,
+    quiet: bool,
+    collect: bool,
+    callback: Callable[[int, int | None], None] | None,
+) -> PipelineResult:
+    """Run the pipeline of ``snap`` here, on ``nodes`` themselves (the caller's objects).
 
     ``callback(done, total)`` is called at the start, about ten times a second
     while the run goes on (``done``: source items fully processed), and at the end.
+    The engine's bindings (``emit``, ``close``) are taken off the nodes when
+    the run ends, however it ends.
     """
-    nodes = {name: snap.node(name) for name in snap.order}
+    try:
+        return _run(snap, nodes, quiet, collect, callback)
+    finally:
+        for node in nodes.values():
+            for name in ("emit", "close", "run"):
+                node.__dict__.pop(name, None)
+
+
+def _run(
+    snap: Snapshot,
+    nodes: dict[str, Any],
+    quiet: bool,
+    collect: bool,
+    callback: Callable[[int, int | None], None] | None,
+) -> PipelineResult:
     tree = _Tree(snap, nodes, quiet, collect)
     root = snap.root
     size = snap.info[root].size
@@ -324,5 +346,4 @@ def run_in_process(
     if callback:
         callback(done, total)
     counts = {leaf: len(v) for leaf, v in tree.values.items()} if collect else tree.counts
-    result = PipelineResult(tree.values if collect else {}, counts, tree.dropped.errors)
-    return result, nodes
+    return PipelineResult(tree.values if collect else {}, counts, tree.dropped.errors)

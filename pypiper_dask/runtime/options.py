@@ -62,6 +62,10 @@ class RunOptions:
         """A copy with ``changes``, checked like a new value."""
         return dataclasses.replace(self, **changes)
 
+    def leaves_process(self) -> bool:
+        """Whether a run surely leaves the calling process (a client, or ``n_threads > 1``)."""
+        return self.client is not None or (self.n_threads or 1) > 1
+
     def where(self) -> str:
         """Where a run with these options executes, in words."""
         if isinstance(self.client, str):

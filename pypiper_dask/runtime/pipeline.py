@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from functools import cached_property, partial
 from typing import Any
 
@@ -13,7 +16,7 @@ from ..compiler.to_dask import Layout, PipelineCollection, collection_graph
 from ..errors import NodeTypeError
 from ..log import logger
 from ..model.graph import NodeGraph
-from ..model.node import Node
+from ..model.node import PRIVATE, Node, constructed_again, mark_used, reinitialise
 from ..model.snapshot import Snapshot
 from .backends import _with_carried
 from .execute import SourceReader
@@ -36,8 +39,12 @@ class Pipeline:
     Parameters
     ----------
     graph : NodeGraph or Node
-        The nodes, rooted at the source. The pipeline keeps a snapshot: later
-        changes to the graph or its nodes do not change it.
+        The nodes, rooted at the source. The pipeline keeps the graph's shape
+        as it is now (nodes added to it later are not run). A run in this
+        process uses these node objects themselves, as pyPiper does; a run on
+        a cluster sends copies and gives the source and the stateful nodes
+        their final state back. Each run after the first re-initialises the
+        nodes in place (see :func:`~pypiper_dask.model.node.reinitialise`).
     n_threads : int, optional
         ``1``: run in the calling process. ``N > 1``: start a local cluster of N
         single-threaded worker processes for each run. Not given: the active
@@ -105,9 +112,12 @@ class Pipeline:
         if not isinstance(graph, NodeGraph):
             raise NodeTypeError(f"Pipeline() takes a NodeGraph or a Node, not {type(graph).__name__} {graph!r}.")
         self.options = RunOptions(n_threads, quiet, client, partition_size, progress, connect_timeout, security)
-        self._snapshot = Snapshot.from_graph(graph)
-        # The caller's objects, to hand back final state after a run (as pyPiper does).
+        self._snapshot = Snapshot.from_graph(graph, pickle=False)
+        # The caller's objects: what an in-process run calls, and what a cluster run's
+        # final state goes back to (as pyPiper's nodes hold theirs).
         self._originals = {n.name: n for n in graph}
+        if self.options.leaves_process():
+            self._snapshot.with_nodes(self._originals)  # a node that cannot travel: say so now
 
     # The options, readable and settable one by one; a value set is checked like a new one.
     n_threads = property(lambda self: self.options.n_threads, lambda self, v: self._set(n_threads=v))
@@ -141,21 +151,35 @@ class Pipeline:
         backend = choose_backend(
             options.n_threads, options.client, connect_timeout=options.connect_timeout, security=options.security
         )
-        callback, bar = progress_callback(options.progress, self._snapshot.root, update_callback)
-        try:
-            with backend:
-                result, final = backend.run_pipeline(
-                    self.plan,
-                    quiet=options.quiet,
-                    collect=collect,
-                    partition_size=options.partition_size,
-                    callback=callback,
-                )
-        finally:
-            if bar is not None:
-                bar.close()
-        for name, node in final.items():
-            _adopt(self._originals[name], node)
+        return self._run_on(backend, update_callback, collect)
+
+    def _run_on(
+        self, backend: Any, update_callback: Callable[[int, int | None], None] | None = None, collect: bool = True
+    ) -> PipelineResult:
+        """Run on ``backend`` (tests pass one; :meth:`run` lets the scheduler module choose)."""
+        options = self.options
+        with claimed(self._originals) as nodes:
+            if backend.in_process:
+                plan = self.plan  # the nodes themselves run
+            else:
+                plan = replace(self.plan, snapshot=self._snapshot.with_nodes(nodes))
+            callback, bar = progress_callback(options.progress, self._snapshot.root, update_callback)
+            try:
+                with backend:
+                    result, final = backend.run_pipeline(
+                        plan,
+                        nodes=nodes,
+                        quiet=options.quiet,
+                        collect=collect,
+                        partition_size=options.partition_size,
+                        callback=callback,
+                    )
+            finally:
+                if bar is not None:
+                    bar.close()
+            if nodes is self._originals and not backend.in_process:
+                for name, node in final.items():
+                    _adopt(nodes[name], node)
         if result.errors:
             _report_dropped(result.errors)
         return result
@@ -193,13 +217,15 @@ class Pipeline:
         [0, 1, 4, 9, 16]
         """
         RunOptions(partition_size=partition_size)  # checks it
-        reader = SourceReader(self._snapshot.node(self._snapshot.root))
+        snap = self._snapshot.with_nodes(self._originals)
+        reader = SourceReader(snap.node(snap.root))
         chunks = []
         while not reader.closed:
             chunk = reader.pull(partition_size or self.partition_size or 1000)
             if chunk.items or chunk.prints:
                 chunks.append(chunk)
-        graph, layout = collection_graph(self.plan, TaskNames(self.plan), chunks)
+        plan = replace(self.plan, snapshot=snap)
+        graph, layout = collection_graph(plan, TaskNames(plan), chunks)
         return PipelineCollection(graph, layout, partial(_finish, self.plan))
 
     def _repr_html_(self) -> str:
@@ -272,6 +298,39 @@ def _report_dropped(errors: list) -> None:
 
 def _adopt(original: Node, final: Node) -> None:
     """Give the caller's node object the state its copy ended the run with."""
-    state = {k: v for k, v in vars(final).items() if k not in ("emit", "close")}
+    mine = {k: v for k, v in vars(original).items() if k in PRIVATE}  # its constructor's record stays
+    state = {k: v for k, v in vars(final).items() if k not in PRIVATE}
     original.__dict__.clear()
-    original.__dict__.update(state)
+    original.__dict__.update(state, **mine)
+
+
+_busy: set[int] = set()
+_busy_lock = threading.Lock()
+
+
+@contextmanager
+def claimed(originals: dict[str, Node]) -> Iterator[dict[str, Node]]:
+    """The nodes one run uses: the caller's, each as it was after ``setup``.
+
+    Each run after the first re-initialises the caller's nodes in place. Runs
+    of one pipeline from several threads stay independent: while one holds
+    the caller's objects, another gets nodes constructed again from the same
+    arguments (and its final state stays with them).
+    """
+    ids = {id(n) for n in originals.values()}
+    with _busy_lock:
+        free = not ids & _busy
+        if free:
+            _busy.update(ids)
+    if not free:
+        yield {name: constructed_again(node) for name, node in originals.items()}
+        return
+    try:
+        for node in originals.values():
+            reinitialise(node)
+        yield originals
+    finally:
+        for node in originals.values():
+            mark_used(node)
+        with _busy_lock:
+            _busy.difference_update(ids)

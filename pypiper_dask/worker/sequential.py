@@ -19,7 +19,7 @@ from typing import Any
 
 import cloudpickle
 
-from ..model.node import Node
+from ..model.node import Node, arm_setup_emits
 from ..model.snapshot import load_node
 from ..ordering import Marks, Segment, compact_ends, stripped
 from .capture import capture_stdout
@@ -71,6 +71,7 @@ class SeqHolder:
         self.upstream_closed = False  # a node above it closed: no more input
         self._buf: list = []
         self._bind()
+        arm_setup_emits(self.node)
         self.keep = keep
         self._next = 0
         self._calls: dict[int, Any] = {}
