@@ -105,6 +105,33 @@ def test_task_stream_names_every_node(local_client):
         assert any(key_label(name) in p.split("+") for p in prefixes), (name, prefixes)
 
 
+def test_every_key_a_run_sends_splits_to_node_names(local_client, monkeypatch):
+    """The dashboard's rows are ``key_split`` of each key: specs and partitions too, not ``FusedSpec``/``Chunk``."""
+    keys = []
+
+    def keyed(method):
+        def call(*args, **kwargs):
+            out = method(*args, **kwargs)
+            values = out.values() if isinstance(out, dict) else out if isinstance(out, list) else [out]
+            keys.extend(f.key for f in values)
+            return out
+
+        return call
+
+    for method in ("scatter", "submit"):
+        monkeypatch.setattr(local_client, method, keyed(getattr(local_client, method)))
+    graph = N.Gen("gen-in", size=3000) | [
+        N.Map("square-it", op="sq") | N.Running("run-total"),
+        N.Batch("in-fours", batch_size=4),
+        N.Map("plain", op="inc"),
+    ]
+    Pipeline(graph, client=local_client, quiet=True, partition_size=1000).run()
+    names = {"gen-in", "square-it", "run-total", "in-fours", "plain"}
+    shown = {key_split(k).replace("\u2011", "-") for k in keys}
+    assert all(set(row.split("+")) <= names for row in shown), shown
+    assert {"gen-in", "square-it+plain", "run-total", "in-fours"} <= shown  # partitions under the source
+
+
 SEED_SCRIPT = """
 from pypiper_dask import Node, Pipeline
 

@@ -1,4 +1,4 @@
-"""The plan as a picture (graphviz) and as an HTML table (for notebooks)."""
+"""The plan as text (``print(pipeline)``), as a picture (graphviz) and as an HTML table (for notebooks)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import html
 from typing import Any
 
 from ..model.node import Node
+from ..model.snapshot import NodeInfo
 from .plan import FusedStage, Plan, SeqStage
 
-__all__ = ["NO_DOT", "plan_html", "plan_picture", "stream_label"]
+__all__ = ["NO_DOT", "plan_html", "plan_picture", "plan_text", "stream_label"]
 
 #: What to install when the graphviz package is there but Graphviz's own ``dot`` program is not.
 NO_DOT = (
@@ -39,6 +40,98 @@ def _role(plan: Plan, name: str) -> tuple[str, str]:
 
 def _batch(size: Any) -> str:
     return "ALL" if size == Node.BATCH_SIZE_ALL else str(size)
+
+
+def _notes(info: NodeInfo) -> str:
+    """``name (Class, notes)``: a node as the text tree shows it."""
+    notes = [info.cls]
+    if info.batch_size != 1:
+        notes.append(f"batch={_batch(info.batch_size)}")
+    if not info.stateless:
+        notes.append("stateful")
+    if info.in_streams != "*" or info.out_streams != "*":
+        notes.append(f"streams {stream_label(info.in_streams)} -> {stream_label(info.out_streams)}")
+    return f"{info.name} ({', '.join(notes)})"
+
+
+def _source_line(root: str, partition_size: int | None, in_process: bool) -> str:
+    if in_process:
+        return (
+            f"{root}: runs in the caller, no partitions: in this process each item goes through the nodes "
+            "depth first (the stages are for a cluster)"
+        )
+    if partition_size is None:
+        return f"{root}: runs in the caller, items cut into partitions of a size chosen while it runs (auto)"
+    return f"{root}: runs in the caller, items cut into partitions of {partition_size}"
+
+
+def plan_text(plan: Plan, where: str, partition_size: int | None, in_process: bool = False) -> str:
+    """What ``print(pipeline)`` shows: the node tree as built, each node's stage, and the plan.
+
+    ``where`` says where a run executes; ``partition_size`` is the one the
+    run will use (``None``: chosen while it runs); ``in_process``: a run
+    cuts no partitions.
+
+    Examples
+    --------
+    >>> from pypiper_dask.model import Node
+    >>> from pypiper_dask.model.snapshot import Snapshot
+    >>> from pypiper_dask.compiler.plan import compile_plan
+    >>> class N(Node):
+    ...     def run(self, data):
+    ...         self.emit(data)
+    >>> graph = N("gen", size=10) | [N("a") | N("a2"), N("b", stateless=False)]
+    >>> print(plan_text(compile_plan(Snapshot.from_graph(graph)), "runs on a cluster", 50))  # doctest: +ELLIPSIS
+    Pipeline of 4 nodes, runs on a cluster
+    Graph:
+      gen (N)               source
+      ├─ a (N)              stage 0
+      │  └─ a2 (N)          stage 0
+      └─ b (N, stateful)    stage 1
+    Plan:
+      source   gen: runs in the caller, items cut into partitions of 50
+      stage 0  a, a2: fused stateless, one task per partition, reads gen; hands items to b
+      stage 1  b: sequential (stateful, every item once in order; one call per item), one holder ...
+    """
+    snap = plan.snapshot
+    stage_of = {snap.root: "source"}
+    for stage in plan.stages:
+        for name in stage.nodes if isinstance(stage, FusedStage) else (stage.node,):
+            stage_of[name] = f"stage {stage.id}"
+
+    drawn: list[tuple[str, str]] = []  # (tree line, the node's stage)
+
+    def tree(name: str, prefix: str, branch: str) -> None:
+        drawn.append((prefix + branch + _notes(snap.info[name]), stage_of[name]))
+        kids = snap.children[name]
+        inner = prefix + {"": "", "├─ ": "│  ", "└─ ": "   "}[branch]
+        for i, kid in enumerate(kids):
+            tree(kid, inner, "└─ " if i == len(kids) - 1 else "├─ ")
+
+    tree(snap.root, "", "")
+    width = max(len(line) for line, _ in drawn) + 4
+    lines = [f"Pipeline of {len(snap.order)} nodes, {where}", "Graph:"]
+    lines += [f"  {line:<{width}}{stage}" for line, stage in drawn]
+
+    steps = [("source", _source_line(snap.root, partition_size, in_process))]
+    for stage in plan.stages:
+        if isinstance(stage, FusedStage):
+            crossing = [s.node for s in stage.sinks if s.kind == "cross"]
+            note = f"; hands items to {', '.join(crossing)}" if crossing else ""
+            what = f"{', '.join(stage.nodes)}: fused stateless," if stage.nodes else "(routing only):"
+            steps.append((f"stage {stage.id}", f"{what} one task per partition, reads {stage.above}{note}"))
+        else:
+            steps.append(
+                (
+                    f"stage {stage.id}",
+                    f"{stage.node}: sequential ({stage.role}), one holder running its steps in order, "
+                    "a step per partition",
+                )
+            )
+    label = max(len(s) for s, _ in steps) + 2
+    lines.append("Plan:")
+    lines += [f"  {s:<{label}}{text}" for s, text in steps]
+    return "\n".join(lines)
 
 
 def plan_picture(plan: Plan) -> Any:

@@ -103,29 +103,6 @@ class Plan:
     def seq_stages(self) -> tuple[SeqStage, ...]:
         return tuple(s for s in self.stages if isinstance(s, SeqStage))
 
-    def describe(self) -> list[str]:
-        """The plan as lines of text, one per stage."""
-        root = self.snapshot.root
-        size = self.snapshot.info[root].size
-        lines = [
-            f"  source  {root}: runs in the caller, items cut into partitions"
-            + (f" (size={size})" if isinstance(size, int) else "")
-        ]
-        for stage in self.stages:
-            if isinstance(stage, FusedStage):
-                what = " -> ".join(stage.nodes) if stage.nodes else "(routing only)"
-                crossing = [s.node for s in stage.sinks if s.kind == "cross"]
-                note = f"; hands items to {', '.join(crossing)}" if crossing else ""
-                lines.append(
-                    f"  stage {stage.id}  {what}: fused stateless, one task per partition, reads {stage.above}{note}"
-                )
-            else:
-                lines.append(
-                    f"  stage {stage.id}  {stage.node}: sequential ({stage.role}), "
-                    "one holder running its steps in order, a step per partition"
-                )
-        return lines
-
 
 def compile_plan(snap: Snapshot) -> Plan:
     """Cut the graph of ``snap`` into stages.

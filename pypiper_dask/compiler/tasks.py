@@ -6,7 +6,10 @@ that :func:`dask.utils.key_split`, which the dashboard and progress bars
 group by, returns it whole; ``token`` is 8 hex digits, new for every run, so
 keys never collide with an earlier run's; ``stage`` (the stage's number)
 makes every stage's keys its own whatever its nodes are called (a node named
-``"a+b"`` beside fused nodes ``a`` and ``b``); ``index`` is the round.
+``"a+b"`` beside fused nodes ``a`` and ``b``); ``index`` is the round. What a
+run sends to the cluster as data is keyed the same way: a fused stage's spec
+under its stage's name, a partition under the source's (``"{source}-{token}"``,
+no stage number), so the dashboard shows node names only.
 
 One builder, :func:`round_tasks`, makes the tasks of a round for ``run()``
 (submitted round by round) and for ``to_dask()`` (one graph of every round).
@@ -96,6 +99,7 @@ class TaskNames:
     def __init__(self, plan: Plan, token: str | None = None) -> None:
         self.token = token or uuid.uuid4().hex[:8]
         self.prefix = {s.id: f"{self.label(s)}-{self.token}{s.id}" for s in plan.stages}
+        self.source = f"{key_label(plan.snapshot.root)}-{self.token}"
 
     @staticmethod
     def label(stage: FusedStage | SeqStage) -> str:
@@ -108,6 +112,26 @@ class TaskNames:
     def key(self, stage: int, index: Any, attempt: int = 0) -> Key:
         """``(prefix, index)``; a round submitted again gets ``(prefix, index, attempt)``."""
         return (self.prefix[stage], index, attempt) if attempt else (self.prefix[stage], index)
+
+    def partition(self, task: Key) -> Key:
+        """The key the partition a round's top task reads is sent under: the source's name, that round.
+
+        Examples
+        --------
+        >>> from dask.utils import key_split
+        >>> from pypiper_dask.model import Node
+        >>> from pypiper_dask.model.snapshot import Snapshot
+        >>> from pypiper_dask.compiler.plan import compile_plan
+        >>> class N(Node):
+        ...     def run(self, data):
+        ...         self.emit(data)
+        >>> names = TaskNames(compile_plan(Snapshot.from_graph(N("gen") | N("sq"))), token="1a2b3c4d")
+        >>> names.partition(names.key(0, 3, attempt=1))
+        ('gen-1a2b3c4d', 3, 1)
+        >>> key_split(names.partition(names.key(0, 3)))
+        'gen'
+        """
+        return (self.source, *task[1:])
 
 
 def round_tasks(

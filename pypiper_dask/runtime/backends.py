@@ -298,12 +298,14 @@ class DistributedBackend:
     #: scheduler (for a LocalCluster, in the caller's process) until it is forgotten.
     scatter_from = 1000
 
-    def _data(self, value: Any) -> Any:
+    def _data(self, value: Any, task: Any) -> Any:
         if not (isinstance(value, Chunk) and len(value) >= self.scatter_from):
             return value
+        assert self.names is not None  # started
+        key = self.names.partition(task)  # named after the source, so the dashboard shows its name
         for attempt in range(3):
             try:
-                return self.client.scatter(value, hash=False)
+                return self.client.scatter({key: value}, hash=False)[key]
             except OSError:  # the worker it went to is dying: check ours, then try another
                 self._check_holders()
                 if attempt == 2:
@@ -319,7 +321,7 @@ class DistributedBackend:
                 if isinstance(a, Ref)
                 else self.refs[a.stage]
                 if isinstance(a, StageRef)
-                else self._data(a)
+                else self._data(a, t.key)
                 for a in t.args
             ]
             future = self.client.submit(t.func, *args, key=t.key, pure=False, priority=_priority(t))

@@ -9,7 +9,7 @@ from dataclasses import replace
 from functools import cached_property, partial
 from typing import Any
 
-from ..compiler.picture import NO_DOT, plan_html, plan_picture, stream_label
+from ..compiler.picture import NO_DOT, plan_html, plan_picture, plan_text
 from ..compiler.plan import Plan, compile_plan
 from ..compiler.tasks import TaskNames
 from ..compiler.to_dask import Layout, PipelineCollection, collection_graph
@@ -236,31 +236,9 @@ class Pipeline:
         return f"<Pipeline {snap.root!r}: {len(snap.order)} nodes, {len(self.plan.stages)} stages>"
 
     def __str__(self) -> str:
-        snap = self._snapshot
-        lines = [f"Pipeline of {len(snap.order)} nodes, {self.options.where()}", "Graph:"]
-
-        def tree(name: str, prefix: str, last: bool, top: bool) -> None:
-            info = snap.info[name]
-            notes = []
-            if info.batch_size == Node.BATCH_SIZE_ALL:
-                notes.append("batch=ALL")
-            elif info.batch_size != 1:
-                notes.append(f"batch={info.batch_size}")
-            if not info.stateless:
-                notes.append("stateful")
-            if info.in_streams != "*" or info.out_streams != "*":
-                notes.append(f"streams {stream_label(info.in_streams)} -> {stream_label(info.out_streams)}")
-            label = f"{name} ({info.cls}{', ' if notes else ''}{', '.join(notes)})"
-            lines.append(("  " if top else prefix + ("└─ " if last else "├─ ")) + label)
-            kids = snap.children[name]
-            inner = "  " if top else prefix + ("   " if last else "│  ")
-            for i, kid in enumerate(kids):
-                tree(kid, inner, i == len(kids) - 1, False)
-
-        tree(snap.root, "", True, True)
-        lines.append("Plan:")
-        lines += self.plan.describe()
-        return "\n".join(lines)
+        options = self.options
+        in_process = options.n_threads == 1 and options.client is None
+        return plan_text(self.plan, options.where(), options.partition_size, in_process)
 
 
 def _finish(plan: Plan, results: list, layout: Layout) -> PipelineResult:
