@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
-__all__ = ["logger"]
+__all__ = ["HiddenStateReport", "SilentSource", "logger"]
 
 
 class _Stderr(logging.StreamHandler):
@@ -39,3 +40,74 @@ if not logger.handlers:
     logger.addHandler(_handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # our handler shows them; a root handler would print them twice
+
+
+class HiddenStateReport:
+    """Warns once per node (per run) that a stateless node keeps changing an attribute.
+
+    ``where`` says what was compared: ``"partitions"`` on a cluster, ``"checks"`` in the caller.
+    """
+
+    def __init__(self) -> None:
+        self.warned: set[str] = set()
+
+    def saw(self, found: list[tuple[str, str]]) -> None:
+        """``(node, attribute)`` pairs a watch found changing more than once."""
+        for node, attr in found:
+            if node in self.warned:
+                continue
+            self.warned.add(node)
+            logger.warning(
+                "node %r is stateless, but its run() keeps changing its attribute %r (it changed again "
+                "and again during the run). At n_threads>1 each worker changes its own copy, so the "
+                "output can differ from n_threads=1: mark the node stateless=False, or send what it "
+                "gathers on with emit() and read it from run()'s result.",
+                node,
+                attr,
+            )
+
+
+class SilentSource:
+    """Says once when a source has been called ``calls`` times or for ``seconds`` without emitting.
+
+    A source that never closes and never emits keeps a run busy with nothing
+    to show; the user hears which node it is.
+
+    Examples
+    --------
+    >>> quiet = SilentSource("gen", calls=3)
+    >>> quiet.idle(2); quiet.said
+    False
+    >>> quiet.idle(1); quiet.said
+    True
+    """
+
+    def __init__(self, name: str, seconds: float = 10.0, calls: int = 1_000_000) -> None:
+        self.name, self.seconds, self.limit = name, seconds, calls
+        self.calls = 0
+        self.since: float | None = None
+        self.said = False
+
+    def idle(self, calls: int = 1) -> None:
+        """``calls`` more calls of the source emitted nothing."""
+        if self.said:
+            return
+        if self.since is None:
+            self.since = time.monotonic()
+        before, self.calls = self.calls, self.calls + calls
+        # The clock is read every 1024 calls: a silent source may be called very fast.
+        if self.calls >= self.limit or (
+            (self.calls >> 10 != before >> 10 or calls > 1) and time.monotonic() - self.since >= self.seconds
+        ):
+            self.said = True
+            logger.warning(
+                "source %r has emitted nothing in its last %d calls (%.0f s) and has not called close(); "
+                "the run goes on until it does. A source ends the run by calling self.close().",
+                self.name,
+                self.calls,
+                time.monotonic() - self.since,
+            )
+
+    def heard(self) -> None:
+        """The source emitted: start counting again."""
+        self.calls, self.since = 0, None

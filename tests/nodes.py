@@ -290,3 +290,41 @@ class SetupEmitter(Node):
 
     def run(self, data: Any) -> None:
         self.emit(data)
+
+
+class WordCount(Node):
+    """Counts words in ``self.counts`` and emits each word's count so far: hidden state if stateless."""
+
+    def setup(self) -> None:
+        self.counts: dict = {}
+
+    def run(self, data: Any) -> None:
+        word = f"w{num(data) % 7}"
+        self.counts[word] = self.counts.get(word, 0) + 1
+        self.emit(self.counts[word])
+
+
+class LazyTable(Node):
+    """Builds a lookup table on its first call and then only reads it: no hidden state."""
+
+    def run(self, data: Any) -> None:
+        if not hasattr(self, "table"):
+            import re
+
+            self.table = {i: i * i for i in range(10)}
+            self.pattern = re.compile(r"\d+")
+        self.emit(self.table[num(data) % 10] + len(self.pattern.findall(str(data))))
+
+
+class Silent(Node):
+    """A source that is called ``quiet_calls`` times without emitting, then emits 0 and closes."""
+
+    def setup(self, quiet_calls: int) -> None:
+        self.calls_made = 0
+
+    def run(self, data: Any) -> None:
+        self.calls_made += 1
+        if self.calls_made == self.quiet_calls:
+            self.emit(0)
+        elif self.calls_made > self.quiet_calls:
+            self.close()

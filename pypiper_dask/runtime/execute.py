@@ -12,6 +12,7 @@ import cloudpickle
 from ..compiler.plan import Plan
 from ..compiler.tasks import TaskNames, round_tasks
 from ..errors import NodeError
+from ..log import HiddenStateReport, SilentSource
 from ..model.node import Node, arm_setup_emits
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, capture_stdout, freezing
@@ -38,6 +39,7 @@ class SourceReader:
         # The engine rebinds emit/close on its own copy of the node.
         setattr(node, "close", partial(self._stop.append, True))  # noqa: B010
         arm_setup_emits(node)
+        self.silent = SilentSource(node.name)
 
     @property
     def closed(self) -> bool:
@@ -65,6 +67,7 @@ class SourceReader:
         with capture_stdout(record):
             try:
                 while not stop and len(items) < n:
+                    before = len(items)
                     if bounds is None:
                         for k in range(len(items) + 1, n + 1):
                             run(None)
@@ -77,6 +80,10 @@ class SourceReader:
                         start = len(items)
                         run(None)
                         bounds.add(len(items))
+                    if len(items) == before:  # a call that emitted nothing (rare but for a silent source)
+                        self.silent.idle()
+                    elif self.silent.calls:
+                        self.silent.heard()
             except Exception as exc:
                 raise NodeError(
                     self.node.name,
@@ -201,6 +208,7 @@ def execute(
     names = TaskNames(plan)
     out = Output(plan, quiet=quiet, collect=collect)
     splicer = out.splicer
+    hidden = HiddenStateReport()
     sizer = PartitionSizer(partition_size, backend.n_workers, total)
     done = 0
     if callback:
@@ -279,6 +287,8 @@ def execute(
                     break
                 splicer.saw(r.results)
                 for res in r.results.values():
+                    if res.suspects:
+                        hidden.saw(res.suspects)
                     for node in res.closed:
                         closed_at[node] = min(closed_at.get(node, r.index), r.index)
                 if r.chunk is not None:

@@ -18,11 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import NodeError
+from ..log import HiddenStateReport, SilentSource
 from ..model.node import Node, arm_setup_emits
 from ..model.snapshot import Snapshot
 from ..model.streams import edge_selector
 from ..ordering import ItemError
 from ..worker.fused import SettlingBuffer, call_lines, select_loop, skip
+from ..worker.guard import StateWatch
 from ..worker.values import freezing, retry_or_drop
 from .output import PipelineResult
 
@@ -312,21 +314,34 @@ def _run(
     callback: Callable[[int, int | None], None] | None,
 ) -> PipelineResult:
     tree = _Tree(snap, nodes, quiet, collect)
+    # The nodes a cluster runs as copies, one per worker thread: hidden state there changes
+    # the output, so it is reported here too, before the user scales out.
+    info = snap.info
+    watch = StateWatch({n: nodes[n] for n in snap.order[1:] if info[n].stateless and info[n].batch_size == 1})
+    hidden = HiddenStateReport()
     root = snap.root
     size = snap.info[root].size
     total = size if isinstance(size, int) else None
     if callback:
         callback(0, total)
     last: list = [time.monotonic(), 1]  # when progress was last reported, and the calls since
+    silent, seen = SilentSource(root), [0]
 
     def progress(count: int) -> int:
         # Calls of the source between progress reports: grown while they take under 0.1 s.
         now = time.monotonic()
         n = last[1]
+        if count == seen[0]:
+            silent.idle(n)
+        else:
+            seen[0] = count
+            silent.heard()
         n = n * 2 if now - last[0] < 0.1 else max(1, n // 2)
         last[0], last[1] = now, min(n, 1 << 16)
         if callback:
             callback(count, total)
+        if watch.nodes:
+            hidden.saw(watch.check())
         tree.arm()  # values are checked again, as a fused stage does per partition
         return last[1]
 
@@ -343,6 +358,8 @@ def _run(
     done = tree.ns["drive"](1)
     for kid in snap.children[root]:
         tree.end(kid)
+    if watch.nodes:
+        hidden.saw(watch.check())
     if callback:
         callback(done, total)
     counts = {leaf: len(v) for leaf, v in tree.values.items()} if collect else tree.counts

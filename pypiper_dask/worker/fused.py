@@ -24,6 +24,7 @@ from ..model.snapshot import load_node
 from ..model.streams import edge_selector
 from ..ordering import Marks, Segment, compact_ends
 from .capture import capture_stdout
+from .guard import StateWatch
 from .sequential import push_step
 from .values import freezing, retry_or_drop, stage_input
 
@@ -117,6 +118,7 @@ class _Compiled:
     def __init__(self, spec: FusedSpec) -> None:
         self.spec = spec
         self.nodes = {name: load_node(blob) for name, blob in spec.blobs.items()}
+        self.watch = StateWatch(self.nodes)
         self.filename = f"<fused stage {spec.label}>"
         self.line_node: dict[int, str] = {}
         self.leaf_sink: dict[str, int] = {}
@@ -367,6 +369,7 @@ def run_fused(
     if ends is not None:
         seg.ends = compact_ends(ends)
     seg.n_in = len(items)
+    seg.suspects = stage.watch.check()
     stage._bound = None
     for (out, number), holder in zip(pushes, holders, strict=True):
         push_step(holder, number, seg.outs[out], out in seg.blocked)
