@@ -110,7 +110,19 @@ class Segment:
     [(1, 'b'), (0, 'a'), None]
     """
 
-    __slots__ = ("blocked", "carried", "ends", "errors", "marks", "n_in", "order", "outs", "seconds", "suspects")
+    __slots__ = (
+        "blocked",
+        "carried",
+        "ends",
+        "errors",
+        "marks",
+        "n_in",
+        "order",
+        "outs",
+        "seconds",
+        "snap",
+        "suspects",
+    )
 
     def __init__(self, n_sinks: int, ordered: bool | None = None) -> None:
         self.outs: list[list] = [[] for _ in range(n_sinks)]
@@ -123,6 +135,7 @@ class Segment:
         self.seconds = 0.0  # time in the nodes' own loop, for the partition sizer
         self.carried: tuple[int, Segment] | None = None  # a stage's log brought back by this task
         self.suspects: list[tuple[str, str]] = []  # (node, attribute): hidden state (worker.guard)
+        self.snap: Any = None  # a sequential stage's snapshot after this step, when asked (worker.snapshots)
 
     def __reduce__(self):
         state = {slot: getattr(self, slot) for slot in self.__slots__}

@@ -9,6 +9,7 @@ count how often each node was called and with what.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from pypiper_dask import Node
@@ -57,15 +58,18 @@ def read_calls(path: Any) -> list[tuple[str, str]]:
 
 
 class Gen(Node):
-    """Emits 0..size-1, ``per_call`` items per call; optionally prints each call."""
+    """Emits 0..size-1, ``per_call`` items per call; optionally prints each call, or sleeps ``pause`` s in each."""
 
-    def setup(self, size: int, per_call: int = 1, loud: bool = False) -> None:
+    def setup(self, size: int, per_call: int = 1, loud: bool = False, pause: float = 0.0) -> None:
         self.pos = 0
         self.per_call = per_call
         self.loud = loud
+        self.pause = pause
 
     def run(self, data: Any) -> None:
         log_call(self, data)
+        if self.pause:
+            time.sleep(self.pause)
         if self.loud:
             print(f"{self.name} call at {self.pos}")
         for _ in range(self.per_call):

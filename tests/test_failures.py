@@ -170,10 +170,11 @@ def test_worker_killed_mid_run_stateless_output_is_exact(fresh_cluster):
 
 @pytest.mark.cluster
 @pytest.mark.timeout(120)
-def test_stateful_node_whose_worker_dies_fails_fast_and_names_it(fresh_cluster):
-    # Kill the worker that holds the actor: learn where it is from the scheduler.
+def test_stateful_node_whose_worker_dies_without_snapshots_fails_fast_and_names_it(fresh_cluster):
+    # Kill the worker that holds the actor: learn where it is from the scheduler. (With
+    # snapshots, the default, the node is restored instead: tests/test_recovery.py.)
     graph = N.Gen("g", size=10**9) | Spin("spin", loops=2000) | N.Running("total")
-    pipeline = Pipeline(graph, client=fresh_cluster, quiet=True)
+    pipeline = Pipeline(graph, client=fresh_cluster, quiet=True, snapshot_every=False)
     killed = {}
 
     def kill_actor_worker() -> None:

@@ -144,6 +144,7 @@ def round_tasks(
     n_source: int | None = None,
     attempt: int = 0,
     closed: frozenset[str] = frozenset(),
+    cut: bool = False,
 ) -> list[TaskSpec]:
     """The tasks of one round, parents before children.
 
@@ -155,6 +156,10 @@ def round_tasks(
     run them: step ``i`` for source round ``i``, then one step for each flush
     of a sequential stage at or above it, top first. ``closed`` are the
     nodes known to have closed in an earlier round: fused stages skip them.
+
+    ``cut``: every sequential stage snapshots its state after this source
+    round's step (a consistent cut, see :mod:`pypiper_dask.runtime.recovery`).
+    A stateful stage always snapshots after its own flush: its final state.
     """
     tasks: list[TaskSpec] = []
 
@@ -163,6 +168,9 @@ def round_tasks(
             return index
         assert n_source is not None  # a flush round comes after every source round
         return n_source + stage.chain.index(origin)
+
+    def snap(stage: SeqStage) -> bool:
+        return cut if origin == 0 else stage.id == origin and not stage.stateless
 
     def add(stage_id: int, upstream: Any, sink: int | None, carry: int | None = None) -> None:
         stage = plan.stages[stage_id]
@@ -174,7 +182,9 @@ def round_tasks(
             fetch = len(crossing) < len(stage.sinks)
             # Each sequential stage below gets its items straight from this task (see run_fused).
             below_seq = [plan.stages[s.stage] for s in stage.sinks if s.stage is not None]
-            pushes = tuple((i, number(b)) for i, b in zip(crossing, below_seq, strict=True) if isinstance(b, SeqStage))
+            pushes = tuple(
+                (i, number(b), snap(b)) for i, b in zip(crossing, below_seq, strict=True) if isinstance(b, SeqStage)
+            )
             holders = tuple(StageRef(b.id) for b in below_seq)
             args = (StageRef(stage_id), upstream, sink, closed, pushes, *holders)
             tasks.append(TaskSpec(key, worker.run_fused, args, stage_id, fetch))
@@ -184,9 +194,9 @@ def round_tasks(
                 add(below, Ref(key), i, None if fetch or i != crossing[0] else stage_id)
             return
         if upstream is None:
-            tasks.append(TaskSpec(key, worker.run_flush, (StageRef(stage_id), number(stage)), stage_id))
+            tasks.append(TaskSpec(key, worker.run_flush, (StageRef(stage_id), number(stage), snap(stage)), stage_id))
         else:
-            args = (StageRef(stage_id), number(stage), upstream, sink, carry)
+            args = (StageRef(stage_id), number(stage), upstream, sink, carry, snap(stage))
             tasks.append(TaskSpec(key, worker.run_seq, args, stage_id))
         if stage.below is not None:
             add(stage.below, Ref(key), 0)

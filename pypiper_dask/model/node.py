@@ -19,6 +19,7 @@ __all__ = [
     "Node",
     "arm_setup_emits",
     "check_batch_size",
+    "check_snapshot_every",
     "constructed_again",
     "has_setup_emits",
     "mark_used",
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 #: Per-node options: keywords of ``Node(...)`` that win over what ``setup`` sets.
-NODE_OPTIONS = ("batch_size", "stateless", "retries", "on_error")
+NODE_OPTIONS = ("batch_size", "stateless", "retries", "on_error", "snapshot_every")
 
 #: Keywords of ``Node(...)`` the library consumes; they never reach ``setup``.
 RESERVED_KEYWORDS = ("in_streams", "out_streams", *NODE_OPTIONS)
@@ -109,6 +110,41 @@ def check_batch_size(node_name: str, batch_size: Any) -> int | float:
     return int(batch_size)
 
 
+def check_snapshot_every(owner: str, value: Any) -> tuple[int | None, float | None] | None:
+    """Validate ``snapshot_every``: ``None``, items (an int >= 1), or ``(items, seconds)``.
+
+    Returns ``(items, seconds)`` (either may be ``None``: no limit of that
+    kind), or ``None`` when ``value`` is ``None``. ``owner`` starts the error
+    message (``"Node 'n'"`` or ``"Pipeline"``).
+
+    Examples
+    --------
+    >>> check_snapshot_every("Node 'n'", 5000), check_snapshot_every("Node 'n'", (None, 2))
+    ((5000, None), (None, 2.0))
+    >>> check_snapshot_every("Node 'n'", 0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pypiper_dask.errors.OptionError: Node 'n': snapshot_every must be None, a number of items ... not 0.
+    """
+    if value is None:
+        return None
+    expected = (
+        f"{owner}: snapshot_every must be None, a number of items (an int >= 1) or a tuple (items, seconds) "
+        "with items an int >= 1 or None and seconds a number > 0 or None"
+    )
+    pair = value if isinstance(value, (tuple, list)) else (value, None)
+    if len(pair) != 2:
+        raise NodeTypeError(f"{expected}, not {value!r}.")
+    items, seconds = pair
+    if items is not None and (isinstance(items, bool) or not isinstance(items, numbers.Integral)):
+        raise NodeTypeError(f"{expected}, not {value!r}.")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, numbers.Real)):
+        raise NodeTypeError(f"{expected}, not {value!r}.")
+    if (items is not None and items < 1) or (seconds is not None and seconds <= 0) or pair == (None, None):
+        raise OptionError(f"{expected}, not {value!r}.")
+    return (None if items is None else int(items), None if seconds is None else float(seconds))
+
+
 class Node(abc.ABC):
     """A step of a pipeline. Subclass it and implement :meth:`run`.
 
@@ -130,6 +166,10 @@ class Node(abc.ABC):
         After the retries: stop the run with a ``NodeError`` (default), or drop
         the item and report it in ``PipelineResult.errors`` (``"collect"`` also
         keeps the item itself there).
+    snapshot_every : int or (int, float), optional
+        For a stateful, batched or ``BATCH_SIZE_ALL`` node on a cluster: copy
+        its state to the caller at least every this many source items (and
+        seconds), so that it survives its worker. Not given: the pipeline's.
     **kwargs
         Set as attributes, then passed to :meth:`setup` if its signature takes them.
 
@@ -151,6 +191,7 @@ class Node(abc.ABC):
     stateless: bool
     retries: int
     on_error: str
+    snapshot_every: Any
     size: Any
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
@@ -172,6 +213,7 @@ class Node(abc.ABC):
         self.stateless = True
         self.retries = 0
         self.on_error = "raise"
+        self.snapshot_every = None
         self.size = None
         override = {k: kwargs.pop(k) for k in NODE_OPTIONS if k in kwargs}
         accepted = _accepted(self.setup, kwargs)
@@ -207,6 +249,7 @@ class Node(abc.ABC):
             )
         if self.on_error not in ON_ERROR:
             raise OptionError(f"Node {name!r}: on_error must be one of {ON_ERROR!r}, not {self.on_error!r}.")
+        check_snapshot_every(f"Node {name!r}", self.snapshot_every)
 
     def _setup(self, **kwargs: Any) -> None:  # noqa: B027 - optional hook, as in pyPiper
         """Prepare the node; called once by the constructor. Override freely."""
@@ -366,8 +409,8 @@ def near_miss(keyword: str) -> str | None:
 
     Examples
     --------
-    >>> [near_miss(k) for k in ("stateles", "batchsize", "in_stream", "retry", "on_errors")]
-    ['stateless', 'batch_size', 'in_streams', 'retries', 'on_error']
+    >>> [near_miss(k) for k in ("stateles", "batchsize", "in_stream", "retry", "on_errors", "snapshot_evry")]
+    ['stateless', 'batch_size', 'in_streams', 'retries', 'on_error', 'snapshot_every']
     >>> near_miss("size") is None and near_miss("stream") is None
     True
     """

@@ -11,7 +11,7 @@ import cloudpickle
 
 from ..errors import NodeTypeError
 from .graph import NodeGraph
-from .node import Node, has_setup_emits
+from .node import Node, check_snapshot_every, has_setup_emits
 
 __all__ = ["NodeInfo", "NodePickleError", "Snapshot", "load_node"]
 
@@ -53,6 +53,7 @@ class NodeInfo:
     in_streams: str | tuple[str, ...]
     out_streams: str | tuple[str, ...]
     size: Any
+    snapshot_every: tuple[int | None, float | None] | None = None  # the node's own (see runtime.recovery)
 
 
 def _pickle(node: Node) -> bytes:
@@ -112,6 +113,7 @@ class Snapshot:
                 n.in_streams if n.in_streams == "*" else tuple(n.in_streams),
                 n.out_streams if n.out_streams == "*" else tuple(n.out_streams),
                 getattr(n, "size", None),
+                check_snapshot_every(f"Node {n.name!r}", getattr(n, "snapshot_every", None)),
             )
             for n in nodes
         }

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import sys
 import threading
+import time
 from concurrent.futures import CancelledError
 from typing import Any, Protocol
 
@@ -23,8 +24,9 @@ from ..model.node import Node
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, SeqHolder, run_state
 from .output import PipelineResult
+from .restarts import main_not_reimported_by_nannies
 
-__all__ = ["Backend", "DataLost", "DistributedBackend", "InProcessBackend", "SyncTaskBackend"]
+__all__ = ["Backend", "DataLost", "DistributedBackend", "HolderLost", "InProcessBackend", "SyncTaskBackend"]
 
 
 class Backend(Protocol):
@@ -79,6 +81,7 @@ class InProcessBackend:
         from .inprocess import run_in_process
 
         options.pop("partition_size", None)  # nothing is cut into partitions here
+        options.pop("snapshot_every", None)  # nor is anything lost
         if nodes is None:
             nodes = {name: plan.snapshot.node(name) for name in plan.snapshot.order}
         try:
@@ -198,6 +201,9 @@ class DistributedBackend:
         self.refs: dict[int, Any] = {}  # stage -> its scattered spec, or its holder (an actor)
         self.where: dict[int, str] = {}  # sequential stage -> the worker holding it
         self.live: set[_Round] = set()  # rounds submitted and not fetched yet
+        self.lost: HolderLost | None = None  # a holder's worker died: rounds not back report it
+        self.generation = 0  # how many times the holders were re-created
+        self._specs = 0  # fused stage specs sent
 
     def __enter__(self) -> DistributedBackend:
         from distributed import Client, LocalCluster
@@ -206,6 +212,7 @@ class DistributedBackend:
             if self.client is None and self.address is None:
                 # Entered before the cluster, left after it closed (the stack unwinds in reverse).
                 self._stack.enter_context(_QUIET_DISTRIBUTED)
+                self._stack.enter_context(main_not_reimported_by_nannies())  # workers restarted too
                 with _main_not_reimported():
                     cluster = self._stack.enter_context(
                         LocalCluster(
@@ -254,6 +261,9 @@ class DistributedBackend:
     #: Seconds between checks that the workers holding sequential nodes are alive.
     poll = 0.5
 
+    #: Seconds to wait for a worker to restore lost holders on, when none is left.
+    wait_for_worker = 15.0
+
     @property
     def n_workers(self) -> int:
         if self._n_workers is None:  # asked once per run: keep the scheduler's answer
@@ -268,30 +278,79 @@ class DistributedBackend:
     def start(self, plan: Plan, names: TaskNames) -> None:
         client = self.client
         self.plan, self.names = plan, names
-        self.refs, self.where, self.live = {}, {}, set()
+        self.refs, self.where, self.live, self.lost, self.generation, self._specs = {}, {}, set(), None, 0, 0
         workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {}))
-        for stage in plan.stages:
-            if isinstance(stage, FusedStage):
-                # Sent to every worker once; tasks carry only a reference, so a heavy
-                # node crosses the network once per worker per run, not once per task.
-                # Keyed under the stage's name: it shows on the dashboard as that node's.
-                key = names.key(stage.id, "spec")
-                self.refs[stage.id] = client.scatter(
-                    {key: fused_spec(plan, stage, names.token)}, broadcast=True, hash=False
-                )[key]
-            else:
-                # Holders spread over the workers; their steps are tasks that may run
-                # anywhere and call the holder, which runs them on its own thread.
-                self.where[stage.id] = where = workers[len(self.where) % len(workers)]
-                self.refs[stage.id] = client.submit(
-                    SeqHolder,
-                    seq_spec(plan, stage),
-                    4 * self.window + 8,
-                    actor=True,
-                    key=names.key(stage.id, "actor"),
-                    workers=[where],
-                    allow_other_workers=False,
-                )
+        self._scatter_specs()
+        self._place_holders(workers, {}, 0)
+
+    def _scatter_specs(self, only: set[int] | None = None) -> None:
+        """Send each fused stage's spec (or those of the stages ``only``) to the cluster, once."""
+        assert self.plan is not None and self.names is not None  # started
+        for stage in self.plan.stages:
+            if isinstance(stage, FusedStage) and (only is None or stage.id in only):
+                # Sent once; tasks carry only a reference, so a heavy node crosses the network
+                # once per worker per run (a worker fetches it for its first task), not once
+                # per task. Not broadcast: a worker dying while the scheduler copies a value
+                # to all the others left Client.scatter(broadcast=True) waiting for ever
+                # (distributed 2026.8.0). Keyed under the stage's name: the dashboard shows
+                # it as that node's.
+                self._specs += 1
+                key = self.names.key(stage.id, "spec", self._specs)
+                value = fused_spec(self.plan, stage, self.names.token)
+                for attempt in range(5):
+                    try:
+                        self.refs[stage.id] = self.client.scatter({key: value}, hash=False)[key]
+                        break
+                    except OSError:  # the worker it went to is dying: try another
+                        if attempt == 4:
+                            raise
+                        time.sleep(0.2 * (attempt + 1))
+
+    def _respec(self) -> None:
+        """Send again the specs lost with a worker (nobody else had fetched them yet)."""
+        gone = ("lost", "cancelled", "error")
+        lost = {sid for sid, ref in self.refs.items() if sid not in self.where and ref.status in gone}
+        if lost:
+            self._scatter_specs(lost)
+
+    def _place_holders(self, workers: list[str], states: dict[int, bytes | None], start: int) -> None:
+        """Create each sequential stage's holder (from ``states`` where given), spread over ``workers``."""
+        assert self.plan is not None and self.names is not None  # started
+        for i, stage in enumerate(self.plan.seq_stages):
+            # Holders spread over the workers; their steps are tasks that may run
+            # anywhere and call the holder, which runs them on its own thread.
+            self.where[stage.id] = where = workers[i % len(workers)]
+            self.refs[stage.id] = self.client.submit(
+                SeqHolder,
+                seq_spec(self.plan, stage),
+                4 * self.window + 8,
+                states.get(stage.id),
+                start,
+                actor=True,
+                key=self.names.key(stage.id, "actor", self.generation),
+                workers=[where],
+                allow_other_workers=False,
+            )
+
+    def restore(self, states: dict[int, bytes | None], start: int) -> None:
+        """Create every holder again on the live workers, from ``states``, its next step ``start``.
+
+        See :mod:`pypiper_dask.runtime.recovery`. Raises
+        :class:`StateLostError` when no worker is left.
+        """
+        assert self.plan is not None and self.lost is not None
+        self.cancel()
+        workers = sorted(self._alive())
+        deadline = time.monotonic() + self.wait_for_worker
+        while not workers and time.monotonic() < deadline:  # a nanny may be starting a new one
+            time.sleep(self.poll)
+            workers = sorted(self._alive())
+        if not workers:
+            error = self.lost.error
+            raise StateLostError(error.node, f"{error} No worker is left to restore it on.")
+        self.generation += 1
+        self.lost = None
+        self._place_holders(workers, states, start)
 
     #: Partitions of at least this many items are scattered to a worker rather
     #: than embedded in their task: a task's embedded data also lives in the
@@ -303,18 +362,19 @@ class DistributedBackend:
             return value
         assert self.names is not None  # started
         key = self.names.partition(task)  # named after the source, so the dashboard shows its name
-        for attempt in range(3):
+        for attempt in range(5):
             try:
                 return self.client.scatter({key: value}, hash=False)[key]
-            except OSError:  # the worker it went to is dying: check ours, then try another
-                self._check_holders()
-                if attempt == 2:
+            except OSError:  # the worker it went to is dying: try another (a lost holder shows in wait())
+                if attempt == 4:
                     raise
+                time.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
 
     def submit(self, tasks: list[TaskSpec]) -> _Round:
         """Submit one round's tasks; the handle says which results the caller gathers."""
         round_ = _Round()
+        self._respec()
         for t in tasks:
             args = [
                 round_.futures[a.key]
@@ -341,7 +401,11 @@ class DistributedBackend:
                 with self.client.as_current():
                     wait(pending, timeout=min(timeout, self.poll), return_when="FIRST_COMPLETED")
             except TimeoutError:
-                self._check_holders()
+                try:
+                    self._check_holders()
+                except HolderLost as lost:
+                    self.lost = lost  # every round not back reports it (results_many)
+                    return list(handles)
                 return []
             except CancelledError:
                 pass  # a future lost with its worker: its round is back, and results_many() says so
@@ -359,6 +423,9 @@ class DistributedBackend:
             if h in finished:
                 self.live.discard(h)
                 out.append(_with_carried({stage: next(values) for stage in h.fetch}))
+                continue
+            if self.lost is not None:
+                out.append(self.lost)
                 continue
             try:
                 out.append(self._results(h))
@@ -386,20 +453,28 @@ class DistributedBackend:
         self.live.discard(handle)
         return _with_carried(dict(zip(handle.fetch, values, strict=True)))
 
+    def _alive(self) -> set[str]:
+        return set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+
     def _check_holders(self) -> None:
-        """Fail if a worker holding a sequential node's state has gone."""
+        """Raise :class:`HolderLost` if a worker holding a sequential node's state has gone."""
         assert self.plan is not None  # started
-        alive = set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+        if self.lost is not None:
+            raise self.lost
+        alive = self._alive()
         for stage_id, address in self.where.items():
             if address not in alive:
                 stage = self.plan.stages[stage_id]
                 assert isinstance(stage, SeqStage)  # only sequential stages have a worker
                 what = "its state" if not stage.stateless else "the items it was holding for its next batch"
-                raise StateLostError(
-                    stage.node,
-                    f"Node {stage.node!r} lived on worker {address}, which is gone; {what} was lost with it, "
-                    "so the run cannot go on exactly. Run it again.",
+                self.lost = HolderLost(
+                    StateLostError(
+                        stage.node,
+                        f"Node {stage.node!r} lived on worker {address}, which is gone; {what} was lost with it, "
+                        "so the run cannot go on exactly. Run it again.",
+                    )
                 )
+                raise self.lost
 
     def cancel(self, handles: list[_Round] | None = None) -> None:
         """Cancel these rounds' tasks (every live round's by default)."""
@@ -437,6 +512,14 @@ def _priority(task: TaskSpec) -> int:
 
 class DataLost(Exception):
     """A round's input (a scattered partition) went with its worker; the caller sends it again."""
+
+
+class HolderLost(DataLost):
+    """A sequential stage's holder went with its worker; ``error`` is raised if it cannot be restored."""
+
+    def __init__(self, error: StateLostError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Round:

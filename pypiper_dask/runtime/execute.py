@@ -16,8 +16,10 @@ from ..log import HiddenStateReport, SilentSource
 from ..model.node import Node, arm_setup_emits
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, capture_stdout, freezing
-from .backends import Backend, DataLost
+from .backends import Backend, DataLost, HolderLost
 from .output import Output, PipelineResult
+from .poison import LossCount, find_poison
+from .recovery import DEFAULT_SNAPSHOT_EVERY, Recovery
 
 #: How many times partitions lost with a worker are sent again before giving up.
 MAX_RESENDS = 5
@@ -192,6 +194,7 @@ def execute(
     collect: bool,
     partition_size: int | None,
     callback: Callable[[int, int | None], None] | None,
+    snapshot_every: tuple[int | None, float | None] | None = DEFAULT_SNAPSHOT_EVERY,
 ) -> tuple[PipelineResult, dict[str, Node]]:
     """Run ``plan`` on an entered backend, round by round.
 
@@ -201,6 +204,8 @@ def execute(
     delivered, so one slow partition idles no worker and memory stays bounded.
 
     Returns the result, and the source and every stateful node as they ended.
+    A holder lost with its worker is restored from its last snapshot
+    (``snapshot_every``; see :mod:`~pypiper_dask.runtime.recovery`).
     """
     snap = plan.snapshot
     source = SourceReader(snap.node(snap.root))
@@ -214,6 +219,8 @@ def execute(
     if callback:
         callback(done, total)
     backend.start(plan, names)
+    recovery = Recovery(plan, snapshot_every, able=hasattr(backend, "restore"))
+    losses = LossCount()
     waiting: dict[int, _Round] = {}  # submitted and not delivered yet, by index
     index = delivered = attempt = 0
     n_source: int | None = None  # the number of source rounds, once the source is done
@@ -223,7 +230,10 @@ def execute(
     def submit(r: _Round) -> None:
         # A node that closed in an earlier round gets nothing in this one, wherever it runs.
         closed = frozenset(n for n, i in closed_at.items() if i < r.index)
-        tasks = round_tasks(plan, names, r.index, r.origin, r.chunk, n_source=n_source, attempt=attempt, closed=closed)
+        cut = r.origin == 0 and recovery.cut(r.index, len(r.chunk or ()))
+        tasks = round_tasks(
+            plan, names, r.index, r.origin, r.chunk, n_source=n_source, attempt=attempt, closed=closed, cut=cut
+        )
         r.handle = backend.submit(tasks)
         waiting[r.index] = r
 
@@ -273,18 +283,36 @@ def execute(
                     # Rounds finish in any order: the sequential run fails at the first failing
                     # item, so this one is raised once every round before it is delivered.
                     r.failure = exc
+                    if r.index < delivered:  # a replay (see below) failed where the first run did not
+                        raise
                     continue
-                except DataLost:
+                except DataLost as exc:
                     attempt += 1
                     if attempt > MAX_RESENDS:
+                        if isinstance(exc, HolderLost):
+                            raise exc.error from exc
+                        poison = find_poison(backend, losses.suspects(list(waiting.values())), MAX_RESENDS)
+                        if poison is not None:
+                            raise poison from exc
                         raise
-                    # Every round not back yet goes again from its kept chunk; a sequential
-                    # stage's holder answers a step it already ran with its first result.
-                    lost = [x for x in waiting.values() if not x.back]
-                    backend.cancel([x.handle for x in lost])
+                    if isinstance(exc, HolderLost):
+                        # Every holder comes back from its last snapshot; the rounds since go
+                        # again, those already delivered only to bring the state back.
+                        lost = recovery.restore(backend, exc, waiting)
+                    else:
+                        # Every round not back yet goes again from its kept chunk; a sequential
+                        # stage's holder answers a step it already ran with its first result.
+                        lost = [x for x in waiting.values() if not x.back]
+                    losses.lost(lost)
+                    backend.cancel([x.handle for x in lost if x.handle is not None])
                     for x in lost:
                         submit(x)
                     break
+                recovery.saw(r.index, r.origin, r.results)
+                if r.index < delivered:  # a replayed round: its output went out the first time
+                    del waiting[r.index]
+                    r.results = r.handle = None
+                    continue
                 splicer.saw(r.results)
                 for res in r.results.values():
                     if res.suspects:
@@ -307,9 +335,12 @@ def execute(
                         callback(done, total)
                 else:
                     splicer.flush(r.origin, r.results)
+                recovery.delivered(r)
         splicer.finish()
         assert n_source is not None
-        final_states = backend.final_states(n_source)
+        final_states = recovery.final_states()
+        if final_states is None:
+            final_states = backend.final_states(n_source)
     except NodeFailure as failure:
         backend.cancel()
         raise node_error(failure) from failure.error

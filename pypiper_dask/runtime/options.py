@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NodeTypeError, OptionError
+from ..model.node import check_snapshot_every
+from .recovery import DEFAULT_SNAPSHOT_EVERY
 
 __all__ = ["RunOptions"]
 
@@ -43,6 +45,7 @@ class RunOptions:
     progress: bool | None = None
     connect_timeout: float = 10.0
     security: Any = None
+    snapshot_every: Any = DEFAULT_SNAPSHOT_EVERY
 
     def __post_init__(self) -> None:
         _positive_int("n_threads", self.n_threads)
@@ -57,6 +60,13 @@ class RunOptions:
         timeout = self.connect_timeout
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise OptionError(f"Pipeline: connect_timeout must be a number of seconds > 0, not {timeout!r}.")
+        if self.snapshot_every is not False:
+            check_snapshot_every("Pipeline", self.snapshot_every)
+
+    @property
+    def snapshots(self) -> tuple[int | None, float | None] | None:
+        """``snapshot_every`` as ``(items, seconds)``; ``None``: no snapshots (``False``, or ``None``)."""
+        return None if self.snapshot_every is False else check_snapshot_every("Pipeline", self.snapshot_every)
 
     def replace(self, **changes: Any) -> RunOptions:
         """A copy with ``changes``, checked like a new value."""

@@ -23,6 +23,7 @@ from .execute import SourceReader
 from .options import RunOptions
 from .output import Output, PipelineResult
 from .progress import progress_callback
+from .recovery import DEFAULT_SNAPSHOT_EVERY
 from .scheduler import choose_backend
 
 __all__ = ["Pipeline"]
@@ -65,6 +66,13 @@ class Pipeline:
         Seconds to wait for the scheduler when ``client`` is an address.
     security : distributed.security.Security, optional
         TLS settings for a ``client`` address such as ``"tls://host:8786"``.
+    snapshot_every : int or (int, float) or False
+        On a cluster, how often the state of the stateful, batched and
+        ``BATCH_SIZE_ALL`` nodes is copied to this process, so that a node
+        whose worker dies is restored and the run goes on: at least every
+        this many source items and seconds (default ``(50_000, 5.0)``; a node's
+        own ``snapshot_every=`` may ask for more often). ``False``: never (a
+        lost worker holding such a node fails the run with ``StateLostError``).
 
     Examples
     --------
@@ -101,6 +109,7 @@ class Pipeline:
         progress: bool | None = None,
         connect_timeout: float = 10.0,
         security: Any = None,
+        snapshot_every: Any = DEFAULT_SNAPSHOT_EVERY,
         **kwargs: Any,
     ) -> None:
         for name in _IGNORED_PYPIPER_OPTIONS:
@@ -111,7 +120,9 @@ class Pipeline:
             graph = NodeGraph(graph)
         if not isinstance(graph, NodeGraph):
             raise NodeTypeError(f"Pipeline() takes a NodeGraph or a Node, not {type(graph).__name__} {graph!r}.")
-        self.options = RunOptions(n_threads, quiet, client, partition_size, progress, connect_timeout, security)
+        self.options = RunOptions(
+            n_threads, quiet, client, partition_size, progress, connect_timeout, security, snapshot_every
+        )
         self._snapshot = Snapshot.from_graph(graph, pickle=False)
         # The caller's objects: what an in-process run calls, and what a cluster run's
         # final state goes back to (as pyPiper's nodes hold theirs).
@@ -173,6 +184,7 @@ class Pipeline:
                         collect=collect,
                         partition_size=options.partition_size,
                         callback=callback,
+                        snapshot_every=options.snapshots,
                     )
             finally:
                 if bar is not None:

@@ -341,7 +341,7 @@ def run_fused(
     upstream: Any,
     sink: int | None = None,
     closed: frozenset[str] = frozenset(),
-    pushes: tuple[tuple[int, int], ...] = (),
+    pushes: tuple[tuple[int, int, bool], ...] = (),
     *holders: Any,
 ) -> Segment:
     """Run a fused stage over one partition, each node once per item it receives.
@@ -349,9 +349,9 @@ def run_fused(
     ``upstream`` is a :class:`Chunk` of source items, or the
     :class:`~pypiper_dask.ordering.Segment` of the sequential stage above,
     whose sink ``sink`` holds this stage's input. ``closed`` are the nodes
-    known to have closed in an earlier partition. ``pushes``, ``(sink, step)``
+    known to have closed in an earlier partition. ``pushes``, ``(sink, step, snap)``
     for each of ``holders``: hand that sink's items to that sequential stage's
-    holder as its step ``step`` as soon as this task ends, so the stage goes
+    holder as its step ``step`` (``snap``: snapshot it after) as soon as this task ends, so the stage goes
     on without waiting for a worker slot (its own task collects the result).
     """
     items, prints, calls = stage_input(upstream, sink)
@@ -371,6 +371,6 @@ def run_fused(
     seg.n_in = len(items)
     seg.suspects = stage.watch.check()
     stage._bound = None
-    for (out, number), holder in zip(pushes, holders, strict=True):
-        push_step(holder, number, seg.outs[out], out in seg.blocked)
+    for (out, number, snap), holder in zip(pushes, holders, strict=True):
+        push_step(holder, number, seg.outs[out], out in seg.blocked, snap)
     return seg

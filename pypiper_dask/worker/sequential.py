@@ -23,6 +23,7 @@ from ..model.node import Node, arm_setup_emits
 from ..model.snapshot import load_node
 from ..ordering import Marks, Segment, compact_ends, stripped
 from .capture import capture_stdout
+from .snapshots import load_snapshot, take_snapshot
 from .values import Items, freezing, retry_or_drop, stage_input
 
 __all__ = [
@@ -56,24 +57,31 @@ class SeqHolder:
     ``keep``: how many of its latest steps' results it keeps, so that a step
     sent again (its partition was lost with another worker) gets the first
     result instead of feeding the node twice.
+
+    ``restore``: a snapshot (:mod:`.snapshots`) to start from instead of the
+    node as the spec has it, and ``start`` the number of the first step it
+    runs then (the one after the step the snapshot was taken at).
     """
 
     #: Seconds a step's task waits for the items the fused task above pushed
     #: before it sends them itself (a push lost with its worker).
     collect_wait = 5.0
 
-    def __init__(self, spec: SeqSpec, keep: int = 64) -> None:
+    def __init__(self, spec: SeqSpec, keep: int = 64, restore: bytes | None = None, start: int = 0) -> None:
         self.name = spec.name
         self.batch_size = spec.batch_size
-        self.node = load_node(spec.blob)
         self.pending: list = []
         self.closed = False  # the node called close()
         self.upstream_closed = False  # a node above it closed: no more input
+        if restore is None:
+            self.node = load_node(spec.blob)
+        else:
+            self.node, self.pending, self.closed, self.upstream_closed = load_snapshot(restore)
         self._buf: list = []
         self._bind()
         arm_setup_emits(self.node)
         self.keep = keep
-        self._next = 0
+        self._next = start
         self._calls: dict[int, Any] = {}
         self._pumping = False
         self._thread: ThreadPoolExecutor | None = None
@@ -99,12 +107,17 @@ class SeqHolder:
         if self.closed and not was_closed:
             marks.closed(self.name)
 
-    def process(self, items: Any, upstream_closed: bool = False) -> Segment:
-        """Feed one partition's items, in order; each input item is one unit of the result."""
+    def process(self, items: Any, upstream_closed: bool = False, snap: bool = False) -> Segment:
+        """Feed one partition's items, in order; each input item is one unit of the result.
+
+        ``snap``: put a snapshot of the state after this step in ``seg.snap``.
+        """
         seg = Segment(1)
         ends: list[int] = []
         seg.ends = ends
         if self.upstream_closed or self.closed:
+            if snap:
+                seg.snap = self.snapshot()
             return seg  # the caller skips these items too
         self._bind()  # its values are checked again at the start of every partition
         out = seg.outs[0]
@@ -138,9 +151,11 @@ class SeqHolder:
             self.upstream_closed = True
         seg.ends = compact_ends(ends)
         seg.n_in = len(items)
+        if snap:
+            seg.snap = self.snapshot()
         return seg
 
-    def flush(self) -> Segment:
+    def flush(self, snap: bool = False) -> Segment:
         """The input has ended: run what is still pending (the last batch); one unit."""
         seg = Segment(1)
         out = seg.outs[0]
@@ -151,6 +166,8 @@ class SeqHolder:
             with capture_stdout(marks.printed):
                 self._call(data, seg, marks)
         seg.ends = [len(out)]
+        if snap:
+            seg.snap = self.snapshot()
         return seg
 
     def state(self) -> bytes:
@@ -159,6 +176,15 @@ class SeqHolder:
             self.node.__dict__.pop(attr, None)
         try:
             return cloudpickle.dumps(self.node)
+        finally:
+            self._bind()
+
+    def snapshot(self) -> Any:
+        """The holder's state now (bytes), or why it cannot be pickled (a ``SnapshotError``)."""
+        for attr in ("emit", "close"):
+            self.node.__dict__.pop(attr, None)
+        try:
+            return take_snapshot(self.name, self.node, self.pending, self.closed, self.upstream_closed)
         finally:
             self._bind()
 
@@ -217,14 +243,14 @@ class SeqHolder:
             self._pumping = False
 
 
-def push_step(holder: Any, number: int, items: list, upstream_closed: bool) -> None:
+def push_step(holder: Any, number: int, items: list, upstream_closed: bool, snap: bool = False) -> None:
     """Hand a partition to a holder that is an actor as its step ``number``, not waiting for it.
 
     The fused task above calls this as it ends; the step's own task collects
     the result, and sends the items itself if this message never arrived.
     """
     if not isinstance(holder, SeqHolder):
-        holder.step(number, "process", Items(items), upstream_closed)
+        holder.step(number, "process", Items(items), upstream_closed, snap)
 
 
 def _remote(holder: Any, number: int, method: str, *args: Any) -> Any:
@@ -246,33 +272,36 @@ def _remote(holder: Any, number: int, method: str, *args: Any) -> Any:
         return answer.result()
 
 
-def run_seq(holder: Any, number: int, upstream: Segment, sink: int, carry: int | None = None) -> Segment:
+def run_seq(
+    holder: Any, number: int, upstream: Segment, sink: int, carry: int | None = None, snap: bool = False
+) -> Segment:
     """Feed one partition to a sequential stage (its step ``number``).
 
     ``carry``: the id of the fused stage above, when the caller does not fetch
     that stage's result (all its outputs cross into sequential stages) and
-    this task brings back its log instead.
+    this task brings back its log instead. ``snap``: the step's result
+    carries a snapshot of the state after it (``seg.snap``).
     """
     items, _, _ = stage_input(upstream, sink)
     closed = sink in upstream.blocked
     if isinstance(holder, SeqHolder):  # in the caller
-        seg = holder.process(items, closed)
+        seg = holder.process(items, closed, snap)
     else:
         # The fused task above pushed these items to the holder as it ended: collect the
         # step's result without sending them again, unless the push never arrived.
         seg = _remote(holder, number, "collect")
         if seg is None:
-            seg = _remote(holder, number, "process", Items(items), closed)
+            seg = _remote(holder, number, "process", Items(items), closed, snap)
     if carry is not None:
         seg.carried = (carry, stripped(upstream))
     return seg
 
 
-def run_flush(holder: Any, number: int) -> Segment:
+def run_flush(holder: Any, number: int, snap: bool = False) -> Segment:
     """End a sequential stage's input (see :meth:`SeqHolder.flush`)."""
     if isinstance(holder, SeqHolder):
-        return holder.flush()
-    return _remote(holder, number, "flush")
+        return holder.flush(snap)
+    return _remote(holder, number, "flush", snap)
 
 
 def run_state(holder: Any, number: int) -> bytes:
@@ -294,7 +323,9 @@ class SeqStep:
         self.holder, self.segment = holder, segment
 
 
-def step_seq(prev: SeqStep | SeqSpec, upstream: Segment, sink: int, carry: int | None = None) -> SeqStep:
+def step_seq(
+    prev: SeqStep | SeqSpec, upstream: Segment, sink: int, carry: int | None = None, snap: bool = False
+) -> SeqStep:
     """Feed one partition to the holder the previous step left (or a new one)."""
     holder = prev.holder if isinstance(prev, SeqStep) else SeqHolder(prev)
     return SeqStep(holder, run_seq(holder, 0, upstream, sink, carry))

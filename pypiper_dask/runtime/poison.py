@@ -1,0 +1,105 @@
+"""An item that kills its worker every time: found and named once resending it stops helping.
+
+A partition whose tasks are lost with their workers is sent again (see
+``execute.MAX_RESENDS``). When that stops helping, the partitions that were
+in flight at every loss are probed one by one, in order
+(:func:`pypiper_dask.worker.probe.probe_partition`): the first whose probe
+kills its worker names the node and the item, in a :class:`PipelineError`
+that replaces distributed's ``lost dependencies``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from typing import Any
+
+from ..compiler.tasks import fused_spec
+from ..errors import PipelineError, short_repr
+from ..log import logger
+from ..worker.probe import probe_partition, read_probe
+
+__all__ = ["LossCount", "find_poison"]
+
+#: Seconds a probe of one partition may take.
+PROBE_TIMEOUT = 60.0
+
+
+class LossCount:
+    """How many times each round was lost with a worker (sent again)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+
+    def lost(self, rounds: list[Any]) -> None:
+        for r in rounds:
+            self.counts[r.index] = self.counts.get(r.index, 0) + 1
+
+    def suspects(self, rounds: list[Any]) -> list[Any]:
+        """Of ``rounds``, the source rounds lost most often, in order."""
+        top = max((self.counts.get(r.index, 0) for r in rounds), default=0)
+        return sorted(
+            (r for r in rounds if r.chunk is not None and r.origin == 0 and self.counts.get(r.index, 0) == top),
+            key=lambda r: r.index,
+        )
+
+
+def find_poison(backend: Any, rounds: list[Any], resends: int) -> PipelineError | None:
+    """Probe ``rounds`` (their top stage) one at a time; the error naming what killed its worker, if found."""
+    client, names = getattr(backend, "client", None), getattr(backend, "names", None)
+    if client is None or names is None or not rounds:
+        return None
+    from distributed import wait
+
+    plan = backend.plan
+    spec = fused_spec(plan, plan.stages[0], names.token)  # the top stage, fed by the source; in the task itself
+    for r in rounds:
+        path = os.path.join(tempfile.gettempdir(), f"pypiper-probe-{names.token}-{r.index}-{os.getpid()}")
+        key = names.key(0, f"probe{r.index}")
+        future = client.submit(probe_partition, spec, list(r.chunk.items), path, key=key, pure=False)
+        logger.info("partition %d was lost with its worker again and again: probing its items", r.index)
+        deadline = time.monotonic() + PROBE_TIMEOUT
+        died = False
+        while time.monotonic() < deadline and not future.done():
+            with contextlib.suppress(Exception), client.as_current():
+                wait([future], timeout=0.2)
+            died = client.run_on_scheduler(_suspicious, key=key) > 0
+            if died:
+                break
+        client.cancel([future], force=True)
+        if not died:
+            continue  # went through (or took too long): not this one
+        lines = [line for line in _read_everywhere(client, path) if line]
+        if not lines:
+            continue
+        index, node = lines[0].split("\t", 1)
+        item = r.chunk.items[int(index)]
+        return PipelineError(
+            f"Node {node!r} killed its worker process on item {short_repr(item)} (item {index} of partition "
+            f"{r.index}): every worker that ran it died, {resends} times in a row, so the run stops "
+            "here. A node that calls os._exit, crashes the interpreter or runs out of memory on this item "
+            "does this."
+        )
+    return None
+
+
+def _suspicious(dask_scheduler: Any, key: Any) -> int:
+    ts = dask_scheduler.tasks.get(key)
+    return 0 if ts is None else ts.suspicious
+
+
+def _read_everywhere(client: Any, path: str) -> list[str]:
+    """The probe file's last line, from every worker's host (read by whichever worker is there)."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            found = client.run(read_probe, path, on_error="ignore")
+        except Exception:
+            found = {}
+        lines = [line for line in found.values() if line]
+        if lines:
+            return lines
+        time.sleep(0.2)
+    return []

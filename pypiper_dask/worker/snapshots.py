@@ -1,0 +1,78 @@
+"""A sequential stage's state, copied out of its holder so that it outlives the holder's worker.
+
+A snapshot is taken on the holder's own thread right after one of its steps
+(so it belongs to exactly that step), and travels back to the caller inside
+that step's :class:`~pypiper_dask.ordering.Segment` (``seg.snap``): the caller
+keeps the latest one, and a holder re-created from it on a live worker goes
+on from the step after. What it holds: the node (pickled without the
+engine's bindings), the items waiting for the node's next batch, and whether
+the node or a node above it closed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cloudpickle
+
+from ..model.snapshot import load_node
+
+__all__ = ["SnapshotError", "load_snapshot", "node_blob", "take_snapshot"]
+
+
+class SnapshotError(str):
+    """Why a snapshot could not be taken (in ``seg.snap`` instead of the bytes): a ``str``, so it pickles."""
+
+    __slots__ = ()
+
+
+def _culprit(node: Any) -> str:
+    """The first attribute of ``node`` that cannot be pickled, described; ``""`` if none is found."""
+    for attr, value in vars(node).items():
+        if attr in ("emit", "close"):
+            continue
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return f"its attribute {attr!r} holds {type(value).__name__} {value!r:.60}"
+    return ""
+
+
+def take_snapshot(name: str, node: Any, pending: list, closed: bool, upstream_closed: bool) -> bytes | SnapshotError:
+    """The holder's state as bytes, or a :class:`SnapshotError` naming what cannot be pickled.
+
+    ``node`` must have its engine bindings (``emit``, ``close``) removed.
+
+    Examples
+    --------
+    >>> import threading
+    >>> from pypiper_dask.model import Node
+    >>> class Count(Node):
+    ...     def run(self, data):
+    ...         self.n = getattr(self, "n", 0) + 1
+    >>> node = Count("count")
+    >>> blob = take_snapshot("count", node, [1, 2], False, False)
+    >>> restored, pending, closed, upstream_closed = load_snapshot(blob)
+    >>> type(restored).__name__, pending, closed
+    ('Count', [1, 2], False)
+    >>> node.lock = threading.Lock()
+    >>> print(take_snapshot("count", node, [], False, False))  # doctest: +ELLIPSIS
+    Node 'count' cannot be snapshotted: its attribute 'lock' holds lock <unlocked _thread.lock object at ...
+    """
+    try:
+        blob = cloudpickle.dumps(node)
+        return cloudpickle.dumps((blob, list(pending), closed, upstream_closed))
+    except Exception as exc:
+        why = _culprit(node) or f"{type(exc).__name__}: {exc}"
+        return SnapshotError(f"Node {name!r} cannot be snapshotted: {why}")
+
+
+def load_snapshot(blob: bytes) -> tuple[Any, list, bool, bool]:
+    """``(node, pending, closed, upstream_closed)`` from :func:`take_snapshot`'s bytes."""
+    node, pending, closed, upstream_closed = cloudpickle.loads(blob)
+    return load_node(node), pending, closed, upstream_closed
+
+
+def node_blob(blob: bytes) -> bytes:
+    """The pickled node alone, out of a snapshot (what a final state is)."""
+    return cloudpickle.loads(blob)[0]

@@ -1,0 +1,261 @@
+"""Stateful, batched and barrier nodes survive their worker: SIGKILL it mid-run, get the undisturbed output.
+
+Each trial runs a program of ``tests/strategies.py`` (prints included) on a
+cluster, kills the worker holding a sequential node at a moment drawn with
+the program, and compares stdout, the result and the final state of the
+caller's node objects with an undisturbed run. Fixed seeds here (hypothesis
+derandomised); ``python -m bench --faults`` runs hundreds of such trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import random
+import signal
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import strategies as st
+
+from pypiper_dask import Node, Pipeline, StateLostError
+from pypiper_dask.model.node import PRIVATE
+from pypiper_dask.runtime.recovery import DEFAULT_SNAPSHOT_EVERY
+from tests import nodes as N
+from tests.conftest import two_worker_client
+from tests.strategies import build, has_closes, programs
+
+pytestmark = pytest.mark.cluster
+
+random_in_background = pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+
+#: Every source call sleeps this long, so that a run lasts long enough to be hit.
+PAUSE = 0.002
+
+
+def has_sequential(program) -> bool:
+    def walk(specs) -> bool:
+        for kind, params, sub in specs:
+            if kind in ("batch", "all", "running", "take") or params.get("stateless") is False or walk(sub):
+                return True
+        return False
+
+    return walk(program[1])
+
+
+def paced(program, size: int, pause: float):
+    source, kids = program
+    return {**source, "size": size, "pause": pause}, kids
+
+
+def states(graph) -> dict[str, dict]:
+    """The user's attributes of every node: what a run leaves on the caller's objects."""
+    return {n.name: {k: v for k, v in vars(n).items() if k not in PRIVATE} for n in graph}
+
+
+def run_all(graph, **options):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        result = Pipeline(graph, **options).run()
+    return buf.getvalue(), dict(result), states(graph)
+
+
+class Killer:
+    """SIGKILLs the worker holding a sequential node ``delay`` s after the run's holders exist.
+
+    ``again``: then kills the worker of a re-created holder as soon as one
+    exists (while the run is replaying onto it).
+    """
+
+    def __init__(self, client, delay: float, rng: random.Random, again: bool = False) -> None:
+        self.client, self.delay, self.rng, self.again = client, delay, rng, again
+        self.kills: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Killer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        deadline = time.monotonic() + 30  # the next trial starts with the dead worker gone
+        while time.monotonic() < deadline:
+            alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
+            if not alive & set(self.kills):
+                break
+            time.sleep(0.1)
+
+    def _holders(self, generation: int) -> list[str]:
+        def find(dask_scheduler, generation=generation):
+            return sorted(
+                ws.address
+                for ws in dask_scheduler.workers.values()
+                for ts in ws.actors
+                if (ts.key[2] if len(ts.key) > 2 else 0) >= generation
+            )
+
+        return self.client.run_on_scheduler(find)
+
+    def _kill_one(self, generation: int) -> bool:
+        deadline = time.monotonic() + 30
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                who = self._holders(generation)
+                if who:
+                    address = self.rng.choice(who)
+                    pid = self.client.run(os.getpid, workers=[address])[address]
+                    if generation == 0 and self.stop.wait(self.delay):
+                        return False  # the run ended first
+                    os.kill(pid, signal.SIGKILL)
+                    self.kills.append(address)
+                    return True
+            except Exception:  # the cluster is between states: look again
+                pass
+            time.sleep(0.01)
+        return False
+
+    def _run(self) -> None:
+        if self._kill_one(0) and self.again:
+            self._kill_one(1)
+
+
+def wait_for_two(client) -> None:
+    client.wait_for_workers(2, timeout=60)
+    # A nanny's new worker is listed before it can run tasks: one task on each.
+    client.run(os.getpid)
+
+
+@pytest.fixture(scope="module")
+def killable():
+    """A local cluster of its own: these tests kill its workers (their nannies start new ones)."""
+    with two_worker_client() as client:
+        yield client
+
+
+@pytest.fixture
+def external_client(external_cluster):
+    from distributed import Client
+
+    with Client(external_cluster, set_as_default=False) as client:
+        wait_for_two(client)
+        yield client
+        wait_for_two(client)
+
+
+def trial(
+    client, program, delay: float, seed: int, snapshot_every, again: bool = False, partition_size: int = 20
+) -> list[str]:
+    """Run ``program`` on ``client`` with a kill; assert it matches an undisturbed in-process run."""
+    wait_for_two(client)
+    want = run_all(build(paced(program, 900, 0.0)), n_threads=1)
+    graph = build(paced(program, 900, PAUSE))
+    with Killer(client, delay, random.Random(seed), again) as killer:
+        got = run_all(graph, client=client, snapshot_every=snapshot_every, partition_size=partition_size)
+    got[2][graph.root.name]["pause"] = 0.0  # the source's own pacing, not state
+    if has_closes(program):  # a cluster run pulls the source ahead of a close: its position differs
+        del got[2][graph.root.name], want[2][graph.root.name]
+    assert got[0] == want[0]
+    assert got[1] == want[1]
+    assert got[2] == want[2]
+    return killer.kills
+
+
+@random_in_background
+@pytest.mark.timeout(240, method="thread")  # hypothesis would swallow a signal
+@settings(
+    max_examples=7,
+    derandomize=True,
+    database=None,
+    phases=[Phase.generate],
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(
+    programs(),
+    st.floats(0.0, 1.5),
+    st.integers(0, 2**16),
+    st.sampled_from([(150, None), (None, 0.3), DEFAULT_SNAPSHOT_EVERY]),
+    st.sampled_from([7, 20, 60]),
+)
+def test_random_programs_survive_a_holder_kill_on_a_local_cluster(killable, program, delay, seed, every, size):
+    assume(has_sequential(program))
+    trial(killable, program, delay, seed, every, partition_size=size)
+
+
+@random_in_background
+@pytest.mark.timeout(240, method="thread")
+@settings(
+    max_examples=4,
+    derandomize=True,
+    database=None,
+    phases=[Phase.generate],
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(programs(), st.floats(0.0, 1.5), st.integers(0, 2**16))
+def test_random_programs_survive_a_holder_kill_on_an_external_cluster(external_client, program, delay, seed):
+    assume(has_sequential(program))
+    trial(external_client, program, delay, seed, (200, 0.5))
+
+
+SHAPES = {
+    "stateful": ("running", {}),
+    "batch_size=5": ("batch", {"batch_size": 5, "stateless": True}),
+    "BATCH_SIZE_ALL": ("all", {"stateless": None}),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_each_kind_of_sequential_node_survives_a_kill(killable, shape):
+    kind, params = SHAPES[shape]
+    program = (
+        {"size": 0, "per_call": 2, "loud": True},
+        [("map", {"op": "inc"}, [(kind, params, [("echo", {"stateless": True}, [])])])],
+    )
+    kills = trial(killable, program, 0.6, 1, (100, None))
+    assert kills, "the run ended before the kill: nothing was tested"
+
+
+@pytest.mark.timeout(120)
+def test_a_kill_during_the_replay(killable, caplog):
+    program = (
+        {"size": 0, "per_call": 1, "loud": False},
+        [("echo", {"stateless": False}, [("batch", {"batch_size": 3, "stateless": False}, [])])],
+    )
+    with caplog.at_level(logging.INFO, logger="pypiper_dask"):
+        kills = trial(killable, program, 1.0, 2, (10**9, None), again=True)  # no cut: the replay starts at 0
+    assert len(kills) == 2
+    assert caplog.text.count("restored every sequential node") == 2
+
+
+class Locked(Node):
+    """A batched node that holds a lock once it has run: its state cannot be pickled."""
+
+    def run(self, data):
+        self.lock = threading.Lock()
+        self.emit(len(data))
+
+
+@pytest.mark.timeout(120)
+def test_a_state_that_cannot_be_pickled_warns_once_and_the_run_goes_on(killable, caplog):
+    graph = N.Gen("g", size=3000) | Locked("locked", batch_size=3)
+    result = Pipeline(graph, client=killable, quiet=True, snapshot_every=(100, None)).run()
+    assert result["locked"] == [3] * 1000
+    warned = [r for r in caplog.records if "cannot be snapshotted" in r.getMessage()]
+    assert len(warned) == 1
+    assert "Node 'locked' cannot be snapshotted: its attribute 'lock' holds lock" in warned[0].getMessage()
+
+
+@pytest.mark.timeout(120)
+def test_without_snapshots_a_holder_kill_is_state_lost(killable):
+    wait_for_two(killable)
+    graph = N.Gen("g", size=10**9, pause=0.001) | N.Running("total")
+    with Killer(killable, 0.5, random.Random(0)), pytest.raises(StateLostError, match=r"Node 'total' lived on"):
+        Pipeline(graph, client=killable, quiet=True, snapshot_every=False, partition_size=50).run()
