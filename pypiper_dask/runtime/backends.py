@@ -462,6 +462,11 @@ class DistributedBackend:
         if self.lost is not None:
             raise self.lost
         alive = self._alive()
+        if not set(self.where.values()) <= alive:
+            # Asked again a moment later: a worker busy moving large data can be missing
+            # from one answer (a false StateLostError was seen with 80 MB items).
+            time.sleep(self.poll)
+            alive = self._alive()
         for stage_id, address in self.where.items():
             if address not in alive:
                 stage = self.plan.stages[stage_id]

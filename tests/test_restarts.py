@@ -1,0 +1,117 @@
+"""Workers that die and come back: unguarded scripts, items that kill their worker, large items."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pypiper_dask import Node, Pipeline, PipelineError
+from tests import nodes as N
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.cluster
+
+UNGUARDED = """
+import os
+import time
+
+from pypiper_dask import Node, Pipeline
+
+with open(os.environ["TOPLOG"], "a") as log:
+    log.write("top\\n")
+
+
+class Gen(Node):
+    def setup(self):
+        self.pos = 0
+
+    def run(self, data):
+        if self.pos >= 400:
+            self.close()
+            return
+        time.sleep(0.005)
+        self.emit(self.pos)
+        self.pos += 1
+
+
+class DieOnce(Node):
+    def run(self, data):
+        if data == 100 and not os.path.exists(os.environ["MARK"]):
+            open(os.environ["MARK"], "w").close()
+            os._exit(1)
+        self.emit(data)
+
+
+class Total(Node):
+    def setup(self):
+        self.total = 0
+        self.stateless = False
+
+    def run(self, data):
+        self.total += data
+        self.emit(self.total)
+
+
+Pipeline(Gen("gen") | DieOnce("die") | Total("total"), n_threads=2, partition_size=10).run()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_an_unguarded_script_is_not_run_again_by_a_restarted_worker(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(UNGUARDED))
+    top, mark = tmp_path / "top.log", tmp_path / "mark"
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=100,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TOPLOG": str(top), "MARK": str(mark)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert mark.exists(), "the worker was never killed: nothing was tested"
+    assert top.read_text() == "top\n", "the script's top level ran again in a worker"
+    assert "bootstrapping phase" not in done.stderr
+    totals, total = [], 0
+    for i in range(400):
+        total += i
+        totals.append(str(total))
+    assert done.stdout.split() == totals
+
+
+class Poison(Node):
+    """Kills its worker process on one item, every time."""
+
+    def run(self, data):
+        if data == 77:
+            os._exit(3)
+        self.emit(data)
+
+
+@pytest.mark.timeout(120)
+def test_an_item_that_kills_its_worker_every_time_is_named():
+    graph = N.Gen("g", size=300) | Poison("poison") | N.Map("m")
+    with pytest.raises(PipelineError, match=r"Node 'poison' killed its worker process on item 77 \(item \d+ of"):
+        Pipeline(graph, n_threads=2, quiet=True).run()
+
+
+class Size(Node):
+    def run(self, data):
+        self.emit(len(data))
+
+
+class Big(N.Gen):
+    def item(self):
+        return bytes([self.pos]) * (80 * 2**20)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.filterwarnings("ignore:Sending large graph")  # 4 items are embedded in their task, not scattered
+def test_large_items_through_a_batched_node_are_not_taken_for_a_death():
+    result = Pipeline(Big("big", size=4) | Size("size", batch_size=2), n_threads=2, quiet=True).run()
+    assert result["size"] == [2, 2]
