@@ -1,7 +1,8 @@
 """Run every workload on every system in one run; write BENCHMARKS.md and a chart.
 
 ``python -m bench`` (about 5 minutes) or ``python -m bench --quick`` (under 2);
-``python -m bench --scale`` for the scaling workloads S1-S5 alone (bench/scale.py).
+``python -m bench --scale`` for the scaling workloads S1-S5 alone (bench/scale.py);
+``python -m bench --recovery`` and ``--faults N`` for surviving a worker (bench/recovery.py).
 Ratios, not absolute times, are what the targets state: every system runs on
 the same machine, back to back, and every output is checked against serial.
 """
@@ -282,7 +283,19 @@ def main(argv: list[str] | None = None) -> int:
         default="2,4,8",
         help="with --scale: the worker counts, comma-separated (a machine with more cores: 4,8,15)",
     )
+    parser.add_argument(
+        "--recovery",
+        action="store_true",
+        help="only snapshot overhead on W4 and kill-to-moving time (bench/recovery.py): replaces that section",
+    )
+    parser.add_argument(
+        "--faults", type=int, metavar="N", default=0, help="N kill trials of random programs; prints how many matched"
+    )
     args = parser.parse_args(argv)
+    if args.recovery or args.faults:
+        from bench import recovery
+
+        return recovery.main(args)
     if args.from_json and not args.scale:
         parser.error("--from-json needs --scale")
     if args.scale:
