@@ -71,8 +71,8 @@ class Killer:
     exists (while the run is replaying onto it).
     """
 
-    def __init__(self, client, delay: float, rng: random.Random, again: bool = False) -> None:
-        self.client, self.delay, self.rng, self.again = client, delay, rng, again
+    def __init__(self, client, delay: float, rng: random.Random, again: bool = False, node: str = "") -> None:
+        self.client, self.delay, self.rng, self.again, self.node = client, delay, rng, again, node
         self.kills: list[str] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -92,12 +92,12 @@ class Killer:
             time.sleep(0.1)
 
     def _holders(self, generation: int) -> list[str]:
-        def find(dask_scheduler, generation=generation):
+        def find(dask_scheduler, generation=generation, node=self.node):
             return sorted(
                 ws.address
                 for ws in dask_scheduler.workers.values()
                 for ts in ws.actors
-                if (ts.key[2] if len(ts.key) > 2 else 0) >= generation
+                if (ts.key[2] if len(ts.key) > 2 else 0) >= generation and ts.key[0].startswith(node)
             )
 
         return self.client.run_on_scheduler(find)
@@ -256,6 +256,7 @@ def test_a_state_that_cannot_be_pickled_warns_once_and_the_run_goes_on(killable,
 @pytest.mark.timeout(120)
 def test_without_snapshots_a_holder_kill_is_state_lost(killable):
     wait_for_two(killable)
-    graph = N.Gen("g", size=10**9, pause=0.001) | N.Running("total")
-    with Killer(killable, 0.5, random.Random(0)), pytest.raises(StateLostError, match=r"Node 'total' lived on"):
+    graph = N.Gen("g", size=60_000, pause=0.001) | N.Running("total")
+    killer = Killer(killable, 0.5, random.Random(0), node="total-")  # this run's holder, not an old one
+    with killer, pytest.raises(StateLostError, match=r"Node 'total' lived on"):
         Pipeline(graph, client=killable, quiet=True, snapshot_every=False, partition_size=50).run()
