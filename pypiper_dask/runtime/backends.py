@@ -12,6 +12,7 @@ import contextlib
 import logging
 import sys
 import threading
+from collections.abc import Generator
 from concurrent.futures import CancelledError
 from typing import Any, Protocol
 
@@ -68,21 +69,28 @@ class InProcessBackend:
     def __exit__(self, *exc: Any) -> None:
         pass
 
-    def run_pipeline(
+    def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
+        """Run ``plan`` to its end (see :meth:`iter_pipeline`)."""
+        from .execute import drain
+
+        return drain(self.iter_pipeline(plan, **options))
+
+    def iter_pipeline(
         self, plan: Plan, nodes: dict[str, Node] | None = None, **options: Any
-    ) -> tuple[PipelineResult, dict[str, Node]]:
-        """Run ``plan`` on ``nodes`` themselves (copies of its snapshot's if not given).
+    ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
+        """Run ``plan`` on ``nodes`` themselves (copies of its snapshot's if not given), pausing between blocks.
 
         Returns the result, and the source and stateful nodes as they ended.
         """
         from .execute import node_error
-        from .inprocess import run_in_process
+        from .inprocess import iter_in_process
 
         options.pop("partition_size", None)  # nothing is cut into partitions here
+        options.pop("reached", None)  # the caller's own nodes: they are where they got
         if nodes is None:
             nodes = {name: plan.snapshot.node(name) for name in plan.snapshot.order}
         try:
-            result = run_in_process(plan.snapshot, nodes, **options)
+            result = yield from iter_in_process(plan.snapshot, nodes, **options)
         except NodeFailure as failure:
             raise node_error(failure) from failure.error
         return result, _final_nodes(plan, nodes)
@@ -107,10 +115,19 @@ class SyncTaskBackend:
         return self
 
     def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
-        options.pop("nodes", None)  # the plan's snapshot holds the copies that travel
-        from .execute import execute
+        """Run ``plan`` to its end (see :meth:`iter_pipeline`)."""
+        from .execute import drain
 
-        return execute(plan, self, **options)
+        return drain(self.iter_pipeline(plan, **options))
+
+    def iter_pipeline(
+        self, plan: Plan, **options: Any
+    ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
+        """Run ``plan``, pausing after each delivery (see :func:`~pypiper_dask.runtime.execute.iter_execute`)."""
+        from .execute import iter_execute
+
+        options.pop("nodes", None)  # the plan's snapshot holds the copies that travel
+        return (yield from iter_execute(plan, self, **options))
 
     def __exit__(self, *exc: Any) -> None:
         self.refs = {}
@@ -245,11 +262,19 @@ class DistributedBackend:
         self._stack.close()
 
     def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
-        options.pop("nodes", None)  # the plan's snapshot holds the copies that travel
-        """Run ``plan`` on this cluster (see :func:`~pypiper_dask.runtime.execute.execute`)."""
-        from .execute import execute
+        """Run ``plan`` to its end (see :meth:`iter_pipeline`)."""
+        from .execute import drain
 
-        return execute(plan, self, **options)
+        return drain(self.iter_pipeline(plan, **options))
+
+    def iter_pipeline(
+        self, plan: Plan, **options: Any
+    ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
+        """Run ``plan``, pausing after each delivery (see :func:`~pypiper_dask.runtime.execute.iter_execute`)."""
+        from .execute import iter_execute
+
+        options.pop("nodes", None)  # the plan's snapshot holds the copies that travel
+        return (yield from iter_execute(plan, self, **options))
 
     #: Seconds between checks that the workers holding sequential nodes are alive.
     poll = 0.5
