@@ -11,7 +11,7 @@ import cloudpickle
 
 from ..compiler.plan import Plan
 from ..compiler.tasks import TaskNames, round_tasks
-from ..errors import NodeError
+from ..errors import NodeError, NodeModuleError
 from ..model.node import Node
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, capture_stdout, freezing
@@ -302,6 +302,9 @@ def execute(
     except NodeFailure as failure:
         backend.cancel()
         raise node_error(failure) from failure.error
+    except NodeModuleError as exc:  # a worker could not load a node: the message says why, its frames don't
+        backend.cancel()
+        raise NodeModuleError(exc.module, str(exc)) from None
     except BaseException:
         backend.cancel()
         raise
