@@ -17,6 +17,7 @@ from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, capture_stdout, freezing
 from .backends import Backend, DataLost
 from .output import Output, PipelineResult
+from .tracebacks import without_stub_carets
 
 #: How many times partitions lost with a worker are sent again before giving up.
 MAX_RESENDS = 5
@@ -151,11 +152,19 @@ class PartitionSizer:
 
 
 def node_error(failure: NodeFailure) -> NodeError:
+    """The ``NodeError`` the caller raises; the node's exception is its cause, with the traceback where it ran.
+
+    That traceback is printed once: as the cause's, or, where it did not come
+    along with the exception, as a note.
+    """
     err = failure.error
     error = NodeError(
         failure.node, failure.item, f"Node {failure.node!r} raised {type(err).__name__}: {err} on input {failure.item}."
     )
-    error.add_note("Traceback where the node ran:\n" + failure.tb.rstrip())
+    if err is not None and err.__traceback__ is not None:
+        without_stub_carets(err)
+    else:
+        error.add_note("Traceback where the node ran:\n" + failure.tb.rstrip())
     error.__cause__ = err
     return error
 
