@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     GraphError,
     NodeError,
+    NodeModuleError,
+    NodePickleError,
     NodeTypeError,
     OptionError,
     PipelineError,
@@ -18,7 +20,6 @@ from .errors import (
     StreamError,
 )
 from .model import Node, NodeGraph
-from .model.snapshot import NodePickleError
 
 if TYPE_CHECKING:
     from .runtime import Pipeline, PipelineResult
@@ -44,6 +45,7 @@ __all__ = [
     "Node",
     "NodeError",
     "NodeGraph",
+    "NodeModuleError",
     "NodePickleError",
     "NodeTypeError",
     "OptionError",

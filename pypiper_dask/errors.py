@@ -12,6 +12,8 @@ import reprlib
 __all__ = [
     "GraphError",
     "NodeError",
+    "NodeModuleError",
+    "NodePickleError",
     "NodeTypeError",
     "OptionError",
     "PipelineError",
@@ -55,6 +57,26 @@ class OptionError(PipelineError, ValueError):
 
 class NodeTypeError(PipelineError, TypeError):
     """Something of the wrong type was given where a node or an option was expected."""
+
+
+class NodePickleError(NodeTypeError):
+    """A node cannot be pickled, so it cannot be snapshotted or sent to a worker."""
+
+
+class NodeModuleError(NodePickleError):
+    """A node's code comes from a module that cannot reach the workers.
+
+    Its classes cannot be pickled by value (a global they use cannot be
+    pickled), and a worker cannot import the module. ``module`` is its name;
+    the message says what to do.
+    """
+
+    def __init__(self, module: str, message: str) -> None:
+        super().__init__(message)
+        self.module = module
+
+    def __reduce__(self):
+        return (type(self), (self.module, str(self)))
 
 
 class NodeError(PipelineError):

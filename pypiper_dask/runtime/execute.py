@@ -12,13 +12,14 @@ import cloudpickle
 
 from ..compiler.plan import Plan
 from ..compiler.tasks import TaskNames, round_tasks
-from ..errors import NodeError
+from ..errors import NodeError, NodeModuleError
 from ..log import HiddenStateReport, SilentSource
 from ..model.node import Node, arm_setup_emits
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, capture_stdout, freezing
 from .backends import Backend, DataLost
 from .output import Output, PipelineResult
+from .tracebacks import without_stub_carets
 
 #: How many times partitions lost with a worker are sent again before giving up.
 MAX_RESENDS = 5
@@ -188,11 +189,19 @@ class PartitionSizer:
 
 
 def node_error(failure: NodeFailure) -> NodeError:
+    """The ``NodeError`` the caller raises; the node's exception is its cause, with the traceback where it ran.
+
+    That traceback is printed once: as the cause's, or, where it did not come
+    along with the exception, as a note.
+    """
     err = failure.error
     error = NodeError(
         failure.node, failure.item, f"Node {failure.node!r} raised {type(err).__name__}: {err} on input {failure.item}."
     )
-    error.add_note("Traceback where the node ran:\n" + failure.tb.rstrip())
+    if err is not None and err.__traceback__ is not None:
+        without_stub_carets(err)
+    else:
+        error.add_note("Traceback where the node ran:\n" + failure.tb.rstrip())
     error.__cause__ = err
     return error
 
@@ -376,6 +385,9 @@ def iter_execute(
             source.unbind()
             reached[snap.root] = source.node
         raise node_error(failure) from failure.error
+    except NodeModuleError as exc:  # a worker could not load a node: the message says why, its frames don't
+        backend.cancel()
+        raise NodeModuleError(exc.module, str(exc)) from None
     except BaseException:
         backend.cancel()
         if reached is not None:

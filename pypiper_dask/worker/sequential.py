@@ -17,9 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
-
 from ..model.node import Node, arm_setup_emits
+from ..model.pickling import dumps
 from ..model.snapshot import load_node
 from ..ordering import Marks, Segment, compact_ends, stripped
 from .capture import capture_stdout
@@ -158,7 +157,7 @@ class SeqHolder:
         for attr in ("emit", "close"):
             self.node.__dict__.pop(attr, None)
         try:
-            return cloudpickle.dumps(self.node)
+            return dumps(self.node)  # its code keeps its file names
         finally:
             self._bind()
 

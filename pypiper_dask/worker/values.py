@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
+from tblib import pickling_support
 
 from ..errors import short_repr
 from ..ordering import ItemError, Segment
@@ -135,11 +136,20 @@ def freezing(append: Callable[[Any], Any], node: Any = None, trust_after: int = 
 
 
 class NodeFailure(Exception):
-    """A node's ``run`` raised in a task; carries what the caller reports."""
+    """A node's ``run`` raised in a task; carries what the caller reports.
+
+    ``error`` is the node's exception, with its traceback where the node ran
+    (carried across with tblib); ``tb`` is that traceback as text, for where
+    it could not come along. ``tb`` is not in ``args``: a worker's log of the
+    failed task shows the node, the item and the error, not the traceback.
+    """
 
     def __init__(self, node: str, item: str, error: BaseException | None, tb: str) -> None:
-        super().__init__(node, item, error, tb)
+        super().__init__(node, item, error)
         self.node, self.item, self.error, self.tb = node, item, error, tb
+
+    def __reduce__(self):
+        return (NodeFailure, (self.node, self.item, self.error, self.tb))
 
     def __str__(self) -> str:
         return f"node {self.node!r} failed on {self.item}: {self.error!r}"
@@ -151,7 +161,11 @@ def failure(node: str, data: Any, exc: BaseException) -> NodeFailure:
     try:
         cloudpickle.loads(cloudpickle.dumps(exc))
     except Exception:
-        exc = RuntimeError(f"{type(exc).__name__}: {exc}")  # unpicklable: keep its text
+        # Unpicklable: keep its text, and where it was raised.
+        exc = RuntimeError(f"{type(exc).__name__}: {exc}").with_traceback(exc.__traceback__)
+    # Its traceback goes with it whatever its class, also from an actor (distributed
+    # registers only the classes it knows, and those of a task's own error).
+    pickling_support.install(exc)
     return NodeFailure(node, short_repr(data), exc, tb)
 
 
