@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Generator
 from concurrent.futures import CancelledError
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ..compiler.plan import FusedStage, Plan, SeqStage
 from ..compiler.tasks import Ref, StageRef, TaskNames, TaskSpec, fused_spec, seq_spec, state_step
@@ -55,7 +55,35 @@ class Backend(Protocol):
     def final_states(self, n_source: int) -> dict[str, bytes]: ...
 
 
-class InProcessBackend:
+class _Runs:
+    """``run_pipeline``: a backend's ``iter_pipeline`` run to its end."""
+
+    def iter_pipeline(
+        self, plan: Plan, **options: Any
+    ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
+        raise NotImplementedError  # each backend's own
+
+    def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
+        """Run ``plan`` to its end (see :meth:`iter_pipeline`)."""
+        from .execute import drain
+
+        return drain(self.iter_pipeline(plan, **options))
+
+
+class _RunsTasks(_Runs):
+    """``iter_pipeline`` for backends that run tasks on copies of the nodes: the run loop."""
+
+    def iter_pipeline(
+        self, plan: Plan, **options: Any
+    ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
+        """Run ``plan``, pausing after each delivery (see :func:`~pypiper_dask.runtime.execute.iter_execute`)."""
+        from .execute import iter_execute
+
+        options.pop("nodes", None)  # the plan's snapshot holds the copies that travel
+        return (yield from iter_execute(plan, cast(Backend, self), **options))
+
+
+class InProcessBackend(_Runs):
     """Runs a pipeline in the calling process: its nodes called depth first, as pyPiper calls them.
 
     No tasks and no partitions (see :mod:`pypiper_dask.runtime.inprocess`).
@@ -68,12 +96,6 @@ class InProcessBackend:
 
     def __exit__(self, *exc: Any) -> None:
         pass
-
-    def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
-        """Run ``plan`` to its end (see :meth:`iter_pipeline`)."""
-        from .execute import drain
-
-        return drain(self.iter_pipeline(plan, **options))
 
     def iter_pipeline(
         self, plan: Plan, nodes: dict[str, Node] | None = None, **options: Any
@@ -96,7 +118,7 @@ class InProcessBackend:
         return result, _final_nodes(plan, nodes)
 
 
-class SyncTaskBackend:
+class SyncTaskBackend(_RunsTasks):
     """Runs each round's tasks in the calling process on Dask's synchronous scheduler.
 
     The task path of a cluster run without a cluster: what the tests use to
@@ -113,21 +135,6 @@ class SyncTaskBackend:
 
     def __enter__(self) -> SyncTaskBackend:
         return self
-
-    def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
-        """Run ``plan`` to its end (see :meth:`iter_pipeline`)."""
-        from .execute import drain
-
-        return drain(self.iter_pipeline(plan, **options))
-
-    def iter_pipeline(
-        self, plan: Plan, **options: Any
-    ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
-        """Run ``plan``, pausing after each delivery (see :func:`~pypiper_dask.runtime.execute.iter_execute`)."""
-        from .execute import iter_execute
-
-        options.pop("nodes", None)  # the plan's snapshot holds the copies that travel
-        return (yield from iter_execute(plan, self, **options))
 
     def __exit__(self, *exc: Any) -> None:
         self.refs = {}
@@ -174,7 +181,7 @@ def _final_nodes(plan: Plan, nodes: dict[str, Node]) -> dict[str, Node]:
     return {n: nodes[n] for n in snap.order if n == snap.root or not snap.info[n].stateless}
 
 
-class DistributedBackend:
+class DistributedBackend(_RunsTasks):
     """Runs tasks on a ``distributed`` cluster: one the run starts, or the user's.
 
     Parameters
@@ -260,21 +267,6 @@ class DistributedBackend:
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
-
-    def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
-        """Run ``plan`` to its end (see :meth:`iter_pipeline`)."""
-        from .execute import drain
-
-        return drain(self.iter_pipeline(plan, **options))
-
-    def iter_pipeline(
-        self, plan: Plan, **options: Any
-    ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
-        """Run ``plan``, pausing after each delivery (see :func:`~pypiper_dask.runtime.execute.iter_execute`)."""
-        from .execute import iter_execute
-
-        options.pop("nodes", None)  # the plan's snapshot holds the copies that travel
-        return (yield from iter_execute(plan, self, **options))
 
     #: Seconds between checks that the workers holding sequential nodes are alive.
     poll = 0.5

@@ -317,12 +317,9 @@ def run_in_process(
     The engine's bindings (``emit``, ``close``) are taken off the nodes when
     the run ends, however it ends.
     """
-    run = iter_in_process(snap, nodes, quiet=quiet, collect=collect, callback=callback)
-    while True:
-        try:
-            next(run)
-        except StopIteration as stop:
-            return stop.value
+    from .execute import drain
+
+    return drain(iter_in_process(snap, nodes, quiet=quiet, collect=collect, callback=callback))
 
 
 def iter_in_process(
