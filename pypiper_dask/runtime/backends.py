@@ -108,7 +108,7 @@ class SyncTaskBackend:
             for s in plan.stages
         }
 
-    def submit(self, tasks: list[TaskSpec]) -> dict[int, Segment]:
+    def submit(self, tasks: list[TaskSpec]) -> dict[int, Segment] | NodeFailure:
         from dask.local import get_sync
         from dask.task_spec import Task, TaskRef
 
@@ -121,7 +121,7 @@ class SyncTaskBackend:
 
         graph = {t.key: Task(t.key, t.func, *map(arg, t.args)) for t in tasks}
         results = get_sync(graph, [t.key for t in tasks])
-        return _with_carried({t.stage: r for t, r in zip(tasks, results, strict=True) if t.fetch})
+        return _outcome({t.stage: r for t, r in zip(tasks, results, strict=True) if t.fetch})
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
         return handles  # each ran when it was submitted
@@ -339,7 +339,7 @@ class DistributedBackend:
         for h in handles:
             if h in finished:
                 self.live.discard(h)
-                out.append(_with_carried({stage: next(values) for stage in h.fetch}))
+                out.append(_outcome({stage: next(values) for stage in h.fetch}))
                 continue
             try:
                 out.append(self._results(h))
@@ -347,8 +347,8 @@ class DistributedBackend:
                 out.append(exc)
         return out
 
-    def _results(self, handle: _Round) -> dict[int, Segment]:
-        """A done round's segments by stage."""
+    def _results(self, handle: _Round) -> dict[int, Segment] | NodeFailure:
+        """A done round's segments by stage, or the failure of a node in it."""
         from distributed.client import FutureCancelledError
 
         fetch = list(handle.fetch.values())
@@ -365,7 +365,7 @@ class DistributedBackend:
                 raise PipelineError(f"A task of this pipeline killed its worker again and again: {exc}") from exc
             raise
         self.live.discard(handle)
-        return _with_carried(dict(zip(handle.fetch, values, strict=True)))
+        return _outcome(dict(zip(handle.fetch, values, strict=True)))
 
     def _check_holders(self) -> None:
         """Fail if a worker holding a sequential node's state has gone."""
@@ -428,6 +428,18 @@ class _Round:
     def __init__(self) -> None:
         self.futures: dict[Any, Any] = {}  # key -> future, every task
         self.fetch: dict[int, Any] = {}  # stage -> future, what the caller gathers
+
+
+def _outcome(results: dict[int, Any]) -> dict[int, Segment] | NodeFailure:
+    """A round's fetched results: its segments by stage, or the first failure among them.
+
+    A task whose node raised returns the :class:`NodeFailure` rather than
+    raising it (see ``worker.run_fused``), and the tasks below pass it on.
+    """
+    for value in results.values():
+        if isinstance(value, NodeFailure):
+            return value
+    return _with_carried(results)
 
 
 def _with_carried(results: dict[int, Segment]) -> dict[int, Segment]:

@@ -25,7 +25,7 @@ from ..model.streams import edge_selector
 from ..ordering import Marks, Segment, compact_ends
 from .capture import capture_stdout
 from .sequential import push_step
-from .values import freezing, retry_or_drop, stage_input
+from .values import NodeFailure, failed_above, freezing, retry_or_drop, stage_input
 
 __all__ = ["Edge", "FusedSpec", "SettlingBuffer", "ToNode", "ToSink", "call_lines", "run_fused", "select_loop", "skip"]
 
@@ -341,7 +341,7 @@ def run_fused(
     closed: frozenset[str] = frozenset(),
     pushes: tuple[tuple[int, int], ...] = (),
     *holders: Any,
-) -> Segment:
+) -> Segment | NodeFailure:
     """Run a fused stage over one partition, each node once per item it receives.
 
     ``upstream`` is a :class:`Chunk` of source items, or the
@@ -351,7 +351,13 @@ def run_fused(
     for each of ``holders``: hand that sink's items to that sequential stage's
     holder as its step ``step`` as soon as this task ends, so the stage goes
     on without waiting for a worker slot (its own task collects the result).
+
+    A node that raised (or a failure that came from above) is returned as its
+    :class:`~pypiper_dask.worker.values.NodeFailure`, in place of the segment.
     """
+    above = failed_above(upstream)
+    if above is not None:  # a node above failed: pass its failure on
+        return above
     items, prints, calls = stage_input(upstream, sink)
     stage = _compiled(spec)
     seg = Segment(spec.n_sinks)
@@ -362,7 +368,13 @@ def run_fused(
             # seconds times the nodes' loop only: a task's fixed set-up would make a
             # small first partition look many times costlier per item than it is.
             start = time.perf_counter()
-            (stage.feed if ends is None else stage.feed_ends)(items)
+            try:
+                (stage.feed if ends is None else stage.feed_ends)(items)
+            except NodeFailure as failed:
+                # Returned, not raised: the task succeeds, so no worker logs "Compute Failed"
+                # for an error the caller reports as a NodeError.
+                stage._bound = None
+                return failed.detached()
             seg.seconds = time.perf_counter() - start
     if ends is not None:
         seg.ends = compact_ends(ends)

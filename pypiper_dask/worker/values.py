@@ -16,7 +16,18 @@ import cloudpickle
 from ..errors import short_repr
 from ..ordering import ItemError, Segment
 
-__all__ = ["ATOMIC", "Chunk", "Items", "NodeFailure", "failure", "freeze", "freezing", "retry_or_drop", "stage_input"]
+__all__ = [
+    "ATOMIC",
+    "Chunk",
+    "Items",
+    "NodeFailure",
+    "failed_above",
+    "failure",
+    "freeze",
+    "freezing",
+    "retry_or_drop",
+    "stage_input",
+]
 
 
 class Chunk:
@@ -144,10 +155,26 @@ class NodeFailure(Exception):
     def __str__(self) -> str:
         return f"node {self.node!r} failed on {self.item}: {self.error!r}"
 
+    def detached(self) -> NodeFailure:
+        """This failure without its own traceback and chained exceptions, ready to leave the process; returns it.
+
+        Raised inside the node's ``except``, it chains the node's error, whose
+        traceback :func:`failure` kept as text only (see there).
+        """
+        self.__traceback__ = self.__cause__ = self.__context__ = None
+        return self
+
 
 def failure(node: str, data: Any, exc: BaseException) -> NodeFailure:
-    """A :class:`NodeFailure` for ``exc``, raised by ``node`` on ``data``, that survives pickling."""
+    """A :class:`NodeFailure` for ``exc``, raised by ``node`` on ``data``, that survives pickling.
+
+    The traceback (and the exceptions chained to ``exc``) are kept as text in
+    ``tb`` and dropped from ``exc``: distributed pickles an exception with its
+    traceback, and a deep one (a ``RecursionError``'s) cannot be pickled, so
+    the caller got a bare ``Exception`` in its place.
+    """
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = exc.__cause__ = exc.__context__ = None
     try:
         cloudpickle.loads(cloudpickle.dumps(exc))
     except Exception:
@@ -176,6 +203,12 @@ def retry_or_drop(node: Any, name: str, data: Any, exc: Exception, buf: list | N
         buf.clear()
     kept = data if policy == "collect" else None
     seg.errors.append(ItemError(name, short_repr(data), f"{type(exc).__name__}: {exc}", kept))
+
+
+def failed_above(upstream: Any) -> NodeFailure | None:
+    """The failure a stage's input is, if a node above failed (tasks return failures, see ``run_fused``)."""
+    upstream = getattr(upstream, "segment", upstream)  # a to_dask step carries its segment
+    return upstream if isinstance(upstream, NodeFailure) else None
 
 
 def stage_input(upstream: Any, sink: int | None) -> tuple[list, dict, set | None]:
