@@ -184,6 +184,7 @@ class DistributedBackend:
         self.live: set[_Round] = set()  # rounds submitted and not fetched yet
 
     def __enter__(self) -> DistributedBackend:
+        import dask
         from distributed import Client, LocalCluster
 
         try:
@@ -199,6 +200,9 @@ class DistributedBackend:
                             host="127.0.0.1",
                             dashboard_address="127.0.0.1:0",
                             silence_logs=logging.ERROR,
+                            # Workers that ignore Ctrl-C and log only CRITICAL records: the caller
+                            # reports what goes wrong (see pypiper_dask.worker.process).
+                            preload=[*dask.config.get("distributed.worker.preload", []), _WORKER_SETUP],
                         )
                     )
                 self.client = self._stack.enter_context(Client(cluster, set_as_default=False))
@@ -487,6 +491,9 @@ class _QuietDistributed:
 
 
 _QUIET_DISTRIBUTED = _QuietDistributed()
+
+#: The preload module each worker process of a cluster a run starts runs first.
+_WORKER_SETUP = "pypiper_dask.worker.process"
 
 
 @contextlib.contextmanager
