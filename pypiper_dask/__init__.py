@@ -16,6 +16,7 @@ from .errors import (
     SchedulerError,
     StateLostError,
     StreamError,
+    ValuePickleError,
 )
 from .model import Node, NodeGraph
 from .model.snapshot import NodePickleError
@@ -53,4 +54,5 @@ __all__ = [
     "SchedulerError",
     "StateLostError",
     "StreamError",
+    "ValuePickleError",
 ]

@@ -10,10 +10,11 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
-from pypiper_dask import Node, NodeError, Pipeline
+from pypiper_dask import Node, NodeError, Pipeline, PipelineError
 from tests import nodes as N
 from tests.conftest import ROOT
 
@@ -114,6 +115,101 @@ def test_a_clean_run_leaves_no_worker_heartbeat_error_on_stderr(tmp_path):
 
 
 # -- item 8: bad data never hangs, and the error names the node ---------------------------------
+
+
+class Unpicklable(Node):
+    """Passes items on, but emits something that cannot be pickled for item 3."""
+
+    def setup(self, kind: str = "lock") -> None:
+        self.kind = kind
+
+    def run(self, data):
+        if data == 3:
+            self.emit(threading.Lock() if self.kind == "lock" else (i for i in range(3)))
+        else:
+            self.emit(data)
+
+
+TARGETS = {
+    "batched": lambda: N.Batch("batched", batch_size=2),
+    "stateful": lambda: N.Running("total"),
+    "leaf": lambda: None,
+}
+
+
+def unpicklable_graph(kind: str, target: str):
+    graph = N.Gen("g", size=10**9) | Unpicklable("bad", kind=kind)
+    tail = TARGETS[target]()
+    return graph if tail is None else graph | tail
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target", list(TARGETS))
+@pytest.mark.parametrize("kind", ["lock", "generator"])
+def test_an_unpicklable_value_that_must_leave_its_worker_fails_naming_node_and_item(kind, target, local_client):
+    with pytest.raises(NodeError) as info:
+        Pipeline(unpicklable_graph(kind, target), client=local_client, quiet=True).run()
+    err = info.value
+    assert (err.node, err.item) == ("bad", "3")
+    kind_name = {"lock": "_thread.lock", "generator": "generator"}[kind]
+    message = str(err)
+    assert message.startswith(f"Node 'bad' emitted <{kind_name} object") or message.startswith(
+        f"Node 'bad' emitted <unlocked {kind_name} object"
+    ), message
+    assert f"(a {kind_name}), which cannot be pickled" in message
+    assert "on input 3" in message
+    where = {"batched": "to node 'batched'", "stateful": "to node 'total'", "leaf": "back to the caller"}[target]
+    assert f"what it emits goes {where}" in message
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(60)
+def test_an_unpicklable_value_into_a_batched_node_at_n_threads_2():
+    with pytest.raises(NodeError, match=r"^Node 'bad' emitted .*cannot be pickled.* on input 3"):
+        Pipeline(unpicklable_graph("lock", "batched"), n_threads=2, quiet=True, progress=False).run()
+
+
+class LockAt3(N.Gen):
+    def item(self):
+        return threading.Lock() if self.pos == 3 else self.pos
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(60)
+def test_an_unpicklable_value_from_the_source_fails_naming_it(local_client):
+    with pytest.raises(NodeError) as info:
+        Pipeline(LockAt3("src", size=10) | N.Map("m"), client=local_client, quiet=True).run()
+    assert (info.value.node, info.value.item) == ("src", "None")
+    assert str(info.value).startswith("Node 'src' emitted <unlocked _thread.lock object")
+    assert str(info.value).endswith(
+        "what it emits goes to the workers, across processes, so it must be picklable. "
+        "It was emitted by run(None), after emitting 3 items."
+    )
+
+
+class LateLock(Node):
+    """Emits its ints, then a lock for item 100: past the 64 plain values after which emit checks no more."""
+
+    def run(self, data):
+        self.emit(threading.Lock() if data == 100 else data)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target", ["batched", "stateful"])
+def test_an_unpicklable_value_past_the_emit_check_fails_naming_its_receiver(target, local_client):
+    graph = N.Gen("g", size=1000) | LateLock("late") | TARGETS[target]()
+    name = {"batched": "batched", "stateful": "total"}[target]
+    expected = rf"on its way to node '{name}' in another process, cannot be pickled"
+    with pytest.raises(PipelineError, match=expected) as info:
+        Pipeline(graph, client=local_client, quiet=True, partition_size=500).run()
+    assert isinstance(info.value, TypeError) and type(info.value).__name__ == "ValuePickleError"
+
+
+def test_an_unpicklable_value_that_stays_in_the_caller_passes():
+    result = Pipeline(N.Gen("g", size=5) | Unpicklable("bad"), n_threads=1, quiet=True).run()
+    assert [type(v).__name__ for v in result["bad"]] == ["int", "int", "int", "lock", "int"]
 
 
 class Deep(Node):

@@ -11,7 +11,7 @@ import cloudpickle
 
 from ..compiler.plan import Plan
 from ..compiler.tasks import TaskNames, round_tasks
-from ..errors import NodeError
+from ..errors import NodeError, ValuePickleError
 from ..model.node import Node
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, capture_stdout, freezing
@@ -29,10 +29,15 @@ __all__ = ["PartitionSizer", "SourceReader", "execute", "node_error"]
 
 
 class SourceReader:
-    """Calls the source's ``run(None)`` until it closes, a partition at a time."""
+    """Calls the source's ``run(None)`` until it closes, a partition at a time.
 
-    def __init__(self, node: Node) -> None:
+    ``to``: where its items go in other processes (each must pickle, see
+    :func:`~pypiper_dask.worker.freezing`); ``None``: they stay in this one.
+    """
+
+    def __init__(self, node: Node, to: str | None = None) -> None:
         self.node = node
+        self.to = to
         self.emitted = 0
         self._stop: list = []  # non-empty once the source called close()
         # The engine rebinds emit/close on its own copy of the node.
@@ -60,7 +65,7 @@ class SourceReader:
             at = k - 1 if bounds is None else start
             prints[at] = prints.get(at, "") + text
 
-        setattr(self.node, "emit", freezing(items.append, self.node))  # noqa: B010
+        setattr(self.node, "emit", freezing(items.append, self.node, to=self.to))  # noqa: B010
         with capture_stdout(record):
             try:
                 while not stop and len(items) < n:
@@ -77,11 +82,13 @@ class SourceReader:
                         run(None)
                         bounds.add(len(items))
             except Exception as exc:
+                what = (
+                    f"{exc} It was emitted by run(None)"  # says the node, what, and where to
+                    if isinstance(exc, ValuePickleError)
+                    else f"Node {self.node.name!r} (the source) raised {type(exc).__name__}: {exc} in run(None)"
+                )
                 raise NodeError(
-                    self.node.name,
-                    "None",
-                    f"Node {self.node.name!r} (the source) raised {type(exc).__name__}: {exc} in run(None), "
-                    f"after emitting {self.emitted + len(items)} items.",
+                    self.node.name, "None", f"{what}, after emitting {self.emitted + len(items)} items."
                 ) from exc
         self.emitted += len(items)
         return Chunk(items, prints, bounds)
@@ -151,10 +158,13 @@ class PartitionSizer:
 
 
 def node_error(failure: NodeFailure) -> NodeError:
+    """The :class:`NodeError` the caller raises for a node's failure: node, input, what went wrong."""
     err = failure.error
-    error = NodeError(
-        failure.node, failure.item, f"Node {failure.node!r} raised {type(err).__name__}: {err} on input {failure.item}."
-    )
+    if isinstance(err, ValuePickleError):  # raised by the node's emit: it says what was emitted, and where to
+        message = f"{err} It was emitted on input {failure.item}."
+    else:
+        message = f"Node {failure.node!r} raised {type(err).__name__}: {err} on input {failure.item}."
+    error = NodeError(failure.node, failure.item, message)
     error.add_note("Traceback where the node ran:\n" + failure.tb.rstrip())
     error.__cause__ = err
     return error
@@ -195,7 +205,7 @@ def execute(
     Returns the result, and the source and every stateful node as they ended.
     """
     snap = plan.snapshot
-    source = SourceReader(snap.node(snap.root))
+    source = SourceReader(snap.node(snap.root), to="to the workers")
     total = snap.info[snap.root].size if isinstance(snap.info[snap.root].size, int) else None
     names = TaskNames(plan)
     out = Output(plan, quiet=quiet, collect=collect)

@@ -120,6 +120,7 @@ class _Compiled:
         self.filename = f"<fused stage {spec.label}>"
         self.line_node: dict[int, str] = {}
         self.leaf_sink: dict[str, int] = {}
+        self.crosses: dict[str, str] = {}  # node -> the first sequential node its values cross into
         self.ns: dict[str, Any] = {"__builtins__": __builtins__}
         self.index = {name: i for i, name in enumerate(self.nodes)}
         lines: list[str] = []
@@ -156,6 +157,8 @@ class _Compiled:
 
     def _edges(self, edges: tuple[Edge, ...], value: str, depth: int, indent: int, lines: list[str]) -> None:
         for edge in edges:
+            if isinstance(edge.target, ToSink) and edge.parent in self.nodes:
+                self.crosses.setdefault(edge.parent, self.spec.sinks[edge.target.sink])
             select = edge_selector(edge.parent_out, edge.child_in, edge.parent, edge.child)  # type: ignore[arg-type]
             if select is None:
                 self._target(edge.target, value, depth, indent, lines)
@@ -213,11 +216,13 @@ class _Compiled:
         for name, node in self.nodes.items():
             i = self.index[name]
             ns[f"RUN{i}"] = node.run
+            # A leaf's values go back to the caller, a crossing node's to a holder: they must pickle.
+            to = f"to node {self.crosses[name]!r}" if name in self.crosses else None
             if name in self.leaf_sink:
-                node.emit = freezing(ns[f"SINK{self.leaf_sink[name]}"], node)
+                node.emit = freezing(ns[f"SINK{self.leaf_sink[name]}"], node, to=to or "back to the caller")
             else:
                 ns[f"BUF{i}"].clear()
-                node.emit = freezing(ns[f"BUF{i}"].append, node)
+                node.emit = freezing(ns[f"BUF{i}"].append, node, to=to)
             node.close = self._closer(name, i, seg, marks)
             if name in closed:
                 ns[f"RUN{i}"] = skip
@@ -381,5 +386,5 @@ def run_fused(
     seg.n_in = len(items)
     stage._bound = None
     for (out, number), holder in zip(pushes, holders, strict=True):
-        push_step(holder, number, seg.outs[out], out in seg.blocked)
+        push_step(holder, number, seg.outs[out], out in seg.blocked, spec.sinks[out])
     return seg

@@ -12,6 +12,7 @@ step's output travels to the next one).
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,7 +84,8 @@ class SeqHolder:
         def close() -> None:
             self.closed = True
 
-        self.node.emit = freezing(self._buf.append, self.node)
+        # On a cluster what it emits leaves its actor: it must pickle (also in the caller, alike).
+        self.node.emit = freezing(self._buf.append, self.node, to="out of its actor")
         self.node.close = close
 
     def _call(self, data: Any, seg: Segment, marks: Marks) -> None:
@@ -218,14 +220,18 @@ class SeqHolder:
             self._pumping = False
 
 
-def push_step(holder: Any, number: int, items: list, upstream_closed: bool) -> None:
+def push_step(holder: Any, number: int, items: list, upstream_closed: bool, node: str | None = None) -> None:
     """Hand a partition to a holder that is an actor as its step ``number``, not waiting for it.
 
     The fused task above calls this as it ends; the step's own task collects
     the result, and sends the items itself if this message never arrived.
+    ``node``: the holder's node, named if the items cannot be pickled.
     """
     if not isinstance(holder, SeqHolder):
-        holder.step(number, "process", Items(items), upstream_closed)
+        holder.step(number, "process", Items(items, node), upstream_closed)
+
+
+_task = threading.local()  # .seceded: this thread left its worker's pool (it runs no other task after)
 
 
 def _remote(holder: Any, number: int, method: str, *args: Any) -> Any:
@@ -243,7 +249,9 @@ def _remote(holder: Any, number: int, method: str, *args: Any) -> Any:
     try:
         return answer.result(timeout=0.01)
     except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
-        secede()
+        if not getattr(_task, "seceded", False):  # seceding twice raises KeyError in distributed
+            secede()
+            _task.seceded = True
         return answer.result()
 
 

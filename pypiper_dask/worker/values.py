@@ -13,7 +13,7 @@ from typing import Any
 
 import cloudpickle
 
-from ..errors import short_repr
+from ..errors import ValuePickleError, short_repr
 from ..ordering import ItemError, Segment
 
 __all__ = [
@@ -54,15 +54,42 @@ class Chunk:
 
 
 class Items:
-    """A list of items handed to an actor as one object (an actor call serializes a bare list per element)."""
+    """A list of items handed to an actor as one object (an actor call serializes a bare list per element).
 
-    __slots__ = ("items",)
+    Pickled here, when it is made: an actor call whose message cannot be
+    serialized never answers, so a value that cannot be pickled must fail in
+    the task that sends it (``node`` names the node it was sent to).
+    """
 
-    def __init__(self, items: Any) -> None:
-        self.items = items
+    __slots__ = ("blob",)
+
+    def __init__(self, items: Any, node: str | None = None) -> None:
+        items = list(items)
+        try:
+            self.blob = pickle.dumps(items, pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            try:
+                self.blob = cloudpickle.dumps(items)
+            except Exception as exc:
+                bad = next((v for v in items if not _portable(v)), None)
+                to = f"node {node!r}" if node is not None else "a stateful or batched node"
+                raise ValuePickleError(
+                    f"{_described(bad)}, on its way to {to} in another process, cannot be pickled "
+                    f"({type(exc).__name__}: {exc})."
+                ) from exc
+
+    @property
+    def items(self) -> list:
+        return pickle.loads(self.blob)
 
     def __reduce__(self):
-        return (Items, (list(self.items),))
+        return (_items_from, (self.blob,))
+
+
+def _items_from(blob: bytes) -> Items:
+    made = Items.__new__(Items)
+    made.blob = blob
+    return made
 
 
 #: Types whose values cannot change after ``emit``: passed on as they are.
@@ -87,7 +114,7 @@ ATOMIC = frozenset(
 )
 
 
-def freeze(value: Any) -> Any:
+def freeze(value: Any, to: str | None = None) -> Any:
     """``value`` as it is now, safe from later changes by the node that emitted it.
 
     A node may emit one buffer again and again, changing it in between; a
@@ -95,6 +122,11 @@ def freeze(value: Any) -> Any:
     what it held at the time. Atomic values and tuples of them are returned
     as they are; anything else is copied (pickled and unpickled, or
     deep-copied; a value that allows neither is passed on as it is).
+
+    With ``to`` (where the value goes, in another process) the value must
+    pickle: one that does not raises :class:`~pypiper_dask.errors.ValuePickleError`
+    here, where the node emitting it is known, and not later in Dask, which
+    knows neither the node nor the item.
 
     Examples
     --------
@@ -106,6 +138,10 @@ def freeze(value: Any) -> Any:
     >>> t = (1, "a")
     >>> freeze(t) is t
     True
+    >>> freeze((x for x in ()), to="back to the caller")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pypiper_dask.errors.ValuePickleError: <generator object <genexpr> at 0x...> (a generator), which cannot ...
     """
     kind = type(value)
     if kind in ATOMIC or (kind is tuple and all(type(v) in ATOMIC for v in value)):
@@ -113,13 +149,44 @@ def freeze(value: Any) -> Any:
     try:
         return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
     except Exception:
+        if to is not None:  # as distributed does: pickle, else cloudpickle (a lambda, a local class)
+            try:
+                return cloudpickle.loads(cloudpickle.dumps(value))
+            except Exception as exc:
+                raise ValuePickleError(
+                    f"{_described(value)}, which cannot be pickled ({type(exc).__name__}: {exc}); "
+                    f"what it emits goes {to}, across processes, so it must be picklable."
+                ) from None  # the message says why; pickle's own frames would only bury the node's
         try:
             return copy.deepcopy(value)
         except Exception:
             return value
 
 
-def freezing(append: Callable[[Any], Any], node: Any = None, trust_after: int = 64) -> Callable[[Any], None]:
+def _described(value: Any) -> str:
+    """A short repr of ``value`` and its type, for an error message.
+
+    Examples
+    --------
+    >>> _described(iter(()))  # doctest: +ELLIPSIS
+    '<tuple_iterator object at 0x...> (a tuple_iterator)'
+    """
+    kind = type(value)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return f"{short_repr(value)} (a {name})"
+
+
+def _portable(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value)
+        return True
+    except Exception:
+        return False
+
+
+def freezing(
+    append: Callable[[Any], Any], node: Any = None, trust_after: int = 64, to: str | None = None
+) -> Callable[[Any], None]:
     """An ``emit`` that hands each value to ``append`` as it was when emitted (see :func:`freeze`).
 
     With ``node``: once ``trust_after`` values in a row were atomic, the node's
@@ -127,6 +194,8 @@ def freezing(append: Callable[[Any], Any], node: Any = None, trust_after: int = 
     pays no Python call per value; the engine arms this again for every
     partition, so a node whose values change type is checked again there.
     A node that emitted anything else keeps the freezing ``emit``.
+    ``to``: where the values go in another process; each must pickle (see
+    :func:`freeze`), and the error names the node.
     """
     left = trust_after if node is not None else -1
 
@@ -140,7 +209,12 @@ def freezing(append: Callable[[Any], Any], node: Any = None, trust_after: int = 
                     node.emit = append
         else:
             left = -1  # it emits values that can change: keep checking
-            append(freeze(value))
+            try:
+                value = freeze(value, to)
+            except ValuePickleError as exc:  # the node's name leads; the caller adds the item
+                who = f"Node {node.name!r}" if node is not None else "A node"
+                raise ValuePickleError(f"{who} emitted {exc}") from None
+            append(value)
 
     return emit
 
