@@ -6,6 +6,7 @@ small script runs in a subprocess.
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import threading
 import pytest
 
 from pypiper_dask import Node, NodeError, Pipeline, PipelineError
+from pypiper_dask.errors import SchedulerError
 from tests import nodes as N
 from tests.conftest import ROOT
 
@@ -231,3 +233,94 @@ def test_deep_recursion_in_a_node_on_a_cluster_is_a_node_error(stateless, local_
     assert (info.value.node, info.value.item) == ("deep", "3")
     assert isinstance(info.value.__cause__, RecursionError)
     assert "in down" in info.value.__notes__[0]
+
+
+# -- item 8: bad addresses ------------------------------------------------------------------------
+
+
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+class _Http:
+    """An HTTP server on a free local port, in a thread: a service that is not a Dask scheduler."""
+
+    def __enter__(self) -> str:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"tcp://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.timeout(30)
+def test_an_address_that_is_not_a_dask_scheduler_fails_within_the_time_limit():
+    with _Http() as address, pytest.raises(SchedulerError) as info:
+        Pipeline(N.Gen("g", size=3) | N.Map("m"), client=address, connect_timeout=2).run()
+    assert str(info.value).startswith(
+        f"Could not reach the Dask scheduler at '{address}' within 2 s "
+        "(something accepted the connection but did not answer as a Dask scheduler does)."
+    )
+
+
+BAD_ADDRESSES = """
+import socket, sys, threading, time, http.server
+from pypiper_dask import Node, Pipeline, SchedulerError
+
+class Gen(Node):
+    def setup(self, size):
+        self.pos = 0
+    def run(self, data):
+        if self.pos < self.size:
+            self.emit(self.pos)
+            self.pos += 1
+        else:
+            self.close()
+
+def serve(answer):
+    # Accepts connections and answers each with these bytes: read as a Dask frame header
+    # they announce an absurd length (a service speaking some other protocol).
+    listener = socket.create_server(("127.0.0.1", 0))
+    def loop():
+        while True:
+            conn, _ = listener.accept()
+            conn.sendall(answer)
+    threading.Thread(target=loop, daemon=True).start()
+    return f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+
+class Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+http_server.daemon_threads = True
+threading.Thread(target=http_server.serve_forever, daemon=True).start()
+free = socket.create_server(("127.0.0.1", 0))
+closed = f"tcp://127.0.0.1:{free.getsockname()[1]}"
+free.close()
+
+http_address = f"tcp://127.0.0.1:{http_server.server_address[1]}"
+addresses = [http_address, serve(b"HTTP/1.1 400 Bad Request\\r\\n\\r\\n" * 4), closed]
+for address in addresses:
+    start = time.monotonic()
+    try:
+        Pipeline(Gen("g", size=3), client=address, connect_timeout=2).run()
+    except SchedulerError as exc:
+        print(f"SchedulerError in {time.monotonic() - start:.0f} s: {exc}", flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_bad_addresses_raise_scheduler_error_and_leave_nothing_on_stderr(tmp_path):
+    done = run_script(tmp_path, BAD_ADDRESSES, timeout=80)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3, (done.stdout, done.stderr)
+    for line in lines:
+        assert line.startswith("SchedulerError in "), line
+        assert int(line.split()[2]) <= 5, line
+    assert done.returncode == 0
+    assert done.stderr == "", done.stderr

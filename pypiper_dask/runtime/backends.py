@@ -8,6 +8,7 @@ same results; which one a run uses is decided in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
@@ -210,19 +211,7 @@ class DistributedBackend:
                 if link:
                     logger.info("dashboard at %s", link)
             elif self.client is None and self.address is not None:
-                try:
-                    client = Client(self.address, timeout=self.timeout, security=self.security, set_as_default=False)
-                except (OSError, TimeoutError, TypeError, ValueError) as exc:
-                    hint = (
-                        " A tls:// address needs Pipeline(security=distributed.security.Security(...))."
-                        if self.address.startswith("tls://") and self.security is None
-                        else " Is it running, and is the address (and its tcp:// or tls:// protocol) right?"
-                        " Pipeline(connect_timeout=...) sets the wait."
-                    )
-                    raise SchedulerError(
-                        f"Could not reach the Dask scheduler at {self.address!r} within {self.timeout} s "
-                        f"({type(exc).__name__}: {exc}).{hint}"
-                    ) from exc
+                client = _connect(self.address, self.timeout, self.security)
                 self.client = self._stack.enter_context(client)
         except BaseException:
             self._stack.close()
@@ -454,6 +443,96 @@ def _with_carried(results: dict[int, Segment]) -> dict[int, Segment]:
             results[stage] = carried
             res.carried = None
     return results
+
+
+def _connect(address: str, timeout: float, security: Any) -> Any:
+    """A client of the Dask scheduler at ``address``; :class:`SchedulerError` if none answers within ``timeout``.
+
+    ``Client(address, timeout=...)`` alone is not enough: distributed waits for
+    the other side's handshake with no time limit, so a service that is not a
+    Dask scheduler (an HTTP server, waiting for a request line) kept it waiting
+    forever; one that answers other bytes raised whatever reading them raised
+    (a ``MemoryError`` for an absurd frame length), and the half-made client
+    printed a ``TimeoutError`` from ``Client.__del__`` at exit. So the scheduler
+    is asked who it is first, within the time limit, and a client whose start
+    fails anyway is closed here.
+    """
+    from distributed import Client
+
+    def fail(reason: str) -> SchedulerError:
+        hint = (
+            " A tls:// address needs Pipeline(security=distributed.security.Security(...))."
+            if address.startswith("tls://") and security is None
+            else " Is it running, and is the address (and its tcp:// or tls:// protocol) right?"
+            " Pipeline(connect_timeout=...) sets the wait."
+        )
+        return SchedulerError(
+            f"Could not reach the Dask scheduler at {address!r} within {timeout:g} s ({reason}).{hint}"
+        )
+
+    try:
+        kind = _identify(address, timeout, security)
+    except _NoScheduler as exc:
+        raise fail(str(exc)) from exc.__cause__
+    except Exception as exc:  # connecting failed (refused, TLS settings, ...)
+        raise fail(f"{type(exc).__name__}: {exc}") from exc
+    if kind != "Scheduler":  # a worker's address, say
+        raise fail(f"a Dask {kind or 'server'} answered, not a scheduler")
+    client = Client.__new__(Client)  # held before it connects, so a failed start is closed here
+    try:
+        Client.__init__(client, address, timeout=timeout, security=security, set_as_default=False)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            client.close(timeout=timeout)
+        raise fail(f"{type(exc).__name__}: {exc}") from exc
+    return client
+
+
+def _identify(address: str, timeout: float, security: Any) -> str | None:
+    """What the Dask server at ``address`` says it is (``"Scheduler"``), asked within about ``timeout`` seconds.
+
+    Raises :class:`_NoScheduler` when what answers is no Dask server.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    args = (security or Security()).get_connection_args("client")
+
+    async def ask() -> Any:
+        try:
+            comm = await connect(address, timeout=timeout, **args)  # retries until `timeout`, then OSError
+        except (OSError, TypeError, ValueError):  # unreachable, refused, TLS settings
+            raise
+        except Exception as exc:  # its first bytes, read as a Dask handshake, meant nonsense
+            raise _NoScheduler(
+                f"something answered in another protocol than Dask's ({type(exc).__name__}: {exc})"
+            ) from exc
+        try:
+            await comm.write({"op": "identity", "n_workers": 0, "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    async def bounded() -> Any:
+        # A little past connect's own limit, so an unreachable address fails there (saying why):
+        # running out here means a connection was made and then nothing answered as Dask does.
+        try:
+            return await asyncio.wait_for(ask(), timeout + 0.5)
+        except asyncio.TimeoutError:  # TimeoutError from Python 3.11 on
+            raise _NoScheduler(
+                "something accepted the connection but did not answer as a Dask scheduler does"
+            ) from None
+
+    # An event loop of its own, in a thread: the caller may be running one (a notebook).
+    with ThreadPoolExecutor(1, thread_name_prefix="pypiper-connect") as pool:
+        answer = pool.submit(asyncio.run, bounded()).result()
+    return answer.get("type") if isinstance(answer, dict) else None
+
+
+class _NoScheduler(Exception):
+    """No Dask scheduler answered; the message says what happened instead."""
 
 
 class _QuietDistributed:
