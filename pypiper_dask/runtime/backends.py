@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import threading
 from concurrent.futures import CancelledError
@@ -192,7 +193,7 @@ class DistributedBackend:
             if self.client is None and self.address is None:
                 # Entered before the cluster, left after it closed (the stack unwinds in reverse).
                 self._stack.enter_context(_QUIET_DISTRIBUTED)
-                with _main_not_reimported():
+                with _main_not_reimported(), _sigint_ignored():
                     cluster = self._stack.enter_context(
                         LocalCluster(
                             n_workers=self.n_workers_wanted,
@@ -573,6 +574,28 @@ _QUIET_DISTRIBUTED = _QuietDistributed()
 
 #: The preload module each worker process of a cluster a run starts runs first.
 _WORKER_SETUP = "pypiper_dask.worker.process"
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore Ctrl-C in this process while a cluster's worker processes start.
+
+    A new process inherits an ignored signal, so the workers ignore it from
+    their first instruction; their preload (:mod:`pypiper_dask.worker.process`)
+    comes too late for a Ctrl-C while they import, which printed their
+    tracebacks, and one in the caller then left the half-started cluster's
+    processes to be reaped at exit. A Ctrl-C in that second or so is dropped;
+    the next one stops the run. Only the main thread can set a handler: a run
+    started from another thread does without.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager
