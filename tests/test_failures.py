@@ -214,9 +214,10 @@ class Slow(Node):
 
 class Same(Node):
     def run(self, data):
+        if data == 1:
+            print("running", flush=True)  # the caller prints it once the first partition is back
         self.emit(data)
 
-print("starting", flush=True)
 Pipeline(Slow("slow") | Same("same"), n_threads=2, quiet=True).run()
 """
 
@@ -251,9 +252,8 @@ def test_ctrl_c_cancels_closes_the_cluster_and_reraises(tmp_path, when):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(3)  # it may stop here, or (as now) drop it while its workers start
         if proc.poll() is None:
-            while len(parent.children(recursive=True)) < 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            time.sleep(1.5)  # let the run get going
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "running\n"  # the cluster is up and the run under way
             children.update(parent.children(recursive=True))
             assert len(children) >= 2, "the cluster's worker processes never started"
             os.killpg(proc.pid, signal.SIGINT)
