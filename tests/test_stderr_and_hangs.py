@@ -267,19 +267,11 @@ def test_an_address_that_is_not_a_dask_scheduler_fails_within_the_time_limit():
     )
 
 
-BAD_ADDRESSES = """
-import socket, sys, threading, time, http.server
-from pypiper_dask import Node, Pipeline, SchedulerError
-
-class Gen(Node):
-    def setup(self, size):
-        self.pos = 0
-    def run(self, data):
-        if self.pos < self.size:
-            self.emit(self.pos)
-            self.pos += 1
-        else:
-            self.close()
+BAD_ADDRESSES = (
+    NODES
+    + """
+import socket, threading, time, http.server
+from pypiper_dask import SchedulerError
 
 def serve(answer):
     # Accepts connections and answers each with these bytes: read as a Dask frame header
@@ -312,6 +304,7 @@ for address in addresses:
     except SchedulerError as exc:
         print(f"SchedulerError in {time.monotonic() - start:.0f} s: {exc}", flush=True)
 """
+)
 
 
 @pytest.mark.timeout(90)
