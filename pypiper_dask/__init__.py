@@ -18,6 +18,7 @@ from .errors import (
     SchedulerError,
     StateLostError,
     StreamError,
+    ValuePickleError,
 )
 from .model import Node, NodeGraph
 
@@ -55,4 +56,5 @@ __all__ = [
     "SchedulerError",
     "StateLostError",
     "StreamError",
+    "ValuePickleError",
 ]

@@ -18,6 +18,7 @@ __all__ = [
     "OptionError",
     "PipelineError",
     "StreamError",
+    "ValuePickleError",
     "short_repr",
 ]
 
@@ -90,6 +91,15 @@ class NodeError(PipelineError):
         super().__init__(message)
         self.node = node
         self.item = item
+
+
+class ValuePickleError(PipelineError, TypeError):
+    """A value a node emitted cannot be pickled, and it must go to another process.
+
+    Raised by the node's ``emit`` on a cluster, so the run stops with a
+    :class:`NodeError` naming the node and its input; the message says what
+    pickle said.
+    """
 
 
 class StateLostError(PipelineError):

@@ -215,9 +215,7 @@ def test_slow_nodes_show_progress_after_the_first_item():
     def callback(done, total):
         seen.append((time.monotonic(), done))  # the first call: the cluster is up, the run starts
 
-    Pipeline(N.Gen("gen", size=12) | N.Slow("slow", seconds=0.3), n_threads=2, quiet=True).run(
-        update_callback=callback
-    )
+    Pipeline(N.Gen("gen", size=12) | N.Slow("slow", seconds=0.3), n_threads=2, quiet=True).run(update_callback=callback)
     assert seen[-1][1] == 12
     started = seen[0][0]
     first = next(t for t, done in seen if done) - started

@@ -12,7 +12,7 @@ import cloudpickle
 
 from ..compiler.plan import Plan
 from ..compiler.tasks import TaskNames, round_tasks
-from ..errors import NodeError, NodeModuleError
+from ..errors import NodeError, NodeModuleError, ValuePickleError
 from ..log import HiddenStateReport, SilentSource
 from ..model.node import Node, arm_setup_emits
 from ..ordering import Segment
@@ -32,10 +32,15 @@ __all__ = ["PartitionSizer", "SourceReader", "drain", "execute", "iter_execute",
 
 
 class SourceReader:
-    """Calls the source's ``run(None)`` until it closes, a partition at a time."""
+    """Calls the source's ``run(None)`` until it closes, a partition at a time.
 
-    def __init__(self, node: Node) -> None:
+    ``to``: where its items go in other processes (each must pickle, see
+    :func:`~pypiper_dask.worker.freezing`); ``None``: they stay in this one.
+    """
+
+    def __init__(self, node: Node, to: str | None = None) -> None:
         self.node = node
+        self.to = to
         self.emitted = 0
         self._stop: list = []  # non-empty once the source called close()
         # The engine rebinds emit/close on its own copy of the node.
@@ -74,7 +79,7 @@ class SourceReader:
             at = k - 1 if bounds is None else start
             prints[at] = prints.get(at, "") + text
 
-        setattr(self.node, "emit", freezing(items.append, self.node))  # noqa: B010
+        setattr(self.node, "emit", freezing(items.append, self.node, to=self.to))  # noqa: B010
         with capture_stdout(record):
             try:
                 while not stop and len(items) < n:
@@ -109,11 +114,13 @@ class SourceReader:
                         self.cut_by_time = True
                         break
             except Exception as exc:
+                what = (
+                    f"{exc} It was emitted by run(None)"  # says the node, what, and where to
+                    if isinstance(exc, ValuePickleError)
+                    else f"Node {self.node.name!r} (the source) raised {type(exc).__name__}: {exc} in run(None)"
+                )
                 raise NodeError(
-                    self.node.name,
-                    "None",
-                    f"Node {self.node.name!r} (the source) raised {type(exc).__name__}: {exc} in run(None), "
-                    f"after emitting {self.emitted + len(items)} items.",
+                    self.node.name, "None", f"{what}, after emitting {self.emitted + len(items)} items."
                 ) from exc
         self.emitted += len(items)
         return Chunk(items, prints, bounds)
@@ -192,12 +199,14 @@ def node_error(failure: NodeFailure) -> NodeError:
     """The ``NodeError`` the caller raises; the node's exception is its cause, with the traceback where it ran.
 
     That traceback is printed once: as the cause's, or, where it did not come
-    along with the exception, as a note.
+    along with the exception (it could not be pickled), as a note.
     """
     err = failure.error
-    error = NodeError(
-        failure.node, failure.item, f"Node {failure.node!r} raised {type(err).__name__}: {err} on input {failure.item}."
-    )
+    if isinstance(err, ValuePickleError):  # raised by the node's emit: it says what was emitted, and where to
+        message = f"{err} It was emitted on input {failure.item}."
+    else:
+        message = f"Node {failure.node!r} raised {type(err).__name__}: {err} on input {failure.item}."
+    error = NodeError(failure.node, failure.item, message)
     if err is not None and err.__traceback__ is not None:
         without_stub_carets(err)
     else:
@@ -266,7 +275,7 @@ def iter_execute(
     there in ``reached``, for the caller's object.
     """
     snap = plan.snapshot
-    source = SourceReader(snap.node(snap.root))
+    source = SourceReader(snap.node(snap.root), to="to the workers")
     total = snap.info[snap.root].size if isinstance(snap.info[snap.root].size, int) else None
     names = TaskNames(plan)
     out = Output(plan, quiet=quiet, collect=collect, stream=stream)

@@ -18,8 +18,9 @@ from ..log import logger
 from ..model.graph import NodeGraph
 from ..model.node import PRIVATE, Node, constructed_again, mark_used, reinitialise
 from ..model.snapshot import Snapshot
-from .backends import _with_carried
-from .execute import SourceReader, drain
+from ..worker import NodeFailure
+from .backends import _outcome
+from .execute import SourceReader, drain, node_error
 from .handle import RunHandle
 from .options import RunOptions
 from .output import Output, PipelineResult
@@ -363,7 +364,10 @@ def _finish(plan: Plan, results: list, layout: Layout) -> PipelineResult:
         for stage, _ in fetched:
             value = next(flat)
             segments[stage] = getattr(value, "segment", value)  # a sequential step carries its segment
-        segments = _with_carried(segments)
+        outcome = _outcome(segments)
+        if isinstance(outcome, NodeFailure):  # the round's turn: a sequential run fails here
+            raise node_error(outcome) from outcome.error
+        segments = outcome
         if origin == 0:
             out.splicer.round(segments, chunk)
         else:
