@@ -5,6 +5,8 @@
   ``run()`` goes to stderr as JSON.
 * ``stream N``: W6, pypiper_dask at ``n_threads=2``, ``quiet=True``,
   ``run(collect=False)``; reports the caller's RSS after imports and its peak.
+* ``stream-iter N``: W6 through ``Pipeline.stream()`` at ``n_threads=2``; the
+  same report as ``stream``.
 * ``tiny``: W7 from ``Pipeline(...)`` to ``run()`` returning, cluster start and
   stop included, imports excluded.
 """
@@ -48,7 +50,7 @@ def pypiper(wid: str, n_threads: int, loops: int) -> None:
     print(json.dumps({"seconds": seconds}), file=sys.stderr)
 
 
-def stream(n: int) -> None:
+def stream(n: int, through_stream: bool = False) -> None:
     import distributed  # noqa: F401 - imports are not what W6 measures
 
     from bench import workloads
@@ -67,14 +69,18 @@ def stream(n: int) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
-    result = Pipeline(nodes["Source"]("source", size=n) | nodes["AddOne"]("add_one"), n_threads=2, quiet=True).run(
-        collect=False
-    )
+    pipeline = Pipeline(nodes["Source"]("source", size=n) | nodes["AddOne"]("add_one"), n_threads=2, quiet=True)
+    if through_stream:
+        count = sum(1 for _ in pipeline.stream())
+        assert count == n, count
+        result = None
+    else:
+        result = pipeline.run(collect=False)
     seconds = time.perf_counter() - t0
     done.set()
     sampler.join()
     maxrss = _peak_mb()
-    assert result.counts["add_one"] == n, result.counts
+    assert result is None or result.counts["add_one"] == n, result.counts
     print(
         json.dumps(
             {
@@ -108,6 +114,8 @@ if __name__ == "__main__":
         pypiper(args[0], int(args[1]), int(args[2]))
     elif kind == "stream":
         stream(int(args[0]))
+    elif kind == "stream-iter":
+        stream(int(args[0]), through_stream=True)
     elif kind == "tiny":
         tiny()
     else:

@@ -279,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
         "--from-json", metavar="PATH", help="with --scale: rewrite the section and chart from saved figures"
     )
     parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="only stream()'s first item and memory, a kept cluster and a live source's delay: replaces "
+        "that section of --out; about a minute",
+    )
+    parser.add_argument("--live-seconds", type=float, default=25.0, help="with --streaming: the live source's run")
+    parser.add_argument(
         "--workers",
         default="2,4,8",
         help="with --scale: the worker counts, comma-separated (a machine with more cores: 4,8,15)",
@@ -302,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import scale
 
         return scale.main(args)
+    if args.streaming:
+        from bench import streaming
+
+        return streaming.main(args)
     reps = args.reps or (1 if args.quick else 3)
 
     import multiprocessing

@@ -10,15 +10,17 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     GraphError,
     NodeError,
+    NodeModuleError,
+    NodePickleError,
     NodeTypeError,
     OptionError,
     PipelineError,
     SchedulerError,
     StateLostError,
     StreamError,
+    ValuePickleError,
 )
 from .model import Node, NodeGraph
-from .model.snapshot import NodePickleError
 
 if TYPE_CHECKING:
     from .runtime import Pipeline, PipelineResult
@@ -44,6 +46,7 @@ __all__ = [
     "Node",
     "NodeError",
     "NodeGraph",
+    "NodeModuleError",
     "NodePickleError",
     "NodeTypeError",
     "OptionError",
@@ -53,4 +56,5 @@ __all__ = [
     "SchedulerError",
     "StateLostError",
     "StreamError",
+    "ValuePickleError",
 ]

@@ -38,7 +38,7 @@ def load_target(spec: str) -> Any:
     path = Path(path_text).resolve()
     if not path.is_file():
         raise TargetError(f"no such file: {path_text!r}")
-    import cloudpickle
+    from .model.pickling import send_by_value
 
     module_name = f"pypiper_dask_target_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
@@ -46,9 +46,9 @@ def load_target(spec: str) -> Any:
         raise TargetError(f"cannot import {path_text!r} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
-    # Workers cannot import this module by name: its classes go by value. Registered
+    # Workers cannot import this module by name: its code goes by value. Registered
     # before it runs, since a Pipeline built at import time snapshots its nodes then.
-    cloudpickle.register_pickle_by_value(module)
+    send_by_value(module)
     sys.path.insert(0, str(path.parent))  # the file's own imports of its neighbours
     module_spec.loader.exec_module(module)
     if not hasattr(module, name):

@@ -12,10 +12,13 @@ import reprlib
 __all__ = [
     "GraphError",
     "NodeError",
+    "NodeModuleError",
+    "NodePickleError",
     "NodeTypeError",
     "OptionError",
     "PipelineError",
     "StreamError",
+    "ValuePickleError",
     "short_repr",
 ]
 
@@ -57,6 +60,26 @@ class NodeTypeError(PipelineError, TypeError):
     """Something of the wrong type was given where a node or an option was expected."""
 
 
+class NodePickleError(NodeTypeError):
+    """A node cannot be pickled, so it cannot be snapshotted or sent to a worker."""
+
+
+class NodeModuleError(NodePickleError):
+    """A node's code comes from a module that cannot reach the workers.
+
+    Its classes cannot be pickled by value (a global they use cannot be
+    pickled), and a worker cannot import the module. ``module`` is its name;
+    the message says what to do.
+    """
+
+    def __init__(self, module: str, message: str) -> None:
+        super().__init__(message)
+        self.module = module
+
+    def __reduce__(self):
+        return (type(self), (self.module, str(self)))
+
+
 class NodeError(PipelineError):
     """A node's ``run`` raised.
 
@@ -68,6 +91,15 @@ class NodeError(PipelineError):
         super().__init__(message)
         self.node = node
         self.item = item
+
+
+class ValuePickleError(PipelineError, TypeError):
+    """A value a node emitted cannot be pickled, and it must go to another process.
+
+    Raised by the node's ``emit`` on a cluster, so the run stops with a
+    :class:`NodeError` naming the node and its input; the message says what
+    pickle said.
+    """
 
 
 class StateLostError(PipelineError):

@@ -332,3 +332,48 @@ class Silent(Node):
             self.emit(0)
         elif self.calls_made > self.quiet_calls:
             self.close()
+
+
+class Endless(Node):
+    """A source that never closes: 0, 1, 2, ... (``sleep`` seconds per call, like a live feed)."""
+
+    def setup(self, sleep: float = 0.0) -> None:
+        self.pos, self.sleep = 0, sleep
+
+    def run(self, data: Any) -> None:
+        if self.sleep:
+            import time
+
+            time.sleep(self.sleep)
+        self.emit(self.pos)
+        self.pos += 1
+
+
+class Stamped(Node):
+    """A live source: every ``every`` seconds one ``(position, time.time())`` reading; closes after ``size``."""
+
+    def setup(self, size: int, every: float = 0.02) -> None:
+        self.pos, self.every = 0, every
+
+    def run(self, data: Any) -> None:
+        import time
+
+        if self.pos >= self.size:
+            self.close()
+            return
+        time.sleep(self.every)
+        self.emit((self.pos, time.time()))
+        self.pos += 1
+
+
+class Slow(Node):
+    """Passes items on after ``seconds`` of sleep each."""
+
+    def setup(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+
+    def run(self, data: Any) -> None:
+        import time
+
+        time.sleep(self.seconds)
+        self.emit(data)

@@ -147,6 +147,10 @@ def test_notebook_runs_top_to_bottom(name, external_cluster):
         os.environ.pop("PYPIPER_DASK_SCHEDULER", None)
     errors = [o for c in book.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    if name == "quickstart.ipynb":
+        # The submit() cell returned while its run went on (the notebook asserts the result).
+        shown = [o["data"].get("text/html", "") for c in book.cells for o in c.get("outputs", []) if "data" in o]
+        assert any("<b>RunHandle</b>: running" in html for html in shown)
 
 
 # -- the command line ------------------------------------------------------------------------

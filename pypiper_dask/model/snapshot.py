@@ -9,15 +9,12 @@ from typing import Any
 
 import cloudpickle
 
-from ..errors import NodeTypeError
+from ..errors import NodePickleError
 from .graph import NodeGraph
 from .node import Node, check_snapshot_every, has_setup_emits
+from .pickling import dumps_node
 
 __all__ = ["NodeInfo", "NodePickleError", "Snapshot", "load_node"]
-
-
-class NodePickleError(NodeTypeError):
-    """A node cannot be pickled, so it cannot be snapshotted or sent to a worker."""
 
 
 def load_node(blob: bytes) -> Any:
@@ -57,21 +54,7 @@ class NodeInfo:
 
 
 def _pickle(node: Node) -> bytes:
-    try:
-        return cloudpickle.dumps(node)
-    except Exception as exc:
-        culprit = ""
-        for attr, value in vars(node).items():
-            try:
-                cloudpickle.dumps(value)
-            except Exception:
-                culprit = f" (its attribute {attr!r} holds {type(value).__name__} {value!r:.60})"
-                break
-        raise NodePickleError(
-            f"Node {node.name!r} cannot be pickled{culprit}: {exc}. A run outside this process "
-            "(n_threads > 1 or a cluster) sends every node to the workers; create such "
-            "resources in run(), or run with n_threads=1, where nodes are used as they are."
-        ) from exc
+    return dumps_node(node)
 
 
 @dataclass(frozen=True)

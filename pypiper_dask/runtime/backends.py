@@ -8,13 +8,16 @@ same results; which one a run uses is decided in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import threading
 import time
+from collections.abc import Generator
 from concurrent.futures import CancelledError
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ..compiler.plan import FusedStage, Plan, SeqStage
 from ..compiler.tasks import Ref, StageRef, TaskNames, TaskSpec, fused_spec, seq_spec, state_step
@@ -56,7 +59,35 @@ class Backend(Protocol):
     def final_states(self, n_source: int) -> dict[str, bytes]: ...
 
 
-class InProcessBackend:
+class _Runs:
+    """``run_pipeline``: a backend's ``iter_pipeline`` run to its end."""
+
+    def iter_pipeline(
+        self, plan: Plan, **options: Any
+    ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
+        raise NotImplementedError  # each backend's own
+
+    def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
+        """Run ``plan`` to its end (see :meth:`iter_pipeline`)."""
+        from .execute import drain
+
+        return drain(self.iter_pipeline(plan, **options))
+
+
+class _RunsTasks(_Runs):
+    """``iter_pipeline`` for backends that run tasks on copies of the nodes: the run loop."""
+
+    def iter_pipeline(
+        self, plan: Plan, **options: Any
+    ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
+        """Run ``plan``, pausing after each delivery (see :func:`~pypiper_dask.runtime.execute.iter_execute`)."""
+        from .execute import iter_execute
+
+        options.pop("nodes", None)  # the plan's snapshot holds the copies that travel
+        return (yield from iter_execute(plan, cast(Backend, self), **options))
+
+
+class InProcessBackend(_Runs):
     """Runs a pipeline in the calling process: its nodes called depth first, as pyPiper calls them.
 
     No tasks and no partitions (see :mod:`pypiper_dask.runtime.inprocess`).
@@ -70,28 +101,29 @@ class InProcessBackend:
     def __exit__(self, *exc: Any) -> None:
         pass
 
-    def run_pipeline(
+    def iter_pipeline(
         self, plan: Plan, nodes: dict[str, Node] | None = None, **options: Any
-    ) -> tuple[PipelineResult, dict[str, Node]]:
-        """Run ``plan`` on ``nodes`` themselves (copies of its snapshot's if not given).
+    ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
+        """Run ``plan`` on ``nodes`` themselves (copies of its snapshot's if not given), pausing between blocks.
 
         Returns the result, and the source and stateful nodes as they ended.
         """
         from .execute import node_error
-        from .inprocess import run_in_process
+        from .inprocess import iter_in_process
 
         options.pop("partition_size", None)  # nothing is cut into partitions here
         options.pop("snapshot_every", None)  # nor is anything lost
+        options.pop("reached", None)  # the caller's own nodes: they are where they got
         if nodes is None:
             nodes = {name: plan.snapshot.node(name) for name in plan.snapshot.order}
         try:
-            result = run_in_process(plan.snapshot, nodes, **options)
+            result = yield from iter_in_process(plan.snapshot, nodes, **options)
         except NodeFailure as failure:
             raise node_error(failure) from failure.error
         return result, _final_nodes(plan, nodes)
 
 
-class SyncTaskBackend:
+class SyncTaskBackend(_RunsTasks):
     """Runs each round's tasks in the calling process on Dask's synchronous scheduler.
 
     The task path of a cluster run without a cluster: what the tests use to
@@ -109,12 +141,6 @@ class SyncTaskBackend:
     def __enter__(self) -> SyncTaskBackend:
         return self
 
-    def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
-        options.pop("nodes", None)  # the plan's snapshot holds the copies that travel
-        from .execute import execute
-
-        return execute(plan, self, **options)
-
     def __exit__(self, *exc: Any) -> None:
         self.refs = {}
 
@@ -125,7 +151,7 @@ class SyncTaskBackend:
             for s in plan.stages
         }
 
-    def submit(self, tasks: list[TaskSpec]) -> dict[int, Segment]:
+    def submit(self, tasks: list[TaskSpec]) -> dict[int, Segment] | NodeFailure:
         from dask.local import get_sync
         from dask.task_spec import Task, TaskRef
 
@@ -138,7 +164,7 @@ class SyncTaskBackend:
 
         graph = {t.key: Task(t.key, t.func, *map(arg, t.args)) for t in tasks}
         results = get_sync(graph, [t.key for t in tasks])
-        return _with_carried({t.stage: r for t, r in zip(tasks, results, strict=True) if t.fetch})
+        return _outcome({t.stage: r for t, r in zip(tasks, results, strict=True) if t.fetch})
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
         return handles  # each ran when it was submitted
@@ -160,7 +186,7 @@ def _final_nodes(plan: Plan, nodes: dict[str, Node]) -> dict[str, Node]:
     return {n: nodes[n] for n in snap.order if n == snap.root or not snap.info[n].stateless}
 
 
-class DistributedBackend:
+class DistributedBackend(_RunsTasks):
     """Runs tasks on a ``distributed`` cluster: one the run starts, or the user's.
 
     Parameters
@@ -206,6 +232,7 @@ class DistributedBackend:
         self._specs = 0  # fused stage specs sent
 
     def __enter__(self) -> DistributedBackend:
+        import dask
         from distributed import Client, LocalCluster
 
         try:
@@ -213,7 +240,7 @@ class DistributedBackend:
                 # Entered before the cluster, left after it closed (the stack unwinds in reverse).
                 self._stack.enter_context(_QUIET_DISTRIBUTED)
                 self._stack.enter_context(main_not_reimported_by_nannies())  # workers restarted too
-                with _main_not_reimported():
+                with _main_not_reimported(), _sigint_ignored():
                     cluster = self._stack.enter_context(
                         LocalCluster(
                             n_workers=self.n_workers_wanted,
@@ -222,6 +249,9 @@ class DistributedBackend:
                             host="127.0.0.1",
                             dashboard_address="127.0.0.1:0",
                             silence_logs=logging.ERROR,
+                            # Workers that ignore Ctrl-C and log only CRITICAL records: the caller
+                            # reports what goes wrong (see pypiper_dask.worker.process).
+                            preload=[*dask.config.get("distributed.worker.preload", []), _WORKER_SETUP],
                         )
                     )
                 self.client = self._stack.enter_context(Client(cluster, set_as_default=False))
@@ -229,19 +259,7 @@ class DistributedBackend:
                 if link:
                     logger.info("dashboard at %s", link)
             elif self.client is None and self.address is not None:
-                try:
-                    client = Client(self.address, timeout=self.timeout, security=self.security, set_as_default=False)
-                except (OSError, TimeoutError, TypeError, ValueError) as exc:
-                    hint = (
-                        " A tls:// address needs Pipeline(security=distributed.security.Security(...))."
-                        if self.address.startswith("tls://") and self.security is None
-                        else " Is it running, and is the address (and its tcp:// or tls:// protocol) right?"
-                        " Pipeline(connect_timeout=...) sets the wait."
-                    )
-                    raise SchedulerError(
-                        f"Could not reach the Dask scheduler at {self.address!r} within {self.timeout} s "
-                        f"({type(exc).__name__}: {exc}).{hint}"
-                    ) from exc
+                client = _connect(self.address, self.timeout, self.security)
                 self.client = self._stack.enter_context(client)
         except BaseException:
             self._stack.close()
@@ -250,13 +268,6 @@ class DistributedBackend:
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
-
-    def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
-        options.pop("nodes", None)  # the plan's snapshot holds the copies that travel
-        """Run ``plan`` on this cluster (see :func:`~pypiper_dask.runtime.execute.execute`)."""
-        from .execute import execute
-
-        return execute(plan, self, **options)
 
     #: Seconds between checks that the workers holding sequential nodes are alive.
     poll = 0.5
@@ -406,7 +417,7 @@ class DistributedBackend:
                 except HolderLost as lost:
                     self.lost = lost  # every round not back reports it (results_many)
                     return list(handles)
-                return []
+                # then say which are done (some may have been before the wait)
             except CancelledError:
                 pass  # a future lost with its worker: its round is back, and results_many() says so
         return [h for h in handles if all(f.done() or _failed(f) for f in h.fetch.values())]
@@ -422,7 +433,7 @@ class DistributedBackend:
         for h in handles:
             if h in finished:
                 self.live.discard(h)
-                out.append(_with_carried({stage: next(values) for stage in h.fetch}))
+                out.append(_outcome({stage: next(values) for stage in h.fetch}))
                 continue
             if self.lost is not None:
                 out.append(self.lost)
@@ -433,8 +444,8 @@ class DistributedBackend:
                 out.append(exc)
         return out
 
-    def _results(self, handle: _Round) -> dict[int, Segment]:
-        """A done round's segments by stage."""
+    def _results(self, handle: _Round) -> dict[int, Segment] | NodeFailure:
+        """A done round's segments by stage, or the failure of a node in it."""
         from distributed.client import FutureCancelledError
 
         fetch = list(handle.fetch.values())
@@ -451,7 +462,7 @@ class DistributedBackend:
                 raise PipelineError(f"A task of this pipeline killed its worker again and again: {exc}") from exc
             raise
         self.live.discard(handle)
-        return _with_carried(dict(zip(handle.fetch, values, strict=True)))
+        return _outcome(dict(zip(handle.fetch, values, strict=True)))
 
     def _alive(self) -> set[str]:
         return set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
@@ -537,6 +548,18 @@ class _Round:
         self.fetch: dict[int, Any] = {}  # stage -> future, what the caller gathers
 
 
+def _outcome(results: dict[int, Any]) -> dict[int, Segment] | NodeFailure:
+    """A round's fetched results: its segments by stage, or the first failure among them.
+
+    A task whose node raised returns the :class:`NodeFailure` rather than
+    raising it (see ``worker.run_fused``), and the tasks below pass it on.
+    """
+    for value in results.values():
+        if isinstance(value, NodeFailure):
+            return value
+    return _with_carried(results)
+
+
 def _with_carried(results: dict[int, Segment]) -> dict[int, Segment]:
     """Add the segments that came back inside another's (see ``worker.run_seq``)."""
     for res in list(results.values()):
@@ -545,6 +568,96 @@ def _with_carried(results: dict[int, Segment]) -> dict[int, Segment]:
             results[stage] = carried
             res.carried = None
     return results
+
+
+def _connect(address: str, timeout: float, security: Any) -> Any:
+    """A client of the Dask scheduler at ``address``; :class:`SchedulerError` if none answers within ``timeout``.
+
+    ``Client(address, timeout=...)`` alone is not enough: distributed waits for
+    the other side's handshake with no time limit, so a service that is not a
+    Dask scheduler (an HTTP server, waiting for a request line) kept it waiting
+    forever; one that answers other bytes raised whatever reading them raised
+    (a ``MemoryError`` for an absurd frame length), and the half-made client
+    printed a ``TimeoutError`` from ``Client.__del__`` at exit. So the scheduler
+    is asked who it is first, within the time limit, and a client whose start
+    fails anyway is closed here.
+    """
+    from distributed import Client
+
+    def fail(reason: str) -> SchedulerError:
+        hint = (
+            " A tls:// address needs Pipeline(security=distributed.security.Security(...))."
+            if address.startswith("tls://") and security is None
+            else " Is it running, and is the address (and its tcp:// or tls:// protocol) right?"
+            " Pipeline(connect_timeout=...) sets the wait."
+        )
+        return SchedulerError(
+            f"Could not reach the Dask scheduler at {address!r} within {timeout:g} s ({reason}).{hint}"
+        )
+
+    try:
+        kind = _identify(address, timeout, security)
+    except _NoScheduler as exc:
+        raise fail(str(exc)) from exc.__cause__
+    except Exception as exc:  # connecting failed (refused, TLS settings, ...)
+        raise fail(f"{type(exc).__name__}: {exc}") from exc
+    if kind != "Scheduler":  # a worker's address, say
+        raise fail(f"a Dask {kind or 'server'} answered, not a scheduler")
+    client = Client.__new__(Client)  # held before it connects, so a failed start is closed here
+    try:
+        Client.__init__(client, address, timeout=timeout, security=security, set_as_default=False)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            client.close(timeout=timeout)
+        raise fail(f"{type(exc).__name__}: {exc}") from exc
+    return client
+
+
+def _identify(address: str, timeout: float, security: Any) -> str | None:
+    """What the Dask server at ``address`` says it is (``"Scheduler"``), asked within about ``timeout`` seconds.
+
+    Raises :class:`_NoScheduler` when what answers is no Dask server.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    args = (security or Security()).get_connection_args("client")
+
+    async def ask() -> Any:
+        try:
+            comm = await connect(address, timeout=timeout, **args)  # retries until `timeout`, then OSError
+        except (OSError, TypeError, ValueError):  # unreachable, refused, TLS settings
+            raise
+        except Exception as exc:  # its first bytes, read as a Dask handshake, meant nonsense
+            raise _NoScheduler(
+                f"something answered in another protocol than Dask's ({type(exc).__name__}: {exc})"
+            ) from exc
+        try:
+            await comm.write({"op": "identity", "n_workers": 0, "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    async def bounded() -> Any:
+        # A little past connect's own limit, so an unreachable address fails there (saying why):
+        # running out here means a connection was made and then nothing answered as Dask does.
+        try:
+            return await asyncio.wait_for(ask(), timeout + 0.5)
+        except asyncio.TimeoutError:  # TimeoutError from Python 3.11 on
+            raise _NoScheduler(
+                "something accepted the connection but did not answer as a Dask scheduler does"
+            ) from None
+
+    # An event loop of its own, in a thread: the caller may be running one (a notebook).
+    with ThreadPoolExecutor(1, thread_name_prefix="pypiper-connect") as pool:
+        answer = pool.submit(asyncio.run, bounded()).result()
+    return answer.get("type") if isinstance(answer, dict) else None
+
+
+class _NoScheduler(Exception):
+    """No Dask scheduler answered; the message says what happened instead."""
 
 
 class _QuietDistributed:
@@ -582,6 +695,31 @@ class _QuietDistributed:
 
 
 _QUIET_DISTRIBUTED = _QuietDistributed()
+
+#: The preload module each worker process of a cluster a run starts runs first.
+_WORKER_SETUP = "pypiper_dask.worker.process"
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore Ctrl-C in this process while a cluster's worker processes start.
+
+    A new process inherits an ignored signal, so the workers ignore it from
+    their first instruction; their preload (:mod:`pypiper_dask.worker.process`)
+    comes too late for a Ctrl-C while they import, which printed their
+    tracebacks, and one in the caller then left the half-started cluster's
+    processes to be reaped at exit. A Ctrl-C in that second or so is dropped;
+    the next one stops the run. Only the main thread can set a handler: a run
+    started from another thread does without.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager

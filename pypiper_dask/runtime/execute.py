@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any
 
@@ -11,7 +12,7 @@ import cloudpickle
 
 from ..compiler.plan import Plan
 from ..compiler.tasks import TaskNames, round_tasks
-from ..errors import NodeError
+from ..errors import NodeError, NodeModuleError, ValuePickleError
 from ..log import HiddenStateReport, SilentSource
 from ..model.node import Node, arm_setup_emits
 from ..ordering import Segment
@@ -20,6 +21,7 @@ from .backends import Backend, DataLost, HolderLost
 from .output import Output, PipelineResult
 from .poison import LossCount, find_poison
 from .recovery import DEFAULT_SNAPSHOT_EVERY, Recovery
+from .tracebacks import without_stub_carets
 
 #: How many times partitions lost with a worker are sent again before giving up.
 MAX_RESENDS = 5
@@ -28,44 +30,58 @@ MAX_RESENDS = 5
 #: keeps each partition until it is delivered, and holds finished ones in order.
 MAX_ITEMS_OUT = 300_000
 
-__all__ = ["PartitionSizer", "SourceReader", "execute", "node_error"]
+__all__ = ["PartitionSizer", "SourceReader", "drain", "execute", "iter_execute", "node_error"]
 
 
 class SourceReader:
-    """Calls the source's ``run(None)`` until it closes, a partition at a time."""
+    """Calls the source's ``run(None)`` until it closes, a partition at a time.
 
-    def __init__(self, node: Node) -> None:
+    ``to``: where its items go in other processes (each must pickle, see
+    :func:`~pypiper_dask.worker.freezing`); ``None``: they stay in this one.
+    """
+
+    def __init__(self, node: Node, to: str | None = None) -> None:
         self.node = node
+        self.to = to
         self.emitted = 0
         self._stop: list = []  # non-empty once the source called close()
         # The engine rebinds emit/close on its own copy of the node.
         setattr(node, "close", partial(self._stop.append, True))  # noqa: B010
         arm_setup_emits(node)
         self.silent = SilentSource(node.name)
+        self.cut_by_time = False  # the last partition was cut by time, not size
 
     @property
     def closed(self) -> bool:
         return bool(self._stop)
 
-    def pull(self, n: int) -> Chunk:
+    def pull(self, n: int, seconds: float = math.inf) -> Chunk:
         """The next ``n`` or so items (a call may emit several), and what the source printed.
 
-        ``Chunk.calls`` records where calls ended only once a call emitted
-        several items; until then every item is a call of its own (a call
-        that emits nothing ends no item), and the loop does no bookkeeping.
+        A partition is also cut after ``seconds``, so a live source (one that
+        waits for its readings) has its items delivered while it goes on;
+        ``cut_by_time`` says whether this one was. ``Chunk.calls`` records
+        where calls ended only once a call emitted several items; until then
+        every item is a call of its own (a call that emits nothing ends no
+        item), and the loop does no bookkeeping.
         """
         items: list = []
         prints: dict[int, str] = {}
         bounds: set[int] | None = None  # len(items) after each call, once needed
         stop, run = self._stop, self.node.run
         k = start = 0
+        clock = time.monotonic
+        last = clock()
+        deadline = last + seconds
+        mask = 0  # the clock is read when k & mask == 0: every call while calls are slow
+        self.cut_by_time = False
 
         def record(text: str) -> None:
             # What a call prints comes before the items it emits.
             at = k - 1 if bounds is None else start
             prints[at] = prints.get(at, "") + text
 
-        setattr(self.node, "emit", freezing(items.append, self.node))  # noqa: B010
+        setattr(self.node, "emit", freezing(items.append, self.node, to=self.to))  # noqa: B010
         with capture_stdout(record):
             try:
                 while not stop and len(items) < n:
@@ -75,6 +91,16 @@ class SourceReader:
                             run(None)
                             if stop or len(items) != k:
                                 break
+                            if not k & mask:
+                                now = clock()
+                                if now >= deadline:
+                                    self.cut_by_time = True
+                                    break
+                                if now - last < 0.001 and mask < 1023:
+                                    mask = mask << 1 | 1  # fast calls: read the clock less often
+                                last = now
+                        if self.cut_by_time:
+                            break
                         if len(items) > k:  # that call emitted several items
                             bounds = set(range(1, k))
                             bounds.add(len(items))
@@ -86,12 +112,17 @@ class SourceReader:
                         self.silent.idle()
                     elif self.silent.calls:
                         self.silent.heard()
+                    if bounds is not None and clock() >= deadline:
+                        self.cut_by_time = True
+                        break
             except Exception as exc:
+                what = (
+                    f"{exc} It was emitted by run(None)"  # says the node, what, and where to
+                    if isinstance(exc, ValuePickleError)
+                    else f"Node {self.node.name!r} (the source) raised {type(exc).__name__}: {exc} in run(None)"
+                )
                 raise NodeError(
-                    self.node.name,
-                    "None",
-                    f"Node {self.node.name!r} (the source) raised {type(exc).__name__}: {exc} in run(None), "
-                    f"after emitting {self.emitted + len(items)} items.",
+                    self.node.name, "None", f"{what}, after emitting {self.emitted + len(items)} items."
                 ) from exc
         self.emitted += len(items)
         return Chunk(items, prints, bounds)
@@ -115,8 +146,8 @@ class PartitionSizer:
     Examples
     --------
     >>> sizer = PartitionSizer(None, n_workers=4, total=10_000)
-    >>> sizer.next(0)
-    32
+    >>> [sizer.next(0) for _ in range(7)]  # growing until a task's cost is known
+    [1, 2, 4, 8, 16, 32, 32]
     >>> sizer.per_item = 0.001  # 1 ms an item: 0.2 s is 200 items
     >>> sizer.next(0), sizer.next(9_600), sizer.next(9_990)
     (200, 50, 25)
@@ -124,6 +155,8 @@ class PartitionSizer:
 
     target, least = 0.2, 0.025
     smallest, largest, first = 16, 100_000, 32
+    #: Seconds of the source's own calls after which a partition is cut (a live source).
+    source_seconds = 0.1
 
     def __init__(self, fixed: int | None, n_workers: int, total: int | None) -> None:
         self.fixed = fixed
@@ -131,6 +164,7 @@ class PartitionSizer:
         self.total = total
         self.per_item: float | None = None
         self._seconds = self._items = 0.0
+        self._uncalibrated = 0  # partitions cut before the cost was known
 
     @property
     def calibrated(self) -> bool:
@@ -141,7 +175,10 @@ class PartitionSizer:
         if self.fixed:
             return self.fixed
         if self.per_item is None:
-            return self.first
+            # Until a task's cost is known: 1, 2, 4, ... items, so that nodes taking
+            # seconds an item show progress after one item, not `first`.
+            self._uncalibrated += 1
+            return min(self.first, 1 << (self._uncalibrated - 1))
         want = self.target / self.per_item
         if self.total and self.n_workers > 1:
             # Not below `least`, nor so small that the caller's work per round (a few ms)
@@ -161,11 +198,21 @@ class PartitionSizer:
 
 
 def node_error(failure: NodeFailure) -> NodeError:
+    """The ``NodeError`` the caller raises; the node's exception is its cause, with the traceback where it ran.
+
+    That traceback is printed once: as the cause's, or, where it did not come
+    along with the exception (it could not be pickled), as a note.
+    """
     err = failure.error
-    error = NodeError(
-        failure.node, failure.item, f"Node {failure.node!r} raised {type(err).__name__}: {err} on input {failure.item}."
-    )
-    error.add_note("Traceback where the node ran:\n" + failure.tb.rstrip())
+    if isinstance(err, ValuePickleError):  # raised by the node's emit: it says what was emitted, and where to
+        message = f"{err} It was emitted on input {failure.item}."
+    else:
+        message = f"Node {failure.node!r} raised {type(err).__name__}: {err} on input {failure.item}."
+    error = NodeError(failure.node, failure.item, message)
+    if err is not None and err.__traceback__ is not None:
+        without_stub_carets(err)
+    else:
+        error.add_note("Traceback where the node ran:\n" + failure.tb.rstrip())
     error.__cause__ = err
     return error
 
@@ -186,7 +233,24 @@ class _Round:
         return self.results is not None or self.failure is not None
 
 
-def execute(
+def execute(plan: Plan, backend: Backend, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
+    """Run ``plan`` on an entered backend, round by round (see :func:`iter_execute`).
+
+    Returns the result, and the source and every stateful node as they ended.
+    """
+    return drain(iter_execute(plan, backend, **options))
+
+
+def drain(run: Generator[None, None, Any]) -> Any:
+    """Run a pausing run generator to its end; what it returns."""
+    while True:
+        try:
+            next(run)
+        except StopIteration as stop:
+            return stop.value
+
+
+def iter_execute(
     plan: Plan,
     backend: Backend,
     *,
@@ -195,23 +259,31 @@ def execute(
     partition_size: int | None,
     callback: Callable[[int, int | None], None] | None,
     snapshot_every: tuple[int | None, float | None] | None = DEFAULT_SNAPSHOT_EVERY,
-) -> tuple[PipelineResult, dict[str, Node]]:
-    """Run ``plan`` on an entered backend, round by round.
+    stream: list | None = None,
+    reached: dict[str, Node] | None = None,
+) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
+    """Run ``plan`` on an entered backend, round by round, pausing after each delivery.
 
     Up to ``backend.window`` rounds are in flight; whenever *any* of them is
     back the window is filled again, and finished rounds wait in a reorder
     buffer (at most ``window`` more) until every round before them is
     delivered, so one slow partition idles no worker and memory stays bounded.
 
-    Returns the result, and the source and every stateful node as they ended.
+    The generator pauses after each turn of the loop (at least twice a
+    second): nothing more is pulled from the source until it is resumed, and
+    closing it there cancels what is in flight. With ``stream`` (a list) the
+    leaves' items are appended to it as ``(leaf, item)`` in the sequential
+    order instead of being printed or kept, for the consumer to take at a pause.
+    A run that ends early (an error, a cancel) puts the source as it got
+    there in ``reached``, for the caller's object.
     A holder lost with its worker is restored from its last snapshot
     (``snapshot_every``; see :mod:`~pypiper_dask.runtime.recovery`).
     """
     snap = plan.snapshot
-    source = SourceReader(snap.node(snap.root))
+    source = SourceReader(snap.node(snap.root), to="to the workers")
     total = snap.info[snap.root].size if isinstance(snap.info[snap.root].size, int) else None
     names = TaskNames(plan)
-    out = Output(plan, quiet=quiet, collect=collect)
+    out = Output(plan, quiet=quiet, collect=collect, stream=stream)
     splicer = out.splicer
     hidden = HiddenStateReport()
     sizer = PartitionSizer(partition_size, backend.n_workers, total)
@@ -253,7 +325,7 @@ def execute(
                 and not source.closed
                 and not splicer.exhausted
             ):
-                chunk = source.pull(sizer.next(source.emitted))
+                chunk = source.pull(sizer.next(source.emitted), sizer.source_seconds)
                 if chunk.items or chunk.prints:
                     # The chunk stays here until its round is delivered: if the worker
                     # holding it dies, it is sent again (a source cannot be re-run).
@@ -261,6 +333,8 @@ def execute(
                     submit(r)
                     in_flight.append(r)
                     index += 1
+                if source.cut_by_time:
+                    break  # a live source: deliver what is back before pulling on
             if n_source is None and not failed and (source.closed or splicer.exhausted):
                 # The input is complete: end each sequential stage's input, in preorder,
                 # so a stage's flush feeds the stages below before theirs.
@@ -272,7 +346,9 @@ def execute(
                     index += 1
             if not waiting:
                 break
-            back = {id(h) for h in backend.wait([r.handle for r in in_flight], 60.0)}
+            # A live source is pulled again at once; else wait for a round to come back.
+            pull_on = source.cut_by_time and n_source is None and not source.closed
+            back = {id(h) for h in backend.wait([r.handle for r in in_flight], 0.01 if pull_on else 60.0)}
             returned = [r for r in in_flight if id(r.handle) in back]
             for r, outcome in zip(returned, backend.results_many([r.handle for r in returned]), strict=True):
                 try:
@@ -336,16 +412,27 @@ def execute(
                 else:
                     splicer.flush(r.origin, r.results)
                 recovery.delivered(r)
+            yield  # a pause point: a stream's consumer takes what was delivered; a cancel lands here
         splicer.finish()
+        yield
         assert n_source is not None
         final_states = recovery.final_states()
         if final_states is None:
             final_states = backend.final_states(n_source)
     except NodeFailure as failure:
         backend.cancel()
+        if reached is not None:
+            source.unbind()
+            reached[snap.root] = source.node
         raise node_error(failure) from failure.error
+    except NodeModuleError as exc:  # a worker could not load a node: the message says why, its frames don't
+        backend.cancel()
+        raise NodeModuleError(exc.module, str(exc)) from None
     except BaseException:
         backend.cancel()
+        if reached is not None:
+            source.unbind()
+            reached[snap.root] = source.node
         raise
     if callback:
         callback(done, total)

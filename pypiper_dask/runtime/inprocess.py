@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from ..errors import NodeError
@@ -28,7 +28,7 @@ from ..worker.guard import StateWatch
 from ..worker.values import freezing, retry_or_drop
 from .output import PipelineResult
 
-__all__ = ["run_in_process"]
+__all__ = ["iter_in_process", "run_in_process"]
 
 
 class _Nowhere:
@@ -91,8 +91,11 @@ class _Errors:
 class _Tree:
     """The node tree of one run, compiled; see the module's docstring."""
 
-    def __init__(self, snap: Snapshot, nodes: dict[str, Any], quiet: bool, collect: bool) -> None:
+    def __init__(
+        self, snap: Snapshot, nodes: dict[str, Any], quiet: bool, collect: bool, stream: list | None = None
+    ) -> None:
         self.snap, self.nodes = snap, nodes
+        self.stream = stream
         self.kids = snap.children
         self.index = {name: i for i, name in enumerate(snap.order)}
         self.leaves = [n for n in snap.order if not self.kids[n]]
@@ -102,7 +105,7 @@ class _Tree:
         self.ended: set[str] = set()
         self.dropped = _Errors()
         self.parent = {kid: p for p, kids in self.kids.items() for kid in kids}
-        self.ns = _Vars(STOP=False, PROGRESS=None, SOURCE_FAILED=None)
+        self.ns = _Vars(STOP=False, SOURCE_FAILED=None)
         self.filename = f"<pipeline {snap.root}>"
         self.appends: list[tuple[Any, Callable]] = []  # each node's emit target, to check its values again
         root = snap.root
@@ -136,16 +139,17 @@ class _Tree:
         # The source's items and run are bound as locals (they never change); a node's
         # RUN/BUF/PEND stay globals, which a close() rebinds.
         self.ns["RUN_SOURCE"] = nodes[root].run
-        lines = ["def drive(n, ITEMS=ITEMS, RUN_SOURCE=RUN_SOURCE, len=len):", "    count = 0"]
-        lines += ["    while not STOP:", "        for _ in range(n):", "            try:"]
-        lines += ["                RUN_SOURCE(None)", "            except Exception as e:"]
-        lines += ["                SOURCE_FAILED(e, count)", "            for v0 in ITEMS:"]
+        # One block of up to n source calls; the caller loops over blocks (progress, streaming).
+        lines = ["def drive(n, count, ITEMS=ITEMS, RUN_SOURCE=RUN_SOURCE, len=len):"]
+        lines += ["    for _ in range(n):", "        try:"]
+        lines += ["            RUN_SOURCE(None)", "        except Exception as e:"]
+        lines += ["            SOURCE_FAILED(e, count)", "        for v0 in ITEMS:"]
         if self.kids[root]:
-            self._deliver(root, "v0", 0, 4, lines)
+            self._deliver(root, "v0", 0, 3, lines)
         else:
-            lines.append(f"                OUT{self.index[root]}(v0)")
-        lines += ["            count += len(ITEMS)", "            ITEMS.clear()", "            if STOP:"]
-        lines += ["                break", "        n = PROGRESS(count)", "    return count"]
+            lines.append(f"            OUT{self.index[root]}(v0)")
+        lines += ["        count += len(ITEMS)", "        ITEMS.clear()", "        if STOP:"]
+        lines += ["            break", "    return count"]
         for name in snap.order[1:]:
             i = self.index[name]
             lines.append(f"def call{i}(v0):")
@@ -204,6 +208,8 @@ class _Tree:
 
     def _printer(self, leaf: str, collect: bool) -> Callable[[Any], None]:
         values, counts = self.values[leaf], self.counts
+        if self.stream is not None:
+            return self._streamer(leaf)
 
         def out(value: Any) -> None:
             if collect:
@@ -214,7 +220,20 @@ class _Tree:
 
         return out
 
+    def _streamer(self, leaf: str) -> Callable[[Any], None]:
+        """A leaf's items go to the stream's consumer, in order, and are counted."""
+        stream, counts = self.stream, self.counts
+        assert stream is not None
+
+        def out(value: Any) -> None:
+            counts[leaf] += 1
+            stream.append((leaf, value))
+
+        return out
+
     def _collector(self, leaf: str, collect: bool) -> Callable[[Any], None]:
+        if self.stream is not None:
+            return self._streamer(leaf)
         if collect:
             return self.values[leaf].append
         counts = self.counts
@@ -298,8 +317,29 @@ def run_in_process(
     The engine's bindings (``emit``, ``close``) are taken off the nodes when
     the run ends, however it ends.
     """
+    from .execute import drain
+
+    return drain(iter_in_process(snap, nodes, quiet=quiet, collect=collect, callback=callback))
+
+
+def iter_in_process(
+    snap: Snapshot,
+    nodes: dict[str, Any],
+    *,
+    quiet: bool,
+    collect: bool,
+    callback: Callable[[int, int | None], None] | None,
+    stream: list | None = None,
+) -> Generator[None, None, PipelineResult]:
+    """:func:`run_in_process` as a generator that pauses between blocks of source calls.
+
+    With ``stream`` (a list), the leaves' items are appended to it as
+    ``(leaf, item)`` instead of printed or collected, for the consumer to
+    take at a pause. Closing the generator ends the run where it is.
+    """
     try:
-        return _run(snap, nodes, quiet, collect, callback)
+        result = yield from _run(snap, nodes, quiet, collect, callback, stream)
+        return result
     finally:
         for node in nodes.values():
             for name in ("emit", "close", "run"):
@@ -312,8 +352,9 @@ def _run(
     quiet: bool,
     collect: bool,
     callback: Callable[[int, int | None], None] | None,
-) -> PipelineResult:
-    tree = _Tree(snap, nodes, quiet, collect)
+    stream: list | None,
+) -> Generator[None, None, PipelineResult]:
+    tree = _Tree(snap, nodes, quiet, collect, stream)
     # The nodes a cluster runs as copies, one per worker thread: hidden state there changes
     # the output, so it is reported here too, before the user scales out.
     info = snap.info
@@ -353,14 +394,19 @@ def _run(
             f"after emitting {count + len(tree.items)} items.",
         ) from exc
 
-    tree.ns["PROGRESS"] = progress
     tree.ns["SOURCE_FAILED"] = source_failed
-    done = tree.ns["drive"](1)
+    drive, ns = tree.ns["drive"], tree.ns
+    done, n = 0, 1
+    while not ns["STOP"]:
+        done = drive(n, done)
+        n = progress(done)
+        yield  # between blocks (about ten a second): a stream's consumer takes its items; a cancel lands here
     for kid in snap.children[root]:
         tree.end(kid)
+    yield
     if watch.nodes:
         hidden.saw(watch.check())
     if callback:
         callback(done, total)
-    counts = {leaf: len(v) for leaf, v in tree.values.items()} if collect else tree.counts
-    return PipelineResult(tree.values if collect else {}, counts, tree.dropped.errors)
+    counts = {leaf: len(v) for leaf, v in tree.values.items()} if collect and stream is None else tree.counts
+    return PipelineResult(tree.values if collect and stream is None else {}, counts, tree.dropped.errors)

@@ -74,18 +74,22 @@ class Output:
     prints each leaf item and collects (or counts) it.
     """
 
-    def __init__(self, plan: Plan, quiet: bool, collect: bool) -> None:
-        self.quiet = quiet
-        self.collect = collect
+    def __init__(self, plan: Plan, quiet: bool, collect: bool, stream: list | None = None) -> None:
+        self.quiet = quiet or stream is not None
+        self.collect = collect and stream is None
+        self.stream = stream  # (leaf, item) pairs for a consumer, instead of printed or kept
         self.values: dict[str, list] = {leaf: [] for leaf in plan.leaves}
         self.counts: dict[str, int] = dict.fromkeys(plan.leaves, 0)
-        self.splicer = Splicer(plan, quiet, self._deliver, self.write)
+        # A stream needs the items interleaved across leaves, as printed (quiet runs skip that).
+        self.splicer = Splicer(plan, quiet and stream is None, self._deliver, self.write)
 
     def write(self, text: str) -> None:
         sys.stdout.write(text)  # looked up now: a notebook cell or a redirect may have replaced it
 
     def _deliver(self, leaf: str, values: Sequence[Any]) -> None:
         self.counts[leaf] += len(values)
+        if self.stream is not None:
+            self.stream.extend((leaf, v) for v in values)
         if self.collect:
             self.values[leaf].extend(values)
         if not self.quiet:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import cached_property, partial
@@ -18,8 +18,10 @@ from ..log import logger
 from ..model.graph import NodeGraph
 from ..model.node import PRIVATE, Node, constructed_again, mark_used, reinitialise
 from ..model.snapshot import Snapshot
-from .backends import _with_carried
-from .execute import SourceReader
+from ..worker import NodeFailure
+from .backends import _outcome
+from .execute import SourceReader, drain, node_error
+from .handle import RunHandle
 from .options import RunOptions
 from .output import Output, PipelineResult
 from .progress import progress_callback
@@ -127,6 +129,7 @@ class Pipeline:
         # The caller's objects: what an in-process run calls, and what a cluster run's
         # final state goes back to (as pyPiper's nodes hold theirs).
         self._originals = {n.name: n for n in graph}
+        self._held: Any = None  # the backend whose cluster open() keeps
         if self.options.leaves_process():
             self._snapshot.with_nodes(self._originals)  # a node that cannot travel: say so now
 
@@ -158,16 +161,119 @@ class Pipeline:
         collect : bool
             Keep the leaves' items in the result; ``False`` keeps only counts.
         """
-        options = self.options
-        backend = choose_backend(
-            options.n_threads, options.client, connect_timeout=options.connect_timeout, security=options.security
+        return self._run_on(self._backend(), update_callback, collect)
+
+    def stream(self) -> Iterator[tuple[str, Any]]:
+        """Run the pipeline and yield ``(leaf, item)`` as items arrive, in the sequential order.
+
+        The first items come after the first partition, not at the end;
+        memory stays bounded on a source that never ends. The leaves' items
+        are yielded instead of printed; what nodes print still reaches stdout
+        in its place. Leaving the loop early (``break``, an exception, the
+        iterator dropped) cancels the run and closes a cluster it started.
+
+        Examples
+        --------
+        >>> from pypiper_dask.demo import Generate, Square
+        >>> for leaf, item in Pipeline(Generate("gen", size=3) | Square("sq"), n_threads=1).stream():
+        ...     print(leaf, item)
+        sq 0
+        sq 1
+        sq 4
+        """
+        pending: list = []
+        run = self._iter_run(self._backend(), None, False, pending)
+        try:
+            while True:
+                try:
+                    next(run)
+                except StopIteration:
+                    return
+                if pending:
+                    items, pending[:] = pending[:], []
+                    yield from items
+        finally:
+            run.close()  # a loop left early: cancel the run, close a cluster it started
+
+    def submit(
+        self, update_callback: Callable[[int, int | None], None] | None = None, collect: bool = True
+    ) -> RunHandle:
+        """Start the run in the background and return at once.
+
+        The :class:`~pypiper_dask.runtime.handle.RunHandle` has ``done()``,
+        ``result(timeout=None)``, ``cancel()`` and ``progress``; ``await``
+        it from async code. What the run prints goes where this call's prints
+        would (in a notebook, the cell that submitted it).
+
+        Examples
+        --------
+        >>> from pypiper_dask.demo import Generate, Square
+        >>> handle = Pipeline(Generate("gen", size=3) | Square("sq"), n_threads=1, quiet=True).submit()
+        >>> handle.result(timeout=60)["sq"]
+        [0, 1, 4]
+        """
+        backend = self._backend()  # chosen here, in the caller's context (its default client)
+        return RunHandle(
+            lambda callback: self._iter_run(backend, callback, collect, None),
+            update_callback,
+            dashboard=lambda: getattr(getattr(backend, "client", None), "dashboard_link", None),
         )
-        return self._run_on(backend, update_callback, collect)
+
+    def open(self) -> Pipeline:
+        """Start the local cluster now and keep it for later runs, until :meth:`close`.
+
+        Only a pipeline that would start a cluster of its own (``n_threads > 1``,
+        no client) has one to keep; for others this does nothing.
+        ``with Pipeline(..., n_threads=4) as p:`` opens and closes it.
+        """
+        options = self.options
+        if self._held is None and options.client is None and (options.n_threads or 1) > 1:
+            backend = choose_backend(options.n_threads, None)
+            backend.__enter__()
+            self._held = backend
+        return self
+
+    def close(self) -> None:
+        """Close the cluster :meth:`open` started (nothing if none)."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.__exit__(None, None, None)
+
+    def __enter__(self) -> Pipeline:
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The dashboard of the cluster kept open by :meth:`open`, if any."""
+        return None if self._held is None else self._held.client.dashboard_link
+
+    def _backend(self) -> Any:
+        options = self.options
+        return choose_backend(
+            options.n_threads,
+            options.client,
+            connect_timeout=options.connect_timeout,
+            security=options.security,
+            held=None if self._held is None else self._held.client,
+        )
 
     def _run_on(
         self, backend: Any, update_callback: Callable[[int, int | None], None] | None = None, collect: bool = True
     ) -> PipelineResult:
         """Run on ``backend`` (tests pass one; :meth:`run` lets the scheduler module choose)."""
+        return drain(self._iter_run(backend, update_callback, collect, None))
+
+    def _iter_run(
+        self,
+        backend: Any,
+        update_callback: Callable[[int, int | None], None] | None,
+        collect: bool,
+        stream: list | None,
+    ) -> Generator[None, None, PipelineResult]:
+        """One run, as a generator that pauses whenever it delivered something (see :meth:`stream`)."""
         options = self.options
         with claimed(self._originals) as nodes:
             if backend.in_process:
@@ -175,9 +281,10 @@ class Pipeline:
             else:
                 plan = replace(self.plan, snapshot=self._snapshot.with_nodes(nodes))
             callback, bar = progress_callback(options.progress, self._snapshot.root, update_callback)
+            reached: dict[str, Node] = {}  # a run that ends early: the source as it got there
             try:
                 with backend:
-                    result, final = backend.run_pipeline(
+                    result, final = yield from backend.iter_pipeline(
                         plan,
                         nodes=nodes,
                         quiet=options.quiet,
@@ -185,10 +292,15 @@ class Pipeline:
                         partition_size=options.partition_size,
                         callback=callback,
                         snapshot_every=options.snapshots,
+                        stream=stream,
+                        reached=reached,
                     )
             finally:
                 if bar is not None:
                     bar.close()
+                if nodes is self._originals:
+                    for name, node in reached.items():
+                        _adopt(nodes[name], node)
             if nodes is self._originals and not backend.in_process:
                 for name, node in final.items():
                     _adopt(nodes[name], node)
@@ -241,7 +353,9 @@ class Pipeline:
         return PipelineCollection(graph, layout, partial(_finish, self.plan))
 
     def _repr_html_(self) -> str:
-        return plan_html(self.plan, self.options.where())
+        link = self.dashboard_link
+        where = self.options.where() if link is None else f"its cluster is open; dashboard at {link}"
+        return plan_html(self.plan, where)
 
     def __repr__(self) -> str:
         snap = self._snapshot
@@ -262,7 +376,10 @@ def _finish(plan: Plan, results: list, layout: Layout) -> PipelineResult:
         for stage, _ in fetched:
             value = next(flat)
             segments[stage] = getattr(value, "segment", value)  # a sequential step carries its segment
-        segments = _with_carried(segments)
+        outcome = _outcome(segments)
+        if isinstance(outcome, NodeFailure):  # the round's turn: a sequential run fails here
+            raise node_error(outcome) from outcome.error
+        segments = outcome
         if origin == 0:
             out.splicer.round(segments, chunk)
         else:

@@ -60,12 +60,19 @@ def progress_callback(setting: bool | None, desc: str, user: Callback | None) ->
     """Combine the user's ``update_callback`` with a bar, as ``progress`` asks.
 
     ``setting``: ``True`` shows a bar at once, ``None`` shows one for runs
-    longer than two seconds, ``False`` none. Returns the callback to use and
-    the bar (to close), or ``None``.
+    longer than two seconds unless the user passed a callback of their own
+    (which may draw its own bar), ``False`` none. Returns the callback to use
+    and the bar (to close), or ``None``.
+
+    Examples
+    --------
+    >>> mine = lambda done, total: None
+    >>> progress_callback(None, "gen", mine) == (mine, None)
+    True
     """
-    bar = None if setting is False else ProgressBar(desc, delay=0.0 if setting else 2.0)
-    if bar is None:
+    if setting is False or (setting is None and user is not None):
         return user, None
+    bar = ProgressBar(desc, delay=0.0 if setting else 2.0)
     if user is None:
         return bar, bar
 

@@ -7,7 +7,8 @@ worker code apart. By concern:
 * :mod:`.fused` — a fused stage of stateless nodes over one partition;
 * :mod:`.sequential` — a stateful, batched or ``BATCH_SIZE_ALL`` node and its holder;
 * :mod:`.capture` — what nodes print, captured per thread;
-* :mod:`.values` — partitions, failures, and values frozen at ``emit``.
+* :mod:`.values` — partitions, failures, and values frozen at ``emit``;
+* :mod:`.process` — what each worker process of a cluster a run starts sets up.
 
 What a task records of output order is written with :mod:`pypiper_dask.ordering`.
 """

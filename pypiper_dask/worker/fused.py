@@ -26,7 +26,7 @@ from ..ordering import Marks, Segment, compact_ends
 from .capture import capture_stdout
 from .guard import StateWatch
 from .sequential import push_step
-from .values import freezing, retry_or_drop, stage_input
+from .values import NodeFailure, failed_above, freezing, retry_or_drop, stage_input
 
 __all__ = ["Edge", "FusedSpec", "SettlingBuffer", "ToNode", "ToSink", "call_lines", "run_fused", "select_loop", "skip"]
 
@@ -122,6 +122,7 @@ class _Compiled:
         self.filename = f"<fused stage {spec.label}>"
         self.line_node: dict[int, str] = {}
         self.leaf_sink: dict[str, int] = {}
+        self.crosses: dict[str, str] = {}  # node -> the first sequential node its values cross into
         self.ns: dict[str, Any] = {"__builtins__": __builtins__}
         self.index = {name: i for i, name in enumerate(self.nodes)}
         lines: list[str] = []
@@ -158,6 +159,8 @@ class _Compiled:
 
     def _edges(self, edges: tuple[Edge, ...], value: str, depth: int, indent: int, lines: list[str]) -> None:
         for edge in edges:
+            if isinstance(edge.target, ToSink) and edge.parent in self.nodes:
+                self.crosses.setdefault(edge.parent, self.spec.sinks[edge.target.sink])
             select = edge_selector(edge.parent_out, edge.child_in, edge.parent, edge.child)  # type: ignore[arg-type]
             if select is None:
                 self._target(edge.target, value, depth, indent, lines)
@@ -215,11 +218,13 @@ class _Compiled:
         for name, node in self.nodes.items():
             i = self.index[name]
             ns[f"RUN{i}"] = node.run
+            # A leaf's values go back to the caller, a crossing node's to a holder: they must pickle.
+            to = f"to node {self.crosses[name]!r}" if name in self.crosses else None
             if name in self.leaf_sink:
-                node.emit = freezing(ns[f"SINK{self.leaf_sink[name]}"], node)
+                node.emit = freezing(ns[f"SINK{self.leaf_sink[name]}"], node, to=to or "back to the caller")
             else:
                 ns[f"BUF{i}"].clear()
-                node.emit = freezing(ns[f"BUF{i}"].append, node)
+                node.emit = freezing(ns[f"BUF{i}"].append, node, to=to)
             node.close = self._closer(name, i, seg, marks)
             if name in closed:
                 ns[f"RUN{i}"] = skip
@@ -343,7 +348,7 @@ def run_fused(
     closed: frozenset[str] = frozenset(),
     pushes: tuple[tuple[int, int, bool], ...] = (),
     *holders: Any,
-) -> Segment:
+) -> Segment | NodeFailure:
     """Run a fused stage over one partition, each node once per item it receives.
 
     ``upstream`` is a :class:`Chunk` of source items, or the
@@ -353,7 +358,13 @@ def run_fused(
     for each of ``holders``: hand that sink's items to that sequential stage's
     holder as its step ``step`` (``snap``: snapshot it after) as soon as this task ends, so the stage goes
     on without waiting for a worker slot (its own task collects the result).
+
+    A node that raised (or a failure that came from above) is returned as its
+    :class:`~pypiper_dask.worker.values.NodeFailure`, in place of the segment.
     """
+    above = failed_above(upstream)
+    if above is not None:  # a node above failed: pass its failure on
+        return above
     items, prints, calls = stage_input(upstream, sink)
     stage = _compiled(spec)
     seg = Segment(spec.n_sinks)
@@ -364,7 +375,13 @@ def run_fused(
             # seconds times the nodes' loop only: a task's fixed set-up would make a
             # small first partition look many times costlier per item than it is.
             start = time.perf_counter()
-            (stage.feed if ends is None else stage.feed_ends)(items)
+            try:
+                (stage.feed if ends is None else stage.feed_ends)(items)
+            except NodeFailure as failed:
+                # Returned, not raised: the task succeeds, so no worker logs "Compute Failed"
+                # for an error the caller reports as a NodeError.
+                stage._bound = None
+                return failed.detached()
             seg.seconds = time.perf_counter() - start
     if ends is not None:
         seg.ends = compact_ends(ends)
@@ -372,5 +389,5 @@ def run_fused(
     seg.suspects = stage.watch.check()
     stage._bound = None
     for (out, number, snap), holder in zip(pushes, holders, strict=True):
-        push_step(holder, number, seg.outs[out], out in seg.blocked, snap)
+        push_step(holder, number, seg.outs[out], out in seg.blocked, snap, spec.sinks[out])
     return seg

@@ -11,20 +11,21 @@ step's output travels to the next one).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
-
 from ..model.node import Node, arm_setup_emits
+from ..model.pickling import dumps
 from ..model.snapshot import load_node
 from ..ordering import Marks, Segment, compact_ends, stripped
 from .capture import capture_stdout
 from .snapshots import load_snapshot, take_snapshot
-from .values import Items, freezing, retry_or_drop, stage_input
+from .values import Items, NodeFailure, failed_above, freezing, retry_or_drop, stage_input
 
 __all__ = [
     "SeqHolder",
@@ -92,7 +93,8 @@ class SeqHolder:
         def close() -> None:
             self.closed = True
 
-        self.node.emit = freezing(self._buf.append, self.node)
+        # On a cluster what it emits leaves its actor: it must pickle (also in the caller, alike).
+        self.node.emit = freezing(self._buf.append, self.node, to="out of its actor")
         self.node.close = close
 
     def _call(self, data: Any, seg: Segment, marks: Marks) -> None:
@@ -175,7 +177,7 @@ class SeqHolder:
         for attr in ("emit", "close"):
             self.node.__dict__.pop(attr, None)
         try:
-            return cloudpickle.dumps(self.node)
+            return dumps(self.node)  # its code keeps its file names
         finally:
             self._bind()
 
@@ -187,6 +189,10 @@ class SeqHolder:
             return take_snapshot(self.name, self.node, self.pending, self.closed, self.upstream_closed)
         finally:
             self._bind()
+
+    def fail(self, failure: NodeFailure) -> None:
+        """A step whose input is a node's failure above: the holder is called no more."""
+        raise failure
 
     async def step(self, number: int, method: str, *args: Any) -> Any:
         """Run ``method(*args)`` as this holder's step ``number``: in number order, each once.
@@ -234,6 +240,8 @@ class SeqHolder:
                     try:
                         future.set_result(await loop.run_in_executor(self._thread, getattr(self, method), *args))
                     except Exception as exc:
+                        if isinstance(exc, NodeFailure):
+                            exc.detached()  # it goes back over the network
                         self._failed = exc
                         future.set_exception(exc)
                 self._next += 1
@@ -243,14 +251,20 @@ class SeqHolder:
             self._pumping = False
 
 
-def push_step(holder: Any, number: int, items: list, upstream_closed: bool, snap: bool = False) -> None:
+def push_step(
+    holder: Any, number: int, items: list, upstream_closed: bool, snap: bool = False, node: str | None = None
+) -> None:
     """Hand a partition to a holder that is an actor as its step ``number``, not waiting for it.
 
     The fused task above calls this as it ends; the step's own task collects
     the result, and sends the items itself if this message never arrived.
+    ``node``: the holder's node, named if the items cannot be pickled.
     """
     if not isinstance(holder, SeqHolder):
-        holder.step(number, "process", Items(items), upstream_closed, snap)
+        holder.step(number, "process", Items(items, node), upstream_closed, snap)
+
+
+_task = threading.local()  # .seceded: this thread left its worker's pool (it runs no other task after)
 
 
 def _remote(holder: Any, number: int, method: str, *args: Any) -> Any:
@@ -268,40 +282,59 @@ def _remote(holder: Any, number: int, method: str, *args: Any) -> Any:
     try:
         return answer.result(timeout=0.01)
     except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
-        secede()
+        if not getattr(_task, "seceded", False):  # seceding twice raises KeyError in distributed
+            secede()
+            _task.seceded = True
         return answer.result()
 
 
 def run_seq(
-    holder: Any, number: int, upstream: Segment, sink: int, carry: int | None = None, snap: bool = False
-) -> Segment:
+    holder: Any, number: int, upstream: Segment | NodeFailure, sink: int, carry: int | None = None, snap: bool = False
+) -> Segment | NodeFailure:
     """Feed one partition to a sequential stage (its step ``number``).
 
     ``carry``: the id of the fused stage above, when the caller does not fetch
     that stage's result (all its outputs cross into sequential stages) and
     this task brings back its log instead. ``snap``: the step's result
-    carries a snapshot of the state after it (``seg.snap``).
+    carries a snapshot of the state after it (``seg.snap``). A failure (this
+    node's, or one from above) is returned in place of the segment (see
+    :func:`~.fused.run_fused`).
     """
+    above = failed_above(upstream)
+    if above is not None:
+        if not isinstance(holder, SeqHolder):
+            # Take the step's place in the holder's order, failed: the steps after it
+            # end at once instead of waiting for this one for ever.
+            with contextlib.suppress(NodeFailure):
+                _remote(holder, number, "fail", above)
+        return above
+    assert isinstance(upstream, Segment)  # a fused stage's result
     items, _, _ = stage_input(upstream, sink)
     closed = sink in upstream.blocked
-    if isinstance(holder, SeqHolder):  # in the caller
-        seg = holder.process(items, closed, snap)
-    else:
-        # The fused task above pushed these items to the holder as it ended: collect the
-        # step's result without sending them again, unless the push never arrived.
-        seg = _remote(holder, number, "collect")
-        if seg is None:
-            seg = _remote(holder, number, "process", Items(items), closed, snap)
+    try:
+        if isinstance(holder, SeqHolder):  # in the caller
+            seg = holder.process(items, closed, snap)
+        else:
+            # The fused task above pushed these items to the holder as it ended: collect the
+            # step's result without sending them again, unless the push never arrived.
+            seg = _remote(holder, number, "collect")
+            if seg is None:
+                seg = _remote(holder, number, "process", Items(items), closed, snap)
+    except NodeFailure as failed:
+        return failed.detached()
     if carry is not None:
         seg.carried = (carry, stripped(upstream))
     return seg
 
 
-def run_flush(holder: Any, number: int, snap: bool = False) -> Segment:
-    """End a sequential stage's input (see :meth:`SeqHolder.flush`)."""
-    if isinstance(holder, SeqHolder):
-        return holder.flush(snap)
-    return _remote(holder, number, "flush", snap)
+def run_flush(holder: Any, number: int, snap: bool = False) -> Segment | NodeFailure:
+    """End a sequential stage's input (see :meth:`SeqHolder.flush`); a failure is returned, as by :func:`run_seq`."""
+    try:
+        if isinstance(holder, SeqHolder):
+            return holder.flush(snap)
+        return _remote(holder, number, "flush", snap)
+    except NodeFailure as failed:
+        return failed.detached()
 
 
 def run_state(holder: Any, number: int) -> bytes:
@@ -315,11 +348,11 @@ def run_state(holder: Any, number: int) -> bytes:
 
 
 class SeqStep:
-    """A sequential stage's holder after one step, and what the step produced."""
+    """A sequential stage's holder after one step, and what the step produced (or its failure)."""
 
     __slots__ = ("holder", "segment")
 
-    def __init__(self, holder: SeqHolder, segment: Segment) -> None:
+    def __init__(self, holder: SeqHolder, segment: Segment | NodeFailure) -> None:
         self.holder, self.segment = holder, segment
 
 
@@ -334,4 +367,4 @@ def step_seq(
 def step_flush(prev: SeqStep | SeqSpec) -> SeqStep:
     """End the input of the holder the previous step left."""
     holder = prev.holder if isinstance(prev, SeqStep) else SeqHolder(prev)
-    return SeqStep(holder, holder.flush())
+    return SeqStep(holder, run_flush(holder, 0))

@@ -15,6 +15,7 @@ from typing import Any
 
 import cloudpickle
 
+from ..model.pickling import dumps
 from ..model.snapshot import load_node
 
 __all__ = ["SnapshotError", "load_snapshot", "node_blob", "take_snapshot"]
@@ -60,7 +61,7 @@ def take_snapshot(name: str, node: Any, pending: list, closed: bool, upstream_cl
     Node 'count' cannot be snapshotted: its attribute 'lock' holds lock <unlocked _thread.lock object at ...
     """
     try:
-        blob = cloudpickle.dumps(node)
+        blob = dumps(node)  # its code keeps its file names (tracebacks show the user's lines)
         return cloudpickle.dumps((blob, list(pending), closed, upstream_closed))
     except Exception as exc:
         why = _culprit(node) or f"{type(exc).__name__}: {exc}"

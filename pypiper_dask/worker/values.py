@@ -12,11 +12,23 @@ from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
+from tblib import pickling_support
 
-from ..errors import short_repr
+from ..errors import ValuePickleError, short_repr
 from ..ordering import ItemError, Segment
 
-__all__ = ["ATOMIC", "Chunk", "Items", "NodeFailure", "failure", "freeze", "freezing", "retry_or_drop", "stage_input"]
+__all__ = [
+    "ATOMIC",
+    "Chunk",
+    "Items",
+    "NodeFailure",
+    "failed_above",
+    "failure",
+    "freeze",
+    "freezing",
+    "retry_or_drop",
+    "stage_input",
+]
 
 
 class Chunk:
@@ -43,15 +55,42 @@ class Chunk:
 
 
 class Items:
-    """A list of items handed to an actor as one object (an actor call serializes a bare list per element)."""
+    """A list of items handed to an actor as one object (an actor call serializes a bare list per element).
 
-    __slots__ = ("items",)
+    Pickled here, when it is made: an actor call whose message cannot be
+    serialized never answers, so a value that cannot be pickled must fail in
+    the task that sends it (``node`` names the node it was sent to).
+    """
 
-    def __init__(self, items: Any) -> None:
-        self.items = items
+    __slots__ = ("blob",)
+
+    def __init__(self, items: Any, node: str | None = None) -> None:
+        items = list(items)
+        try:
+            self.blob = pickle.dumps(items, pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            try:
+                self.blob = cloudpickle.dumps(items)
+            except Exception as exc:
+                bad = next((v for v in items if not _portable(v)), None)
+                to = f"node {node!r}" if node is not None else "a stateful or batched node"
+                raise ValuePickleError(
+                    f"{_described(bad)}, on its way to {to} in another process, cannot be pickled "
+                    f"({type(exc).__name__}: {exc})."
+                ) from exc
+
+    @property
+    def items(self) -> list:
+        return pickle.loads(self.blob)
 
     def __reduce__(self):
-        return (Items, (list(self.items),))
+        return (_items_from, (self.blob,))
+
+
+def _items_from(blob: bytes) -> Items:
+    made = Items.__new__(Items)
+    made.blob = blob
+    return made
 
 
 #: Types whose values cannot change after ``emit``: passed on as they are.
@@ -76,7 +115,7 @@ ATOMIC = frozenset(
 )
 
 
-def freeze(value: Any) -> Any:
+def freeze(value: Any, to: str | None = None) -> Any:
     """``value`` as it is now, safe from later changes by the node that emitted it.
 
     A node may emit one buffer again and again, changing it in between; a
@@ -84,6 +123,11 @@ def freeze(value: Any) -> Any:
     what it held at the time. Atomic values and tuples of them are returned
     as they are; anything else is copied (pickled and unpickled, or
     deep-copied; a value that allows neither is passed on as it is).
+
+    With ``to`` (where the value goes, in another process) the value must
+    pickle: one that does not raises :class:`~pypiper_dask.errors.ValuePickleError`
+    here, where the node emitting it is known, and not later in Dask, which
+    knows neither the node nor the item.
 
     Examples
     --------
@@ -95,6 +139,10 @@ def freeze(value: Any) -> Any:
     >>> t = (1, "a")
     >>> freeze(t) is t
     True
+    >>> freeze((x for x in ()), to="back to the caller")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pypiper_dask.errors.ValuePickleError: <generator object <genexpr> at 0x...> (a generator), which cannot ...
     """
     kind = type(value)
     if kind in ATOMIC or (kind is tuple and all(type(v) in ATOMIC for v in value)):
@@ -102,13 +150,44 @@ def freeze(value: Any) -> Any:
     try:
         return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
     except Exception:
+        if to is not None:  # as distributed does: pickle, else cloudpickle (a lambda, a local class)
+            try:
+                return cloudpickle.loads(cloudpickle.dumps(value))
+            except Exception as exc:
+                raise ValuePickleError(
+                    f"{_described(value)}, which cannot be pickled ({type(exc).__name__}: {exc}); "
+                    f"what it emits goes {to}, across processes, so it must be picklable."
+                ) from None  # the message says why; pickle's own frames would only bury the node's
         try:
             return copy.deepcopy(value)
         except Exception:
             return value
 
 
-def freezing(append: Callable[[Any], Any], node: Any = None, trust_after: int = 64) -> Callable[[Any], None]:
+def _described(value: Any) -> str:
+    """A short repr of ``value`` and its type, for an error message.
+
+    Examples
+    --------
+    >>> _described(iter(()))  # doctest: +ELLIPSIS
+    '<tuple_iterator object at 0x...> (a tuple_iterator)'
+    """
+    kind = type(value)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return f"{short_repr(value)} (a {name})"
+
+
+def _portable(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value)
+        return True
+    except Exception:
+        return False
+
+
+def freezing(
+    append: Callable[[Any], Any], node: Any = None, trust_after: int = 64, to: str | None = None
+) -> Callable[[Any], None]:
     """An ``emit`` that hands each value to ``append`` as it was when emitted (see :func:`freeze`).
 
     With ``node``: once ``trust_after`` values in a row were atomic, the node's
@@ -116,6 +195,8 @@ def freezing(append: Callable[[Any], Any], node: Any = None, trust_after: int = 
     pays no Python call per value; the engine arms this again for every
     partition, so a node whose values change type is checked again there.
     A node that emitted anything else keeps the freezing ``emit``.
+    ``to``: where the values go in another process; each must pickle (see
+    :func:`freeze`), and the error names the node.
     """
     left = trust_after if node is not None else -1
 
@@ -129,30 +210,76 @@ def freezing(append: Callable[[Any], Any], node: Any = None, trust_after: int = 
                     node.emit = append
         else:
             left = -1  # it emits values that can change: keep checking
-            append(freeze(value))
+            try:
+                value = freeze(value, to)
+            except ValuePickleError as exc:  # the node's name leads; the caller adds the item
+                who = f"Node {node.name!r}" if node is not None else "A node"
+                raise ValuePickleError(f"{who} emitted {exc}") from None
+            append(value)
 
     return emit
 
 
 class NodeFailure(Exception):
-    """A node's ``run`` raised in a task; carries what the caller reports."""
+    """A node's ``run`` raised in a task; carries what the caller reports.
+
+    ``error`` is the node's exception, with its traceback where the node ran
+    (carried across with tblib); ``tb`` is that traceback as text, for where
+    it could not come along. ``tb`` is not in ``args``: a worker's log of the
+    failed task shows the node, the item and the error, not the traceback.
+    """
 
     def __init__(self, node: str, item: str, error: BaseException | None, tb: str) -> None:
-        super().__init__(node, item, error, tb)
+        super().__init__(node, item, error)
         self.node, self.item, self.error, self.tb = node, item, error, tb
+
+    def __reduce__(self):
+        return (NodeFailure, (self.node, self.item, self.error, self.tb))
 
     def __str__(self) -> str:
         return f"node {self.node!r} failed on {self.item}: {self.error!r}"
 
+    def detached(self) -> NodeFailure:
+        """This failure without its own traceback and chained exceptions, ready to leave the process; returns it.
+
+        Raised inside the node's ``except``, it chains the node's error, whose
+        traceback :func:`failure` kept as text only (see there).
+        """
+        self.__traceback__ = self.__cause__ = self.__context__ = None
+        return self
+
 
 def failure(node: str, data: Any, exc: BaseException) -> NodeFailure:
-    """A :class:`NodeFailure` for ``exc``, raised by ``node`` on ``data``, that survives pickling."""
+    """A :class:`NodeFailure` for ``exc``, raised by ``node`` on ``data``, that survives pickling.
+
+    The traceback is kept as text in ``tb``, and goes with ``exc`` itself
+    (tblib) where it pickles, so the caller shows the user's file and source
+    line. A traceback that cannot be pickled (a ``RecursionError``'s is too
+    deep) and the exceptions chained to ``exc`` are dropped from it: the
+    caller then got a bare ``Exception`` in its place.
+    """
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__cause__ = exc.__context__ = None
+    # Its traceback goes with it whatever its class, also from an actor (distributed
+    # registers only the classes it knows, and those of a task's own error).
+    pickling_support.install(exc)
+    frames = exc.__traceback__
+    if not _travels(exc):
+        exc.__traceback__ = None  # too deep a traceback to pickle (a RecursionError's): `tb` keeps it
+        if not _travels(exc):
+            # Unpicklable itself (it holds a lock, say): its text, and where it was raised.
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}").with_traceback(frames)
+            if not _travels(exc):
+                exc.__traceback__ = None
+    return NodeFailure(node, short_repr(data), exc, tb)
+
+
+def _travels(exc: BaseException) -> bool:
     try:
         cloudpickle.loads(cloudpickle.dumps(exc))
     except Exception:
-        exc = RuntimeError(f"{type(exc).__name__}: {exc}")  # unpicklable: keep its text
-    return NodeFailure(node, short_repr(data), exc, tb)
+        return False
+    return True
 
 
 def retry_or_drop(node: Any, name: str, data: Any, exc: Exception, buf: list | None, seg: Segment) -> None:
@@ -176,6 +303,12 @@ def retry_or_drop(node: Any, name: str, data: Any, exc: Exception, buf: list | N
         buf.clear()
     kept = data if policy == "collect" else None
     seg.errors.append(ItemError(name, short_repr(data), f"{type(exc).__name__}: {exc}", kept))
+
+
+def failed_above(upstream: Any) -> NodeFailure | None:
+    """The failure a stage's input is, if a node above failed (tasks return failures, see ``run_fused``)."""
+    upstream = getattr(upstream, "segment", upstream)  # a to_dask step carries its segment
+    return upstream if isinstance(upstream, NodeFailure) else None
 
 
 def stage_input(upstream: Any, sink: int | None) -> tuple[list, dict, set | None]:

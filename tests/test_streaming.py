@@ -1,0 +1,230 @@
+"""stream(), submit(), open()/close() and live sources (issue 13)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import io
+import time
+
+import pytest
+
+from pypiper_dask import Pipeline
+from tests import nodes as N
+from tests.conftest import _wait_for, dask_processes
+
+
+def printed(fn, *args, **kwargs):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        value = fn(*args, **kwargs)
+    return out.getvalue(), value
+
+
+def fan_out(size: int = 60):
+    return N.Gen("gen", size=size, per_call=2) | [N.Map("sq", op="sq") | N.Running("total"), N.Map("inc", op="inc")]
+
+
+@pytest.fixture
+def no_cluster_left():
+    """Call it to wait until every dask process the test started has ended."""
+    before = {p.pid for p in dask_processes()}
+
+    def check(timeout: float = 20.0) -> None:
+        _wait_for(lambda: {p.pid for p in dask_processes()} <= before, timeout, "the cluster's processes to end")
+
+    return check
+
+
+# -- stream() -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("where", [{"n_threads": 1}, {"n_threads": 2, "partition_size": 7}], ids=["1", "2"])
+def test_stream_yields_every_leaf_item_in_the_sequential_order(where):
+    text, _ = printed(Pipeline(fan_out(), n_threads=1).run)
+    streamed_text, pairs = printed(lambda: list(Pipeline(fan_out(), **where).stream()))
+    assert streamed_text == ""  # the leaves' items are yielded, not printed
+    assert "".join(f"{item}\n" for _, item in pairs) == text
+    assert {leaf for leaf, _ in pairs} == {"total", "inc"}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_prints_of_nodes_still_reach_stdout_in_their_place(n_threads):
+    graph = N.Gen("gen", size=6, loud=True) | N.Slow("m", seconds=0)
+    text, _ = printed(Pipeline(graph, n_threads=1).run)
+    want = [line for line in text.splitlines() if "call at" in line]
+    got, pairs = printed(lambda: list(Pipeline(graph, n_threads=n_threads, partition_size=2).stream()))
+    assert got.splitlines() == want
+    assert [item for _, item in pairs] == list(range(6))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_breaking_out_of_an_endless_stream_cancels_and_closes_the_cluster(n_threads, no_cluster_left):
+    source = N.Endless("endless")
+    start = time.monotonic()
+    got = []
+    for _leaf, item in Pipeline(source | N.Slow("m", seconds=0), n_threads=n_threads).stream():
+        got.append(item)
+        if len(got) == 5:
+            break
+    assert got == [0, 1, 2, 3, 4]
+    assert time.monotonic() - start < 60
+    no_cluster_left()
+    assert source.pos >= 5  # the caller's source: the state it reached (in the process)
+
+
+@pytest.mark.timeout(120)
+def test_an_error_in_the_loop_and_a_dropped_iterator_cancel_too(no_cluster_left):
+    with pytest.raises(ZeroDivisionError):
+        for _ in Pipeline(N.Endless("endless") | N.Slow("m", seconds=0), n_threads=2).stream():
+            raise ZeroDivisionError
+    no_cluster_left()
+    stream = Pipeline(N.Endless("endless") | N.Slow("m", seconds=0), n_threads=2).stream()
+    next(stream)
+    del stream  # garbage-collected: the generator closes
+    no_cluster_left()
+
+
+@pytest.mark.timeout(120)
+def test_first_item_comes_before_the_end():
+    graph = N.Gen("gen", size=40) | N.Slow("slow", seconds=0.05)  # about 2 s of work on one worker
+    start = time.monotonic()
+    stream = Pipeline(graph, n_threads=2).stream()
+    first = next(stream)
+    first_after = time.monotonic() - start
+    rest = list(stream)
+    total = time.monotonic() - start
+    assert first == ("slow", 0) and len(rest) == 39
+    assert first_after < total - 0.5, (first_after, total)
+
+
+# -- submit() -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_submit_returns_at_once_and_its_result_equals_run(n_threads):
+    graph = N.Gen("gen", size=30) | N.Slow("slow", seconds=0.03)
+    want = Pipeline(graph, n_threads=1, quiet=True).run()
+    start = time.monotonic()
+    handle = Pipeline(graph, n_threads=n_threads, quiet=True).submit()
+    assert time.monotonic() - start < 0.5
+    assert not handle.done()
+    result = handle.result(timeout=100)
+    assert handle.done() and handle.state == "finished"
+    assert dict(result) == dict(want)
+    assert handle.progress == (30, 30)
+    assert "finished" in handle._repr_html_()
+
+
+@pytest.mark.timeout(120)
+def test_submit_raises_the_runs_error_from_result():
+    handle = Pipeline(N.Gen("gen", size=5) | N.Ledger("fail", fail_at=3), n_threads=1, quiet=True).submit()
+    with pytest.raises(Exception, match="fail fails at 3"):
+        handle.result(timeout=60)
+    assert handle.state == "failed"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_cancel_stops_the_run_and_leaves_nothing_running(n_threads, no_cluster_left):
+    source = N.Endless("endless", sleep=0.001)
+    handle = Pipeline(source | N.Slow("m", seconds=0), n_threads=n_threads, quiet=True).submit()
+    _wait_for(lambda: handle.progress[0] > 10, 60, "some progress")
+    assert handle.cancel()
+    assert handle.done() and handle.state == "cancelled"
+    with pytest.raises(concurrent.futures.CancelledError):
+        handle.result()
+    no_cluster_left()
+    assert not handle.cancel()  # already over
+
+
+@pytest.mark.timeout(60)
+def test_a_handle_is_awaitable():
+    async def main():
+        return await Pipeline(N.Gen("gen", size=5) | N.Slow("m", seconds=0), n_threads=1, quiet=True).submit()
+
+    assert asyncio.run(main())["m"] == list(range(5))
+
+
+# -- open() / close() ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_with_keeps_one_cluster_across_runs_streams_and_submits(no_cluster_left):
+    graph = fan_out()
+    want = printed(Pipeline(graph, n_threads=1, quiet=True).run)[1]
+    with Pipeline(graph, n_threads=2, quiet=True) as p:
+        link = p.dashboard_link
+        assert link and link in p._repr_html_()
+        first = p.run()
+        start = time.monotonic()
+        second = p.run()
+        second_took = time.monotonic() - start
+        pairs = list(p.stream())
+        third = p.submit().result(timeout=60)
+        assert p.dashboard_link == link  # the same cluster all along
+    assert dict(first) == dict(second) == dict(third) == dict(want)
+    assert len(pairs) == sum(len(v) for v in want.values())
+    assert second_took < 1.0, second_took  # no cluster start (about 1-1.5 s here)
+    no_cluster_left()
+    assert Pipeline(graph, n_threads=2).dashboard_link is None
+
+
+def test_open_is_a_no_op_in_the_process():
+    p = Pipeline(fan_out(), n_threads=1, quiet=True)
+    assert p.open() is p and p.dashboard_link is None
+    p.close()
+
+
+@pytest.mark.timeout(120)
+def test_n_threads_with_a_default_client_says_which_cluster_runs(local_client, capfd):
+    with local_client.as_current():
+        from distributed import Client
+
+        with Client(local_client.scheduler.address, set_as_default=True):
+            Pipeline(N.Gen("gen", size=3) | N.Slow("m", seconds=0), n_threads=2, quiet=True).run()
+    err = capfd.readouterr().err
+    assert "starts a local cluster of its own, not the active default client's" in err
+    assert "client=distributed.default_client()" in err
+
+
+# -- live sources and progress ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_live_source_is_delivered_within_half_a_second():
+    delays = []
+    pipeline = Pipeline(N.Stamped("feed", size=150, every=0.02) | N.Slow("m", seconds=0), n_threads=2)
+    for _, (_pos, emitted) in pipeline.stream():
+        delays.append(time.time() - emitted)
+    assert len(delays) == 150
+    delays.sort()
+    p95 = delays[int(0.95 * len(delays))]
+    assert p95 < 0.5, f"95th percentile emit-to-delivery delay {p95:.2f} s"
+
+
+@pytest.mark.timeout(120)
+def test_slow_nodes_show_progress_after_the_first_item():
+    seen: list = []
+
+    def callback(done, total):
+        seen.append((time.monotonic(), done))  # the first call: the cluster is up, the run starts
+
+    Pipeline(N.Gen("gen", size=12) | N.Slow("slow", seconds=0.3), n_threads=2, quiet=True).run(update_callback=callback)
+    assert seen[-1][1] == 12
+    started = seen[0][0]
+    first = next(t for t, done in seen if done) - started
+    # One item (0.3 s), not a 32-item partition (about 5 s on two workers).
+    assert first < 2.5, f"first progress {first:.1f} s after the start"
+
+
+def test_no_bar_is_drawn_over_a_users_callback(capfd):
+    Pipeline(N.Gen("gen", size=3) | N.Slow("slow", seconds=0.01), n_threads=1, quiet=True).run(
+        update_callback=lambda done, total: None
+    )
+    assert "it/s" not in capfd.readouterr().err and "item/s" not in capfd.readouterr().err
