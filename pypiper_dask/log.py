@@ -101,7 +101,7 @@ class SilentSource:
         ):
             self.said = True
             logger.warning(
-                "source %r has emitted nothing in its last %d calls (%.0f s) and has not called close(); "
+                "source %r has emitted nothing in its last %d calls (%.1f s) and has not called close(); "
                 "the run goes on until it does. A source ends the run by calling self.close().",
                 self.name,
                 self.calls,
