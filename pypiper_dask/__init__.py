@@ -23,13 +23,13 @@ from .errors import (
 from .model import Node, NodeGraph
 
 if TYPE_CHECKING:
-    from .runtime import Pipeline, PipelineResult
+    from .runtime import Pipeline, PipelineResult, RunHandle
 
 
 def __getattr__(name: str) -> Any:
     # The runtime is imported when first asked for: a worker unpickling a task's
     # function (pypiper_dask.worker) never loads the caller's side.
-    if name in ("Pipeline", "PipelineResult"):
+    if name in ("Pipeline", "PipelineResult", "RunHandle"):
         from . import runtime
 
         return getattr(runtime, name)
@@ -53,6 +53,7 @@ __all__ = [
     "Pipeline",
     "PipelineError",
     "PipelineResult",
+    "RunHandle",
     "SchedulerError",
     "StateLostError",
     "StreamError",

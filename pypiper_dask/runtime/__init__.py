@@ -1,6 +1,7 @@
 """The runtime: where a run executes, the run loop, output and results."""
 
 from .backends import Backend, DistributedBackend, InProcessBackend, SyncTaskBackend
+from .handle import RunHandle
 from .options import RunOptions
 from .output import PipelineResult
 from .pipeline import Pipeline
@@ -12,6 +13,7 @@ __all__ = [
     "InProcessBackend",
     "Pipeline",
     "PipelineResult",
+    "RunHandle",
     "RunOptions",
     "SyncTaskBackend",
     "choose_backend",

@@ -50,7 +50,8 @@ class Pipeline:
         nodes in place (see :func:`~pypiper_dask.model.node.reinitialise`).
     n_threads : int, optional
         ``1``: run in the calling process. ``N > 1``: start a local cluster of N
-        single-threaded worker processes for each run. Not given: the active
+        single-threaded worker processes for each run (or keep one across runs:
+        :meth:`open`, ``with``). Not given: the active
         default ``distributed`` client if there is one, else the calling process.
     quiet : bool
         Don't print the leaves' items.
