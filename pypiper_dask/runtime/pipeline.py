@@ -13,7 +13,7 @@ from ..compiler.picture import NO_DOT, plan_html, plan_picture, plan_text
 from ..compiler.plan import Plan, compile_plan
 from ..compiler.tasks import TaskNames
 from ..compiler.to_dask import Layout, PipelineCollection, collection_graph
-from ..errors import NodeTypeError
+from ..errors import NodeTypeError, OptionError
 from ..log import logger
 from ..model.graph import NodeGraph
 from ..model.node import PRIVATE, Node, constructed_again, mark_used, reinitialise
@@ -149,7 +149,12 @@ class Pipeline:
         return compile_plan(self._snapshot)
 
     def run(
-        self, update_callback: Callable[[int, int | None], None] | None = None, collect: bool = True
+        self,
+        update_callback: Callable[[int, int | None], None] | None = None,
+        collect: bool = True,
+        *,
+        checkpoint: str | None = None,
+        overwrite: bool = False,
     ) -> PipelineResult:
         """Run the pipeline and return each leaf's items.
 
@@ -160,8 +165,19 @@ class Pipeline:
             processed so far, and the source's ``size`` (or ``None``).
         collect : bool
             Keep the leaves' items in the result; ``False`` keeps only counts.
+        checkpoint : str, optional
+            A local path or fsspec URL: the run writes its consistent cuts
+            there (at ``snapshot_every``) and the delivered position after
+            every partition; running the same pipeline with the same
+            checkpoint again resumes where it stopped, printing only what was
+            not delivered (at most one partition repeats at the seam). A
+            complete checkpoint prints nothing and returns its stored result.
+            Needs a cluster (``n_threads > 1`` or ``client``). A checkpoint
+            holds pickles: resume only from a place you trust.
+        overwrite : bool
+            With ``checkpoint``: ignore what is there and start over.
         """
-        return self._run_on(self._backend(), update_callback, collect)
+        return self._run_on(self._backend(), update_callback, collect, checkpoint, overwrite)
 
     def stream(self) -> Iterator[tuple[str, Any]]:
         """Run the pipeline and yield ``(leaf, item)`` as items arrive, in the sequential order.
@@ -261,10 +277,29 @@ class Pipeline:
         )
 
     def _run_on(
-        self, backend: Any, update_callback: Callable[[int, int | None], None] | None = None, collect: bool = True
+        self,
+        backend: Any,
+        update_callback: Callable[[int, int | None], None] | None = None,
+        collect: bool = True,
+        checkpoint: str | None = None,
+        overwrite: bool = False,
     ) -> PipelineResult:
         """Run on ``backend`` (tests pass one; :meth:`run` lets the scheduler module choose)."""
-        return drain(self._iter_run(backend, update_callback, collect, None))
+        if checkpoint is None:
+            return drain(self._iter_run(backend, update_callback, collect, None))
+        if backend.in_process:
+            raise OptionError(
+                "run(checkpoint=...) needs a cluster: n_threads > 1 or client=...; "
+                "a run in the calling process (n_threads=1) cannot be checkpointed."
+            )
+        from .checkpoint import Checkpoint, CheckpointRun, identity
+
+        keep = CheckpointRun(
+            Checkpoint(checkpoint, identity(self._snapshot, self._originals)), overwrite=overwrite, collect=collect
+        )
+        if keep.done is not None:
+            return keep.done
+        return drain(self._iter_run(backend, update_callback, collect, None, keep))
 
     def _iter_run(
         self,
@@ -272,6 +307,7 @@ class Pipeline:
         update_callback: Callable[[int, int | None], None] | None,
         collect: bool,
         stream: list | None,
+        checkpoint: Any = None,
     ) -> Generator[None, None, PipelineResult]:
         """One run, as a generator that pauses whenever it delivered something (see :meth:`stream`)."""
         options = self.options
@@ -294,6 +330,7 @@ class Pipeline:
                         snapshot_every=options.snapshots,
                         stream=stream,
                         reached=reached,
+                        **({} if checkpoint is None else {"checkpoint": checkpoint}),
                     )
             finally:
                 if bar is not None:
