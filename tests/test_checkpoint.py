@@ -22,7 +22,7 @@ import uuid
 import cloudpickle
 import pytest
 
-from pypiper_dask import CheckpointError, OptionError, Pipeline
+from pypiper_dask import CheckpointError, Node, OptionError, Pipeline
 from pypiper_dask.runtime import SyncTaskBackend
 from tests import nodes as N
 from tests.conftest import ROOT
@@ -132,6 +132,55 @@ def test_in_process_runs_cannot_be_checkpointed(tmp_path):
     with pytest.raises(OptionError, match="n_threads > 1"):
         Pipeline(N.Gen("gen", size=3) | N.Map("map"), n_threads=1).run(checkpoint=str(tmp_path / "ck"))
     assert not (tmp_path / "ck").exists()
+
+
+class Lines(Node):
+    """The README's file-reading source: a checkpoint keeps its place in the file, not its handle."""
+
+    def setup(self, path):
+        self.file = open(path)  # noqa: SIM115
+
+    def run(self, data):
+        line = self.file.readline()
+        if line:
+            self.emit(line.rstrip("\n"))
+        else:
+            self.close()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["offset"] = self.file.tell()
+        del state["file"]
+        return state
+
+    def __setstate__(self, state):
+        offset = state.pop("offset")
+        self.__dict__.update(state)
+        self.file = open(self.path)  # noqa: SIM115
+        self.file.seek(offset)
+
+
+@pytest.mark.timeout(60)
+def test_a_source_holding_a_file_resumes_at_its_place(tmp_path):
+    data = tmp_path / "numbers.txt"
+    data.write_text("".join(f"{i}\n" for i in range(300)))
+    path = str(tmp_path / "ck")
+
+    def make():
+        return Pipeline(
+            Lines("lines", path=str(data)) | FailAt("map", op="inc") | N.Running("run"),
+            partition_size=10,
+            snapshot_every=(30, None),
+        )
+
+    reference, _ = run_captured(make())
+    first, exc = run_captured(make(), fail_at=211, checkpoint=path)
+    assert isinstance(exc, Exception) and 0 < len(first) < 300
+    assert cloudpickle.loads((tmp_path / "ck").read_bytes())["items"] >= 180  # a cut well past the start
+    second, result = run_captured(make(), checkpoint=path)
+    check_seam(first, second, reference, 10)
+    assert [str(x) for x in result["run"]] == reference
+    assert cloudpickle.loads((tmp_path / "ck").read_bytes())["complete"]
 
 
 # -- the caller killed: SIGKILL and Ctrl-C, resumed in a new process --------------------------
