@@ -91,6 +91,23 @@ def test_resume_prints_the_rest_and_returns_the_full_result(tmp_path, where, eve
 
 
 @pytest.mark.timeout(60)
+def test_a_pipeline_without_stateful_nodes_resumes_from_its_cuts(tmp_path):
+    def make(partition_size=10):
+        return Pipeline(
+            N.Gen("gen", size=200) | FailAt("map", op="inc"), partition_size=partition_size, snapshot_every=(40, None)
+        )
+
+    reference, _ = run_captured(make())
+    path = str(tmp_path / "ck")
+    first, exc = run_captured(make(), fail_at=123, checkpoint=path)
+    assert isinstance(exc, Exception)
+    assert cloudpickle.loads((tmp_path / "ck").read_bytes())["items"] >= 80
+    second, result = run_captured(make(9), checkpoint=path)
+    check_seam(first, second, reference, 9)
+    assert [str(x) for x in result["map"]] == reference
+
+
+@pytest.mark.timeout(60)
 def test_a_complete_checkpoint_logs_that_overwrite_starts_over(tmp_path, caplog):
     path = str(tmp_path / "ck")
     lines, _ = run_captured(pipeline(size=40), checkpoint=path)

@@ -139,7 +139,7 @@ class Recovery:
             return
         if r.index in self.cuts and len(self.arriving.get(r.index, ())) == len(self.stages):
             self.point = r.index
-            self.states = dict(self.arriving.pop(r.index))
+            self.states = dict(self.arriving.pop(r.index, {}))  # none: no sequential stage
             self.kept.clear()
             for old in [i for i in self.arriving if i < r.index]:
                 del self.arriving[old]
