@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import uuid
 from typing import Any
@@ -57,10 +58,33 @@ def identity(snap: Snapshot, nodes: dict[str, Node]) -> dict[str, dict[str, Any]
             "stateful": not info.stateless,
             "in_streams": repr(info.in_streams),
             "out_streams": repr(info.out_streams),
-            "arguments": "" if record is None else repr((record.args, sorted(record.kwargs.items()))),
+            "arguments": "" if record is None else stable_repr((record.args, dict(record.kwargs))),
         }
     out[""] = {"root": snap.root, "order": list(snap.order)}
     return out
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def stable_repr(value: Any) -> str:
+    """``repr`` that is the same in another process: sets and dicts sorted, object addresses dropped.
+
+    Examples
+    --------
+    >>> stable_repr(({"b", "a"}, {"y": 1, "x": object()}))
+    "({'a', 'b'}, {'x': <object object>, 'y': 1})"
+    """
+    if isinstance(value, dict):
+        items = sorted((stable_repr(k), stable_repr(v)) for k, v in value.items())
+        return "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
+    if isinstance(value, (set, frozenset)):
+        return "{" + ", ".join(sorted(stable_repr(v) for v in value)) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(stable_repr(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(stable_repr(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return _ADDRESS.sub("", repr(value))
 
 
 def difference(mine: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]]) -> str | None:
