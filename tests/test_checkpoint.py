@@ -200,6 +200,38 @@ def test_a_source_holding_a_file_resumes_at_its_place(tmp_path):
     assert cloudpickle.loads((tmp_path / "ck").read_bytes())["complete"]
 
 
+@pytest.mark.cluster
+@pytest.mark.timeout(90)
+def test_stream_and_submit_resume_from_a_checkpoint(local_client, tmp_path):
+    def make(**kw):
+        return Pipeline(
+            N.Gen("gen", size=400) | N.Map("map", op="inc") | N.Running("run"),
+            client=local_client,
+            partition_size=20,
+            snapshot_every=(60, None),
+            **kw,
+        )
+
+    reference = [item for _, item in make().stream()]
+    path = str(tmp_path / "stream")
+    first = []
+    for _, item in make().stream(checkpoint=path):
+        first.append(item)
+        if len(first) == 250:
+            break  # the consumer stops: the run is cancelled
+    assert 120 <= cloudpickle.loads((tmp_path / "stream").read_bytes())["items"] <= 250
+    second = [item for _, item in make().stream(checkpoint=path)]
+    overlap = check_seam(first, second, reference, 20)  # "delivered" means yielded
+    print(f"stream: stopped after 250, {overlap} repeated")
+    assert list(make().stream(checkpoint=path)) == []  # complete: nothing yielded
+
+    path = str(tmp_path / "submit")
+    result = make(quiet=True).submit(checkpoint=path).result(timeout=60)
+    assert list(result["run"]) == reference
+    again = make(quiet=True).submit(checkpoint=path).result(timeout=10)  # complete: the stored result
+    assert list(again["run"]) == reference
+
+
 # -- the caller killed: SIGKILL and Ctrl-C, resumed in a new process --------------------------
 
 SCRIPT = """

@@ -447,12 +447,16 @@ def iter_execute(
                     if recovery.point == r.index:
                         keep.cut(r.index, done, recovery.states, out, source)
                     if not splicer.waiting:
+                        if stream is not None:
+                            yield  # a stream's consumer takes this partition's items before it is recorded
                         keep.delivered(done)
             yield  # a pause point: a stream's consumer takes what was delivered; a cancel lands here
         splicer.finish()
-        if keep is not None:
+        if keep is not None and stream is None:
             keep.complete(out.result())
         yield
+        if keep is not None and stream is not None:
+            keep.complete(out.result())  # a stream's last items were taken at that pause
         assert n_source is not None
         final_states = recovery.final_states()
         if final_states is None:

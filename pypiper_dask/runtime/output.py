@@ -91,7 +91,7 @@ class Output:
 
     def _deliver(self, leaf: str, values: Sequence[Any]) -> None:
         self.counts[leaf] += len(values)
-        if self.stream is not None:
+        if self.stream is not None and not self.mute:
             self.stream.extend((leaf, v) for v in values)
         if self.collect:
             self.values[leaf].extend(values)

@@ -179,7 +179,7 @@ class Pipeline:
         """
         return self._run_on(self._backend(), update_callback, collect, checkpoint, overwrite)
 
-    def stream(self) -> Iterator[tuple[str, Any]]:
+    def stream(self, *, checkpoint: str | None = None, overwrite: bool = False) -> Iterator[tuple[str, Any]]:
         """Run the pipeline and yield ``(leaf, item)`` as items arrive, in the sequential order.
 
         The first items come after the first partition, not at the end;
@@ -187,6 +187,8 @@ class Pipeline:
         are yielded instead of printed; what nodes print still reaches stdout
         in its place. Leaving the loop early (``break``, an exception, the
         iterator dropped) cancels the run and closes a cluster it started.
+        ``checkpoint``/``overwrite``: as for :meth:`run`, "delivered" meaning
+        yielded (a complete checkpoint yields nothing).
 
         Examples
         --------
@@ -198,7 +200,11 @@ class Pipeline:
         sq 4
         """
         pending: list = []
-        run = self._iter_run(self._backend(), None, False, pending)
+        backend = self._backend()
+        keep = self._checkpoint(backend, checkpoint, overwrite, False)
+        if keep is not None and keep.done is not None:
+            return
+        run = self._iter_run(backend, None, False, pending, keep)
         try:
             while True:
                 try:
@@ -212,14 +218,20 @@ class Pipeline:
             run.close()  # a loop left early: cancel the run, close a cluster it started
 
     def submit(
-        self, update_callback: Callable[[int, int | None], None] | None = None, collect: bool = True
+        self,
+        update_callback: Callable[[int, int | None], None] | None = None,
+        collect: bool = True,
+        *,
+        checkpoint: str | None = None,
+        overwrite: bool = False,
     ) -> RunHandle:
         """Start the run in the background and return at once.
 
         The :class:`~pypiper_dask.runtime.handle.RunHandle` has ``done()``,
         ``result(timeout=None)``, ``cancel()`` and ``progress``; ``await``
         it from async code. What the run prints goes where this call's prints
-        would (in a notebook, the cell that submitted it).
+        would (in a notebook, the cell that submitted it). ``checkpoint``/``overwrite``:
+        as for :meth:`run`.
 
         Examples
         --------
@@ -229,8 +241,16 @@ class Pipeline:
         [0, 1, 4]
         """
         backend = self._backend()  # chosen here, in the caller's context (its default client)
+        keep = self._checkpoint(backend, checkpoint, overwrite, collect)
+        stored = None if keep is None else keep.done  # a complete checkpoint: its result, nothing run
+
+        def start(callback: Any) -> Generator[None, None, PipelineResult]:
+            if stored is not None:
+                return _stored(stored)
+            return self._iter_run(backend, callback, collect, None, keep)
+
         return RunHandle(
-            lambda callback: self._iter_run(backend, callback, collect, None),
+            start,
             update_callback,
             dashboard=lambda: getattr(getattr(backend, "client", None), "dashboard_link", None),
         )
@@ -285,21 +305,25 @@ class Pipeline:
         overwrite: bool = False,
     ) -> PipelineResult:
         """Run on ``backend`` (tests pass one; :meth:`run` lets the scheduler module choose)."""
+        keep = self._checkpoint(backend, checkpoint, overwrite, collect)
+        if keep is not None and keep.done is not None:
+            return keep.done
+        return drain(self._iter_run(backend, update_callback, collect, None, keep))
+
+    def _checkpoint(self, backend: Any, checkpoint: str | None, overwrite: bool, collect: bool) -> Any:
+        """The run's :class:`~pypiper_dask.runtime.checkpoint.CheckpointRun` (``None`` without ``checkpoint``)."""
         if checkpoint is None:
-            return drain(self._iter_run(backend, update_callback, collect, None))
+            return None
         if backend.in_process:
             raise OptionError(
-                "run(checkpoint=...) needs a cluster: n_threads > 1 or client=...; "
+                "checkpoint=... needs a cluster: n_threads > 1 or client=...; "
                 "a run in the calling process (n_threads=1) cannot be checkpointed."
             )
         from .checkpoint import Checkpoint, CheckpointRun, identity
 
-        keep = CheckpointRun(
+        return CheckpointRun(
             Checkpoint(checkpoint, identity(self._snapshot, self._originals)), overwrite=overwrite, collect=collect
         )
-        if keep.done is not None:
-            return keep.done
-        return drain(self._iter_run(backend, update_callback, collect, None, keep))
 
     def _iter_run(
         self,
@@ -423,6 +447,12 @@ def _finish(plan: Plan, results: list, layout: Layout) -> PipelineResult:
             out.splicer.flush(origin, segments)
     out.splicer.finish()
     return out.result()
+
+
+def _stored(result: PipelineResult) -> Generator[None, None, PipelineResult]:
+    """A run that returns ``result`` at once (a complete checkpoint's)."""
+    return result
+    yield  # a generator
 
 
 def _report_dropped(errors: list) -> None:
