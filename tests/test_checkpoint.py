@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -26,6 +27,11 @@ from pypiper_dask import CheckpointError, Node, OptionError, Pipeline
 from pypiper_dask.runtime import SyncTaskBackend
 from tests import nodes as N
 from tests.conftest import ROOT
+
+
+def read_cut(blob: bytes) -> dict:
+    """The cut a checkpoint file holds (an outer pickle of plain values around the body)."""
+    return cloudpickle.loads(pickle.loads(blob)["body"])
 
 
 class FailAt(N.Map):
@@ -101,7 +107,7 @@ def test_a_pipeline_without_stateful_nodes_resumes_from_its_cuts(tmp_path):
     path = str(tmp_path / "ck")
     first, exc = run_captured(make(), fail_at=123, checkpoint=path)
     assert isinstance(exc, Exception)
-    assert cloudpickle.loads((tmp_path / "ck").read_bytes())["items"] >= 80
+    assert read_cut((tmp_path / "ck").read_bytes())["items"] >= 80
     second, result = run_captured(make(9), checkpoint=path)
     check_seam(first, second, reference, 9)
     assert [str(x) for x in result["map"]] == reference
@@ -143,6 +149,12 @@ def test_a_different_pipeline_is_refused_naming_the_difference(tmp_path):
     # overwrite=True starts over with the new pipeline.
     lines, result = run_captured(pipeline(op="sq"), checkpoint=path, overwrite=True)
     assert result.counts == {"run": 300} and len(lines) == 300
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    (tmp_path / "ck").write_text("not a checkpoint")
+    _, exc = run_captured(pipeline(size=10), checkpoint=str(tmp_path / "ck"))
+    assert isinstance(exc, CheckpointError) and "not a pypiper_dask checkpoint" in str(exc)
 
 
 def test_in_process_runs_cannot_be_checkpointed(tmp_path):
@@ -193,11 +205,11 @@ def test_a_source_holding_a_file_resumes_at_its_place(tmp_path):
     reference, _ = run_captured(make())
     first, exc = run_captured(make(), fail_at=211, checkpoint=path)
     assert isinstance(exc, Exception) and 0 < len(first) < 300
-    assert cloudpickle.loads((tmp_path / "ck").read_bytes())["items"] >= 180  # a cut well past the start
+    assert read_cut((tmp_path / "ck").read_bytes())["items"] >= 180  # a cut well past the start
     second, result = run_captured(make(), checkpoint=path)
     check_seam(first, second, reference, 10)
     assert [str(x) for x in result["run"]] == reference
-    assert cloudpickle.loads((tmp_path / "ck").read_bytes())["complete"]
+    assert read_cut((tmp_path / "ck").read_bytes())["complete"]
 
 
 @pytest.mark.cluster
@@ -219,7 +231,7 @@ def test_stream_and_submit_resume_from_a_checkpoint(local_client, tmp_path):
         first.append(item)
         if len(first) == 250:
             break  # the consumer stops: the run is cancelled
-    assert 120 <= cloudpickle.loads((tmp_path / "stream").read_bytes())["items"] <= 250
+    assert 120 <= read_cut((tmp_path / "stream").read_bytes())["items"] <= 250
     second = [item for _, item in make().stream(checkpoint=path)]
     overlap = check_seam(first, second, reference, 20)  # "delivered" means yielded
     print(f"stream: stopped after 250, {overlap} repeated")
@@ -317,7 +329,7 @@ def test_a_killed_caller_resumes_in_a_new_process(tmp_path, how):
         text = text.rsplit("\n", 1)[0] + "\n"
     stopped = text.splitlines()
     assert len(stopped) < SIZE, "the run ended before it was stopped: make it slower"
-    cut = cloudpickle.loads(path.read_bytes())
+    cut = read_cut(path.read_bytes())
     assert not cut["complete"] and 0 < cut["items"] <= len(stopped)  # resumed from a cut, not the start
     resumed = subprocess.run(
         [sys.executable, str(script), str(path), str(SIZE)],

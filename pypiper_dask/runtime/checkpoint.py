@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import sys
 import uuid
@@ -123,15 +124,19 @@ class Checkpoint:
         if not self.fs.exists(self.path):
             return None
         with self.fs.open(self.path, "rb") as f:
-            record = cloudpickle.loads(f.read())
-        if not isinstance(record, dict) or record.get("version") != VERSION:
+            try:
+                outer = pickle.loads(f.read())  # plain values: nothing of the pipeline's is loaded yet
+            except Exception:
+                outer = None
+        if not isinstance(outer, dict) or outer.get("version") != VERSION:
             raise CheckpointError(f"{self.url} is not a pypiper_dask checkpoint this version can read.")
-        why = difference(self.identity, record["identity"])
+        why = difference(self.identity, outer["identity"])
         if why is not None:
             raise CheckpointError(
                 f"The checkpoint at {self.url} is of a different pipeline: {why}. "
                 "Use another checkpoint, or run(..., overwrite=True) to start over."
             )
+        record = cloudpickle.loads(outer["body"])
         record["delivered"] = record["items"]
         pos = self.path + ".delivered"
         if not record.get("complete") and self.fs.exists(pos):
@@ -144,8 +149,9 @@ class Checkpoint:
     # -- writing -----------------------------------------------------------------------
 
     def write_cut(self, record: dict[str, Any]) -> None:
-        record = {**record, "version": VERSION, "identity": self.identity}
-        self._put(self.path, cloudpickle.dumps(record), sync=True)
+        # The identity is checked before the body (nodes, states, items) is unpickled.
+        outer = {"version": VERSION, "identity": self.identity, "body": cloudpickle.dumps(record)}
+        self._put(self.path, pickle.dumps(outer), sync=True)
 
     def write_delivered(self, run: str, items: int) -> None:
         # After every partition: not synced to disk (a rename survives the process, which is
