@@ -2,7 +2,8 @@
 
 ``python -m bench`` (about 5 minutes) or ``python -m bench --quick`` (under 2);
 ``python -m bench --scale`` for the scaling workloads S1-S5 alone (bench/scale.py);
-``python -m bench --recovery`` and ``--faults N`` for surviving a worker (bench/recovery.py).
+``python -m bench --recovery`` and ``--faults N`` for surviving a worker (bench/recovery.py);
+``python -m bench --checkpoint`` for checkpoints (bench/checkpoint.py).
 Ratios, not absolute times, are what the targets state: every system runs on
 the same machine, back to back, and every output is checked against serial.
 """
@@ -296,9 +297,18 @@ def main(argv: list[str] | None = None) -> int:
         help="only snapshot overhead on W4 and kill-to-moving time (bench/recovery.py): replaces that section",
     )
     parser.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="only checkpoint overhead on W1 and W4 and time to resume (bench/checkpoint.py): replaces that section",
+    )
+    parser.add_argument(
         "--faults", type=int, metavar="N", default=0, help="N kill trials of random programs; prints how many matched"
     )
     args = parser.parse_args(argv)
+    if args.checkpoint:
+        from bench import checkpoint
+
+        return checkpoint.main(args)
     if args.recovery or args.faults:
         from bench import recovery
 

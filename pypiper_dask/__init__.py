@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    CheckpointError,
     GraphError,
     NodeError,
     NodeModuleError,
@@ -42,6 +43,7 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "CheckpointError",
     "GraphError",
     "Node",
     "NodeError",

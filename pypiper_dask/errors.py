@@ -10,6 +10,7 @@ from __future__ import annotations
 import reprlib
 
 __all__ = [
+    "CheckpointError",
     "GraphError",
     "NodeError",
     "NodeModuleError",
@@ -112,3 +113,7 @@ class StateLostError(PipelineError):
 
 class SchedulerError(PipelineError, ConnectionError):
     """The scheduler could not be reached."""
+
+
+class CheckpointError(PipelineError, ValueError):
+    """A checkpoint cannot be used: it is of a different pipeline, or not a checkpoint."""

@@ -51,7 +51,9 @@ class Backend(Protocol):
 
     def __enter__(self) -> Any: ...
     def __exit__(self, *exc: Any) -> None: ...
-    def start(self, plan: Plan, names: TaskNames) -> None: ...
+    def start(
+        self, plan: Plan, names: TaskNames, states: dict[int, bytes | None] | None = None, first: int = 0
+    ) -> None: ...
     def submit(self, tasks: list[TaskSpec]) -> Any: ...
     def wait(self, handles: list[Any], timeout: float) -> list[Any]: ...
     def results_many(self, handles: list[Any]) -> list[dict[int, Segment] | BaseException]: ...
@@ -144,10 +146,15 @@ class SyncTaskBackend(_RunsTasks):
     def __exit__(self, *exc: Any) -> None:
         self.refs = {}
 
-    def start(self, plan: Plan, names: TaskNames) -> None:
+    def start(
+        self, plan: Plan, names: TaskNames, states: dict[int, bytes | None] | None = None, first: int = 0
+    ) -> None:
         self.plan = plan
+        states = states or {}
         self.refs = {
-            s.id: fused_spec(plan, s, names.token) if isinstance(s, FusedStage) else SeqHolder(seq_spec(plan, s))
+            s.id: fused_spec(plan, s, names.token)
+            if isinstance(s, FusedStage)
+            else SeqHolder(seq_spec(plan, s), restore=states.get(s.id), start=first)
             for s in plan.stages
         }
 
@@ -286,13 +293,16 @@ class DistributedBackend(_RunsTasks):
         """Rounds in flight: enough that every worker has its next partition queued."""
         return max(2, 4 * self.n_workers)
 
-    def start(self, plan: Plan, names: TaskNames) -> None:
+    def start(
+        self, plan: Plan, names: TaskNames, states: dict[int, bytes | None] | None = None, first: int = 0
+    ) -> None:
+        """Create the holders: as planned, or from ``states`` (a checkpoint's cut) with ``first`` their next step."""
         client = self.client
         self.plan, self.names = plan, names
         self.refs, self.where, self.live, self.lost, self.generation, self._specs = {}, {}, set(), None, 0, 0
         workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {}))
         self._scatter_specs()
-        self._place_holders(workers, {}, 0)
+        self._place_holders(workers, states or {}, first)
 
     def _scatter_specs(self, only: set[int] | None = None) -> None:
         """Send each fused stage's spec (or those of the stages ``only``) to the cluster, once."""

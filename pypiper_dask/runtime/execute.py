@@ -15,9 +15,11 @@ from ..compiler.tasks import TaskNames, round_tasks
 from ..errors import NodeError, NodeModuleError, ValuePickleError
 from ..log import HiddenStateReport, SilentSource
 from ..model.node import Node, arm_setup_emits
+from ..model.snapshot import load_node
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, capture_stdout, freezing
 from .backends import Backend, DataLost, HolderLost
+from .checkpoint import CheckpointRun
 from .output import Output, PipelineResult
 from .poison import LossCount, find_poison
 from .recovery import DEFAULT_SNAPSHOT_EVERY, Recovery
@@ -261,6 +263,7 @@ def iter_execute(
     snapshot_every: tuple[int | None, float | None] | None = DEFAULT_SNAPSHOT_EVERY,
     stream: list | None = None,
     reached: dict[str, Node] | None = None,
+    checkpoint: CheckpointRun | None = None,
 ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
     """Run ``plan`` on an entered backend, round by round, pausing after each delivery.
 
@@ -278,23 +281,44 @@ def iter_execute(
     there in ``reached``, for the caller's object.
     A holder lost with its worker is restored from its last snapshot
     (``snapshot_every``; see :mod:`~pypiper_dask.runtime.recovery`).
+    With ``checkpoint`` each cut is also written there, with the delivered
+    position after every partition, and a run resumes from the cut it holds
+    (see :mod:`~pypiper_dask.runtime.checkpoint`).
     """
     snap = plan.snapshot
-    source = SourceReader(snap.node(snap.root), to="to the workers")
+    keep = checkpoint
+    resume = None if keep is None else keep.record
+    source = SourceReader(snap.node(snap.root) if resume is None else load_node(resume["source"]), to="to the workers")
     total = snap.info[snap.root].size if isinstance(snap.info[snap.root].size, int) else None
     names = TaskNames(plan)
     out = Output(plan, quiet=quiet, collect=collect, stream=stream)
     splicer = out.splicer
     hidden = HiddenStateReport()
     sizer = PartitionSizer(partition_size, backend.n_workers, total)
-    done = 0
+    done = attempt = 0
+    index = delivered = 0
+    mute_until = -1  # a resumed run: output through this many source items went out before
+    if keep is not None and snapshot_every is None:
+        snapshot_every = DEFAULT_SNAPSHOT_EVERY  # a checkpoint is written at cuts
+    able = hasattr(backend, "restore") or keep is not None  # a checkpoint takes cuts on any backend
+    recovery = Recovery(plan, snapshot_every, able=able, always=keep is not None)
+    if resume is not None:
+        source.emitted = resume["emitted"]
+        index = delivered = resume["point"] + 1
+        done, mute_until = resume["items"], resume["delivered"]
+        out.values = {leaf: list(v) for leaf, v in resume["values"].items()} if out.collect else out.values
+        out.counts = dict(resume["counts"])
+        splicer.errors = list(resume["errors"])
+        recovery.resume(resume["point"], resume["states"])
+        backend.start(plan, names, resume["states"], index)
+    else:
+        backend.start(plan, names)
     if callback:
         callback(done, total)
-    backend.start(plan, names)
-    recovery = Recovery(plan, snapshot_every, able=hasattr(backend, "restore"))
+    if keep is not None and resume is None:
+        keep.cut(-1, 0, recovery.states, out, source)  # the start: a resume before the first cut starts here
     losses = LossCount()
     waiting: dict[int, _Round] = {}  # submitted and not delivered yet, by index
-    index = delivered = attempt = 0
     n_source: int | None = None  # the number of source rounds, once the source is done
 
     closed_at: dict[str, int] = {}  # node -> the first round it closed in
@@ -325,6 +349,8 @@ def iter_execute(
                 and not source.closed
                 and not splicer.exhausted
             ):
+                if keep is not None and keep.want_source:
+                    keep.take_source(index, source.node, source.emitted)  # for a cut at the round before
                 chunk = source.pull(sizer.next(source.emitted), sizer.source_seconds)
                 if chunk.items or chunk.prints:
                     # The chunk stays here until its round is delivered: if the worker
@@ -332,6 +358,8 @@ def iter_execute(
                     r = _Round(index, 0, chunk)
                     submit(r)
                     in_flight.append(r)
+                    if keep is not None and index in recovery.cuts:
+                        keep.want_source = True
                     index += 1
                 if source.cut_by_time:
                     break  # a live source: deliver what is back before pulling on
@@ -405,16 +433,30 @@ def iter_execute(
                 assert r.results is not None
                 if r.origin == 0:
                     assert r.chunk is not None
+                    # Resumed: what went out before the checkpoint's kill is computed, not printed.
+                    out.mute = done + len(r.chunk) <= mute_until
                     splicer.round(r.results, r.chunk)
+                    out.mute = False
                     done += len(r.chunk)
                     if callback:
                         callback(done, total)
                 else:
                     splicer.flush(r.origin, r.results)
                 recovery.delivered(r)
+                if keep is not None and r.origin == 0:
+                    if recovery.point == r.index:
+                        keep.cut(r.index, done, recovery.states, out, source)
+                    if not splicer.waiting:
+                        if stream is not None:
+                            yield  # a stream's consumer takes this partition's items before it is recorded
+                        keep.delivered(done)
             yield  # a pause point: a stream's consumer takes what was delivered; a cancel lands here
         splicer.finish()
+        if keep is not None and stream is None:
+            keep.complete(out.result())
         yield
+        if keep is not None and stream is not None:
+            keep.complete(out.result())  # a stream's last items were taken at that pause
         assert n_source is not None
         final_states = recovery.final_states()
         if final_states is None:

@@ -78,17 +78,20 @@ class Output:
         self.quiet = quiet or stream is not None
         self.collect = collect and stream is None
         self.stream = stream  # (leaf, item) pairs for a consumer, instead of printed or kept
+        self.mute = False  # computed, kept, but not printed (a resumed run's output that went out before)
         self.values: dict[str, list] = {leaf: [] for leaf in plan.leaves}
         self.counts: dict[str, int] = dict.fromkeys(plan.leaves, 0)
         # A stream needs the items interleaved across leaves, as printed (quiet runs skip that).
         self.splicer = Splicer(plan, quiet and stream is None, self._deliver, self.write)
 
     def write(self, text: str) -> None:
+        if self.mute:
+            return
         sys.stdout.write(text)  # looked up now: a notebook cell or a redirect may have replaced it
 
     def _deliver(self, leaf: str, values: Sequence[Any]) -> None:
         self.counts[leaf] += len(values)
-        if self.stream is not None:
+        if self.stream is not None and not self.mute:
             self.stream.extend((leaf, v) for v in values)
         if self.collect:
             self.values[leaf].extend(values)

@@ -13,7 +13,7 @@ from ..compiler.picture import NO_DOT, plan_html, plan_picture, plan_text
 from ..compiler.plan import Plan, compile_plan
 from ..compiler.tasks import TaskNames
 from ..compiler.to_dask import Layout, PipelineCollection, collection_graph
-from ..errors import NodeTypeError
+from ..errors import NodeTypeError, OptionError
 from ..log import logger
 from ..model.graph import NodeGraph
 from ..model.node import PRIVATE, Node, constructed_again, mark_used, reinitialise
@@ -150,7 +150,12 @@ class Pipeline:
         return compile_plan(self._snapshot)
 
     def run(
-        self, update_callback: Callable[[int, int | None], None] | None = None, collect: bool = True
+        self,
+        update_callback: Callable[[int, int | None], None] | None = None,
+        collect: bool = True,
+        *,
+        checkpoint: str | None = None,
+        overwrite: bool = False,
     ) -> PipelineResult:
         """Run the pipeline and return each leaf's items.
 
@@ -161,10 +166,21 @@ class Pipeline:
             processed so far, and the source's ``size`` (or ``None``).
         collect : bool
             Keep the leaves' items in the result; ``False`` keeps only counts.
+        checkpoint : str, optional
+            A local path or fsspec URL: the run writes its consistent cuts
+            there (at ``snapshot_every``) and the delivered position after
+            every partition; running the same pipeline with the same
+            checkpoint again resumes where it stopped, printing only what was
+            not delivered (at most one partition repeats at the seam). A
+            complete checkpoint prints nothing and returns its stored result.
+            Needs a cluster (``n_threads > 1`` or ``client``). A checkpoint
+            holds pickles: resume only from a place you trust.
+        overwrite : bool
+            With ``checkpoint``: ignore what is there and start over.
         """
-        return self._run_on(self._backend(), update_callback, collect)
+        return self._run_on(self._backend(), update_callback, collect, checkpoint, overwrite)
 
-    def stream(self) -> Iterator[tuple[str, Any]]:
+    def stream(self, *, checkpoint: str | None = None, overwrite: bool = False) -> Iterator[tuple[str, Any]]:
         """Run the pipeline and yield ``(leaf, item)`` as items arrive, in the sequential order.
 
         The first items come after the first partition, not at the end;
@@ -172,6 +188,8 @@ class Pipeline:
         are yielded instead of printed; what nodes print still reaches stdout
         in its place. Leaving the loop early (``break``, an exception, the
         iterator dropped) cancels the run and closes a cluster it started.
+        ``checkpoint``/``overwrite``: as for :meth:`run`, "delivered" meaning
+        yielded (a complete checkpoint yields nothing).
 
         Examples
         --------
@@ -183,7 +201,11 @@ class Pipeline:
         sq 4
         """
         pending: list = []
-        run = self._iter_run(self._backend(), None, False, pending)
+        backend = self._backend()
+        keep = self._checkpoint(backend, checkpoint, overwrite, False)
+        if keep is not None and keep.done is not None:
+            return
+        run = self._iter_run(backend, None, False, pending, keep)
         try:
             while True:
                 try:
@@ -197,14 +219,20 @@ class Pipeline:
             run.close()  # a loop left early: cancel the run, close a cluster it started
 
     def submit(
-        self, update_callback: Callable[[int, int | None], None] | None = None, collect: bool = True
+        self,
+        update_callback: Callable[[int, int | None], None] | None = None,
+        collect: bool = True,
+        *,
+        checkpoint: str | None = None,
+        overwrite: bool = False,
     ) -> RunHandle:
         """Start the run in the background and return at once.
 
         The :class:`~pypiper_dask.runtime.handle.RunHandle` has ``done()``,
         ``result(timeout=None)``, ``cancel()`` and ``progress``; ``await``
         it from async code. What the run prints goes where this call's prints
-        would (in a notebook, the cell that submitted it).
+        would (in a notebook, the cell that submitted it). ``checkpoint``/``overwrite``:
+        as for :meth:`run`.
 
         Examples
         --------
@@ -214,8 +242,16 @@ class Pipeline:
         [0, 1, 4]
         """
         backend = self._backend()  # chosen here, in the caller's context (its default client)
+        keep = self._checkpoint(backend, checkpoint, overwrite, collect)
+        stored = None if keep is None else keep.done  # a complete checkpoint: its result, nothing run
+
+        def start(callback: Any) -> Generator[None, None, PipelineResult]:
+            if stored is not None:
+                return _stored(stored)
+            return self._iter_run(backend, callback, collect, None, keep)
+
         return RunHandle(
-            lambda callback: self._iter_run(backend, callback, collect, None),
+            start,
             update_callback,
             dashboard=lambda: getattr(getattr(backend, "client", None), "dashboard_link", None),
         )
@@ -262,10 +298,33 @@ class Pipeline:
         )
 
     def _run_on(
-        self, backend: Any, update_callback: Callable[[int, int | None], None] | None = None, collect: bool = True
+        self,
+        backend: Any,
+        update_callback: Callable[[int, int | None], None] | None = None,
+        collect: bool = True,
+        checkpoint: str | None = None,
+        overwrite: bool = False,
     ) -> PipelineResult:
         """Run on ``backend`` (tests pass one; :meth:`run` lets the scheduler module choose)."""
-        return drain(self._iter_run(backend, update_callback, collect, None))
+        keep = self._checkpoint(backend, checkpoint, overwrite, collect)
+        if keep is not None and keep.done is not None:
+            return keep.done
+        return drain(self._iter_run(backend, update_callback, collect, None, keep))
+
+    def _checkpoint(self, backend: Any, checkpoint: str | None, overwrite: bool, collect: bool) -> Any:
+        """The run's :class:`~pypiper_dask.runtime.checkpoint.CheckpointRun` (``None`` without ``checkpoint``)."""
+        if checkpoint is None:
+            return None
+        if backend.in_process:
+            raise OptionError(
+                "checkpoint=... needs a cluster: n_threads > 1 or client=...; "
+                "a run in the calling process (n_threads=1) cannot be checkpointed."
+            )
+        from .checkpoint import Checkpoint, CheckpointRun, identity
+
+        return CheckpointRun(
+            Checkpoint(checkpoint, identity(self._snapshot, self._originals)), overwrite=overwrite, collect=collect
+        )
 
     def _iter_run(
         self,
@@ -273,6 +332,7 @@ class Pipeline:
         update_callback: Callable[[int, int | None], None] | None,
         collect: bool,
         stream: list | None,
+        checkpoint: Any = None,
     ) -> Generator[None, None, PipelineResult]:
         """One run, as a generator that pauses whenever it delivered something (see :meth:`stream`)."""
         options = self.options
@@ -295,6 +355,7 @@ class Pipeline:
                         snapshot_every=options.snapshots,
                         stream=stream,
                         reached=reached,
+                        **({} if checkpoint is None else {"checkpoint": checkpoint}),
                     )
             finally:
                 if bar is not None:
@@ -387,6 +448,12 @@ def _finish(plan: Plan, results: list, layout: Layout) -> PipelineResult:
             out.splicer.flush(origin, segments)
     out.splicer.finish()
     return out.result()
+
+
+def _stored(result: PipelineResult) -> Generator[None, None, PipelineResult]:
+    """A run that returns ``result`` at once (a complete checkpoint's)."""
+    return result
+    yield  # a generator
 
 
 def _report_dropped(errors: list) -> None:

@@ -75,10 +75,13 @@ class Recovery:
     the backend can re-create holders (a cluster); elsewhere no cut is taken.
     """
 
-    def __init__(self, plan: Plan, every: tuple[int | None, float | None] | None, able: bool) -> None:
+    def __init__(
+        self, plan: Plan, every: tuple[int | None, float | None] | None, able: bool, always: bool = False
+    ) -> None:
         self.plan = plan
         self.stages = plan.seq_stages
-        self.on = able and bool(self.stages) and (every is not None or self._nodes_ask())
+        # ``always``: a checkpoint wants cuts, with or without sequential stages.
+        self.on = able and (bool(self.stages) or always) and (every is not None or self._nodes_ask())
         self.items_every, self.seconds_every = cut_interval(plan, every)
         self.cuts: set[int] = set()  # source rounds that are cuts
         self.point = -1  # the restore point: a delivered cut (-1: the start)
@@ -91,6 +94,11 @@ class Recovery:
         self._asked = -1  # the last source round asked about
         self._items = 0
         self._since = time.monotonic()
+
+    def resume(self, point: int, states: dict[int, bytes | None]) -> None:
+        """Start from a checkpoint's cut: ``point`` is its round, ``states`` the stages' snapshots there."""
+        self.point = self._asked = point
+        self.states = dict(states)
 
     def _nodes_ask(self) -> bool:
         return any(self.plan.snapshot.info[s.node].snapshot_every is not None for s in self.stages)
@@ -131,7 +139,7 @@ class Recovery:
             return
         if r.index in self.cuts and len(self.arriving.get(r.index, ())) == len(self.stages):
             self.point = r.index
-            self.states = dict(self.arriving.pop(r.index))
+            self.states = dict(self.arriving.pop(r.index, {}))  # none: no sequential stage
             self.kept.clear()
             for old in [i for i in self.arriving if i < r.index]:
                 del self.arriving[old]

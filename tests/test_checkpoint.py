@@ -1,0 +1,345 @@
+"""``run(checkpoint=PATH)``: a run that stops resumes where it stopped (issue 12, items 3 and 4).
+
+Resumed output, concatenated with what the stopped run printed, is the
+undisturbed run's: nothing missing, at most one partition repeated at the
+seam. The fast tests stop a run with a node error on the synchronous task
+backend (no cluster); the slow ones SIGKILL or Ctrl-C a caller running a
+local cluster in a subprocess, and resume in a new process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import cloudpickle
+import pytest
+
+from pypiper_dask import CheckpointError, Node, OptionError, Pipeline
+from pypiper_dask.runtime import SyncTaskBackend
+from tests import nodes as N
+from tests.conftest import ROOT
+
+
+def read_cut(blob: bytes) -> dict:
+    """The cut a checkpoint file holds (an outer pickle of plain values around the body)."""
+    return cloudpickle.loads(pickle.loads(blob)["body"])
+
+
+class FailAt(N.Map):
+    """``Map``, raising on the item that ``$CHECKPOINT_FAIL_AT`` names (read where it runs)."""
+
+    def run(self, data):
+        if os.environ.get("CHECKPOINT_FAIL_AT") == str(data):
+            raise RuntimeError("stopped here")
+        super().run(data)
+
+
+def pipeline(size=300, op="inc", partition_size=10, every=(30, None), node=FailAt):
+    return Pipeline(
+        N.Gen("gen", size=size) | node("map", op=op) | N.Running("run"),
+        partition_size=partition_size,
+        snapshot_every=every,
+    )
+
+
+def run_captured(p, fail_at=None, **kw):
+    out = io.StringIO()
+    if fail_at is not None:
+        os.environ["CHECKPOINT_FAIL_AT"] = str(fail_at)
+    try:
+        with contextlib.redirect_stdout(out):
+            result = p._run_on(SyncTaskBackend(), **kw)
+    except Exception as exc:
+        return out.getvalue().splitlines(), exc
+    finally:
+        os.environ.pop("CHECKPOINT_FAIL_AT", None)
+    return out.getvalue().splitlines(), result
+
+
+def check_seam(first: list[str], second: list[str], reference: list[str], partition: int) -> int:
+    """``first + second`` is ``reference`` with at most ``partition`` lines repeated at the seam; the overlap."""
+    assert first == reference[: len(first)]
+    start = len(reference) - len(second)
+    assert second == reference[start:], "the resumed run's output is not the rest of the reference"
+    overlap = len(first) - start
+    assert 0 <= overlap <= partition, f"{overlap} lines repeated (nothing may be lost; at most one partition)"
+    return overlap
+
+
+REFERENCE = [str((i + 1, sum(range(1, i + 2)))) for i in range(300)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("every", [(30, None), (70, None)])
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_resume_prints_the_rest_and_returns_the_full_result(tmp_path, where, every):
+    path = str(tmp_path / "ck") if where == "local" else f"memory://checkpoints/{uuid.uuid4().hex}/ck"
+    first, exc = run_captured(pipeline(every=every), fail_at=157, checkpoint=path)
+    assert isinstance(exc, Exception) and "stopped here" in str(exc)
+    assert 0 < len(first) < 300
+    # A different partition size (and cluster) may resume: it is not part of the identity.
+    second, result = run_captured(pipeline(every=every, partition_size=7), checkpoint=path)
+    check_seam(first, second, REFERENCE, 7)
+    assert [str(x) for x in result["run"]] == REFERENCE  # collected: the whole run's items
+    assert result.counts == {"run": 300}
+    # Complete: nothing printed, the stored result returned.
+    third, again = run_captured(pipeline(every=every), checkpoint=path)
+    assert third == [] and list(again["run"]) == list(result["run"])
+
+
+@pytest.mark.timeout(60)
+def test_a_pipeline_without_stateful_nodes_resumes_from_its_cuts(tmp_path):
+    def make(partition_size=10):
+        return Pipeline(
+            N.Gen("gen", size=200) | FailAt("map", op="inc"), partition_size=partition_size, snapshot_every=(40, None)
+        )
+
+    reference, _ = run_captured(make())
+    path = str(tmp_path / "ck")
+    first, exc = run_captured(make(), fail_at=123, checkpoint=path)
+    assert isinstance(exc, Exception)
+    assert read_cut((tmp_path / "ck").read_bytes())["items"] >= 80
+    second, result = run_captured(make(9), checkpoint=path)
+    check_seam(first, second, reference, 9)
+    assert [str(x) for x in result["map"]] == reference
+
+
+@pytest.mark.timeout(60)
+def test_a_complete_checkpoint_logs_that_overwrite_starts_over(tmp_path, caplog):
+    path = str(tmp_path / "ck")
+    lines, _ = run_captured(pipeline(size=40), checkpoint=path)
+    assert len(lines) == 40
+    with caplog.at_level(logging.INFO, logger="pypiper_dask"):
+        again, result = run_captured(pipeline(size=40), checkpoint=path)
+    assert again == [] and result.counts == {"run": 40}
+    assert "overwrite=True" in caplog.text and "complete" in caplog.text
+    over, _ = run_captured(pipeline(size=40), checkpoint=path, overwrite=True)
+    assert over == lines
+
+
+@pytest.mark.timeout(60)
+def test_local_checkpoint_files_are_private_and_leave_no_temporary_files(tmp_path):
+    path = tmp_path / "ck"
+    run_captured(pipeline(size=40), checkpoint=str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "ck.delivered"]
+    for p in tmp_path.iterdir():
+        assert p.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.timeout(60)
+def test_a_different_pipeline_is_refused_naming_the_difference(tmp_path):
+    path = str(tmp_path / "ck")
+    run_captured(pipeline(), fail_at=100, checkpoint=path)
+    _, exc = run_captured(pipeline(op="sq"), checkpoint=path)
+    assert isinstance(exc, CheckpointError), exc
+    assert "'map'" in str(exc) and "arguments" in str(exc) and "overwrite=True" in str(exc)
+    _, exc = run_captured(pipeline(node=N.Map), checkpoint=path)
+    assert isinstance(exc, CheckpointError) and "class" in str(exc)
+    _, exc = run_captured(pipeline(size=301), checkpoint=path)
+    assert isinstance(exc, CheckpointError) and "'gen'" in str(exc)
+    # overwrite=True starts over with the new pipeline.
+    lines, result = run_captured(pipeline(op="sq"), checkpoint=path, overwrite=True)
+    assert result.counts == {"run": 300} and len(lines) == 300
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    (tmp_path / "ck").write_text("not a checkpoint")
+    _, exc = run_captured(pipeline(size=10), checkpoint=str(tmp_path / "ck"))
+    assert isinstance(exc, CheckpointError) and "not a pypiper_dask checkpoint" in str(exc)
+
+
+def test_in_process_runs_cannot_be_checkpointed(tmp_path):
+    with pytest.raises(OptionError, match="n_threads > 1"):
+        Pipeline(N.Gen("gen", size=3) | N.Map("map"), n_threads=1).run(checkpoint=str(tmp_path / "ck"))
+    assert not (tmp_path / "ck").exists()
+
+
+class Lines(Node):
+    """The README's file-reading source: a checkpoint keeps its place in the file, not its handle."""
+
+    def setup(self, path):
+        self.file = open(path)  # noqa: SIM115
+
+    def run(self, data):
+        line = self.file.readline()
+        if line:
+            self.emit(line.rstrip("\n"))
+        else:
+            self.close()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["offset"] = self.file.tell()
+        del state["file"]
+        return state
+
+    def __setstate__(self, state):
+        offset = state.pop("offset")
+        self.__dict__.update(state)
+        self.file = open(self.path)  # noqa: SIM115
+        self.file.seek(offset)
+
+
+@pytest.mark.timeout(60)
+def test_a_source_holding_a_file_resumes_at_its_place(tmp_path):
+    data = tmp_path / "numbers.txt"
+    data.write_text("".join(f"{i}\n" for i in range(300)))
+    path = str(tmp_path / "ck")
+
+    def make():
+        return Pipeline(
+            Lines("lines", path=str(data)) | FailAt("map", op="inc") | N.Running("run"),
+            partition_size=10,
+            snapshot_every=(30, None),
+        )
+
+    reference, _ = run_captured(make())
+    first, exc = run_captured(make(), fail_at=211, checkpoint=path)
+    assert isinstance(exc, Exception) and 0 < len(first) < 300
+    assert read_cut((tmp_path / "ck").read_bytes())["items"] >= 180  # a cut well past the start
+    second, result = run_captured(make(), checkpoint=path)
+    check_seam(first, second, reference, 10)
+    assert [str(x) for x in result["run"]] == reference
+    assert read_cut((tmp_path / "ck").read_bytes())["complete"]
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(90)
+def test_stream_and_submit_resume_from_a_checkpoint(local_client, tmp_path):
+    def make(**kw):
+        return Pipeline(
+            N.Gen("gen", size=400) | N.Map("map", op="inc") | N.Running("run"),
+            client=local_client,
+            partition_size=20,
+            snapshot_every=(60, None),
+            **kw,
+        )
+
+    reference = [item for _, item in make().stream()]
+    path = str(tmp_path / "stream")
+    first = []
+    for _, item in make().stream(checkpoint=path):
+        first.append(item)
+        if len(first) == 250:
+            break  # the consumer stops: the run is cancelled
+    assert 120 <= read_cut((tmp_path / "stream").read_bytes())["items"] <= 250
+    second = [item for _, item in make().stream(checkpoint=path)]
+    overlap = check_seam(first, second, reference, 20)  # "delivered" means yielded
+    print(f"stream: stopped after 250, {overlap} repeated")
+    assert list(make().stream(checkpoint=path)) == []  # complete: nothing yielded
+
+    path = str(tmp_path / "submit")
+    result = make(quiet=True).submit(checkpoint=path).result(timeout=60)
+    assert list(result["run"]) == reference
+    again = make(quiet=True).submit(checkpoint=path).result(timeout=10)  # complete: the stored result
+    assert list(again["run"]) == reference
+
+
+# -- the caller killed: SIGKILL and Ctrl-C, resumed in a new process --------------------------
+
+SCRIPT = """
+import sys
+import time
+
+from pypiper_dask import Node, Pipeline
+
+
+class Gen(Node):
+    def setup(self, size):
+        self.pos = 0
+
+    def run(self, data):
+        if self.pos >= self.size:
+            self.close()
+            return
+        time.sleep(0.002)
+        self.emit(self.pos)
+        self.pos += 1
+
+
+class Total(Node):
+    def setup(self):
+        self.total = 0
+        self.stateless = False
+
+    def run(self, data):
+        self.total += data
+        self.emit(f"{data} {self.total}")
+
+
+if __name__ == "__main__":
+    pipeline = Pipeline(
+        Gen("gen", size=int(sys.argv[2])) | Total("total"), n_threads=2, partition_size=25, snapshot_every=(100, None)
+    )
+    pipeline.run(checkpoint=sys.argv[1], collect=False)
+"""
+
+SIZE = 1500
+
+
+def start(script, path):
+    return subprocess.Popen(
+        [sys.executable, str(script), str(path), str(SIZE)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=script.parent,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,  # its cluster's processes too: all of them ended below
+    )
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["SIGKILL", "Ctrl-C"])
+def test_a_killed_caller_resumes_in_a_new_process(tmp_path, how):
+    script = tmp_path / "checkpointed.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    path = tmp_path / "ck"
+    reference = [f"{i} {sum(range(i + 1))}" for i in range(SIZE)]
+    proc = start(script, path)
+    try:
+        assert proc.stdout is not None
+        first = []
+        while len(first) < 300:
+            line = proc.stdout.readline()
+            assert line, f"the run ended early: {proc.stderr.read() if proc.stderr else ''}"
+            first.append(line)
+        if how == "SIGKILL":
+            os.kill(proc.pid, signal.SIGKILL)  # the caller only; its workers are ended below
+        else:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    if how == "Ctrl-C":
+        assert err.rstrip().endswith("KeyboardInterrupt"), err
+    text = "".join(first) + rest
+    if not text.endswith("\n"):  # killed in the middle of a write: that line did not go out
+        text = text.rsplit("\n", 1)[0] + "\n"
+    stopped = text.splitlines()
+    assert len(stopped) < SIZE, "the run ended before it was stopped: make it slower"
+    cut = read_cut(path.read_bytes())
+    assert not cut["complete"] and 0 < cut["items"] <= len(stopped)  # resumed from a cut, not the start
+    resumed = subprocess.run(
+        [sys.executable, str(script), str(path), str(SIZE)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=90,
+        start_new_session=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    overlap = check_seam(stopped, resumed.stdout.splitlines(), reference, 25)
+    print(f"{how}: stopped after {len(stopped)} lines, cut at {cut['items']}, {overlap} repeated")
