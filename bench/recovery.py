@@ -26,7 +26,7 @@ from bench import workloads as W
 
 SETTINGS: list[tuple[str, Any]] = [
     ("none (snapshot_every=False)", False),
-    ("default (50_000 items, 5 s)", None),
+    ("default (250_000 items, 5 s)", None),
     ("every 10_000 items", (10_000, None)),
     ("every 1_000 items", (1_000, None)),
     ("every 0.05 s", (None, 0.05)),

@@ -179,7 +179,7 @@ def test_the_splicer_takes_plain_rounds_whole():
 def test_partitions_are_calibrated_then_sized_by_cost_and_shrink_at_the_end():
     sizer = PartitionSizer(None, n_workers=4, total=100_000)
     # Before a cost is known partitions grow from one item (slow nodes show progress early).
-    assert not sizer.calibrated and [sizer.next(0) for _ in range(3)] == [1, 2, 4]
+    assert not sizer.calibrated and [sizer.next(0) for _ in range(3)] == [1, 32, 32]
     first = Segment(1)
     first.seconds = 0.032  # 1 ms an item over the first 32
     sizer.observe(32, {0: first})

@@ -148,8 +148,8 @@ class PartitionSizer:
     Examples
     --------
     >>> sizer = PartitionSizer(None, n_workers=4, total=10_000)
-    >>> [sizer.next(0) for _ in range(7)]  # growing until a task's cost is known
-    [1, 2, 4, 8, 16, 32, 32]
+    >>> [sizer.next(0) for _ in range(3)]  # until a task's cost is known
+    [1, 32, 32]
     >>> sizer.per_item = 0.001  # 1 ms an item: 0.2 s is 200 items
     >>> sizer.next(0), sizer.next(9_600), sizer.next(9_990)
     (200, 50, 25)
@@ -177,10 +177,11 @@ class PartitionSizer:
         if self.fixed:
             return self.fixed
         if self.per_item is None:
-            # Until a task's cost is known: 1, 2, 4, ... items, so that nodes taking
-            # seconds an item show progress after one item, not `first`.
+            # Until a task's cost is known: one item first, so that nodes taking seconds
+            # an item show progress after one item, then `first` (smaller steps cost
+            # fast pipelines a round trip each: measured +15% on W3).
             self._uncalibrated += 1
-            return min(self.first, 1 << (self._uncalibrated - 1))
+            return 1 if self._uncalibrated == 1 else self.first
         want = self.target / self.per_item
         if self.total and self.n_workers > 1:
             # Not below `least`, nor so small that the caller's work per round (a few ms)

@@ -73,7 +73,7 @@ class Pipeline:
         On a cluster, how often the state of the stateful, batched and
         ``BATCH_SIZE_ALL`` nodes is copied to this process, so that a node
         whose worker dies is restored and the run goes on: at least every
-        this many source items and seconds (default ``(50_000, 5.0)``; a node's
+        this many source items and seconds (default ``(250_000, 5.0)``; a node's
         own ``snapshot_every=`` may ask for more often). ``False``: never (a
         lost worker holding such a node fails the run with ``StateLostError``).
 
