@@ -194,8 +194,14 @@ class PartitionSizer:
     def observe(self, n_items: int, results: dict[int, Segment]) -> None:
         if self.fixed or n_items == 0:
             return
+        seconds = sum(r.seconds for r in results.values())
+        if self.per_item is None and n_items < self.smallest and seconds < self.least:
+            # A partition of an item or two that ran fast says little of an item's cost
+            # (a first call's fixed costs dominate, and partitions came out too small:
+            # measured 10 rounds for W1 instead of 6); a slow one does say it.
+            return
         # Weighted by items, decaying: a small first task's fixed costs fade at once.
-        self._seconds = 0.5 * self._seconds + sum(r.seconds for r in results.values())
+        self._seconds = 0.5 * self._seconds + seconds
         self._items = 0.5 * self._items + n_items
         self.per_item = max(self._seconds / self._items, 1e-7)
 
