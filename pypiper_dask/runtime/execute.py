@@ -468,20 +468,15 @@ def iter_execute(
         final_states = recovery.final_states()
         if final_states is None:
             final_states = backend.final_states(n_source)
-    except NodeFailure as failure:
+    except BaseException as exc:
         backend.cancel()
         if reached is not None:
             source.unbind()
             reached[snap.root] = source.node
-        raise node_error(failure) from failure.error
-    except NodeModuleError as exc:  # a worker could not load a node: the message says why, its frames don't
-        backend.cancel()
-        raise NodeModuleError(exc.module, str(exc)) from None
-    except BaseException:
-        backend.cancel()
-        if reached is not None:
-            source.unbind()
-            reached[snap.root] = source.node
+        if isinstance(exc, NodeFailure):
+            raise node_error(exc) from exc.error
+        if isinstance(exc, NodeModuleError):  # a worker could not load a node: the message says why, its frames don't
+            raise NodeModuleError(exc.module, str(exc)) from None
         raise
     if callback:
         callback(done, total)

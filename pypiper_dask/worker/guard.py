@@ -14,6 +14,8 @@ import pickle
 from collections.abc import Iterable
 from typing import Any
 
+from ..model.node import PRIVATE  # the engine's bindings and the constructor's record
+
 __all__ = ["CONTENT_LIMIT", "StateWatch"]
 
 #: Values whose pickle is larger are compared by identity only.
@@ -22,8 +24,6 @@ CONTENT_LIMIT = 1 << 20
 # Compared by value: cheap and exact.
 _PLAIN = frozenset({int, float, complex, bool, str, bytes, type(None)})
 
-# The engine's own bindings on a running node, and the constructor's record.
-_SKIP = frozenset({"emit", "close", "run", "_pypiper_dask_init", "_pypiper_dask_setup_emits"})
 
 _UNHASHED = object()  # too large or not picklable: identity only
 
@@ -76,7 +76,7 @@ class StateWatch:
             state = vars(node)
         except TypeError:  # __slots__: nothing to watch cheaply
             return {}
-        return {attr: self._print(name, attr, value) for attr, value in state.items() if attr not in _SKIP}
+        return {attr: self._print(name, attr, value) for attr, value in state.items() if attr not in PRIVATE}
 
     def _print(self, name: str, attr: str, value: Any) -> tuple:
         kind = type(value)
