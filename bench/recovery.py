@@ -232,14 +232,20 @@ def faults(client: Any, n: int, stop_when_gone: bool = False) -> Any:
                 if stop_when_gone:
                     raise ClusterGone(passed, failed) from exc
                 raise
+            delay, seed, size = rng.uniform(0, 1.5), rng.randrange(2**16), rng.choice([7, 20, 60])
             try:
-                trial(client, program, rng.uniform(0, 1.5), rng.randrange(2**16), every, rng.choice([7, 20, 60]))
+                trial(client, program, delay, seed, every, partition_size=size)
                 passed += 1
             except Exception as exc:
                 if stop_when_gone and type(exc).__name__ == "WorkerStartTimeoutError":
                     raise ClusterGone(passed, failed) from exc
                 failed += 1
-                print(f"FAILED: {program!r}: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+                # Everything a rerun needs: trial(client, program, delay, seed, every, partition_size=size).
+                print(
+                    f"FAILED: program={program!r} delay={delay!r} seed={seed} every={every} size={size}: "
+                    f"{type(exc).__name__}: {str(exc)[:300]}",
+                    file=sys.stderr,
+                )
             print(f"{passed + failed}/{n} trials, {failed} failed", file=sys.stderr)
     if stop_when_gone:
         return passed, failed

@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -233,6 +234,40 @@ def test_a_kill_during_the_replay(killable, caplog):
         kills = trial(killable, program, 1.0, 2, (10**9, None), again=True)  # no cut: the replay starts at 0
     assert len(kills) == 2
     assert caplog.text.count("restored every sequential node") == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_long_replay_is_sent_within_the_window(killable, caplog, monkeypatch):
+    """A kill late in a run without cuts replays ~80 rounds: sent as the window allows, not at once.
+
+    Sent at once, a holder ran the pushed steps far ahead of their own tasks and had forgotten
+    a step's result when its task came to collect it (11 of 20 trials of this program failed).
+    """
+    from pypiper_dask.runtime.backends import DistributedBackend
+
+    most = []
+    submit = DistributedBackend.submit
+
+    def counting(self, tasks):
+        handle = submit(self, tasks)
+        most.append((len(self.live), self.window))
+        return handle
+
+    monkeypatch.setattr(DistributedBackend, "submit", counting)
+    program = (
+        {"size": 0, "per_call": 2, "loud": True},
+        [
+            ("all", {"stateless": None}, []),
+            ("filter", {"mod": 3}, [("filter", {"mod": 2}, [("explode", {"n": 2}, [("running", {}, [])])])]),
+        ],
+    )
+    with caplog.at_level(logging.INFO, logger="pypiper_dask"):
+        kills = trial(killable, program, 1.0, 7, (10**9, None), partition_size=7)
+    assert kills
+    replayed = [int(m) for m in re.findall(r"sending (\d+) partition\(s\) again", caplog.text)]
+    assert replayed and replayed[0] > 40, "the kill came too early to replay many rounds"
+    live, window = max(most)
+    assert live <= 2 * window + 2  # the reorder buffer's bound, and one flush round per sequential node
 
 
 class Locked(Node):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any
@@ -326,6 +327,11 @@ def iter_execute(
         keep.cut(-1, 0, recovery.states, out, source)  # the start: a resume before the first cut starts here
     losses = LossCount()
     waiting: dict[int, _Round] = {}  # submitted and not delivered yet, by index
+    # Rounds to submit again (lost with a worker, or replayed onto restored holders), in
+    # index order, ahead of new source rounds and within the same window: a holder keeps
+    # its last results for a bounded number of steps, so a replay of a thousand rounds sent
+    # at once had steps collected after the holder forgot them.
+    resend: deque[_Round] = deque()
     n_source: int | None = None  # the number of source rounds, once the source is done
 
     closed_at: dict[str, int] = {}  # node -> the first round it closed in
@@ -347,15 +353,19 @@ def iter_execute(
             # One small round per worker first: their cost per item sizes the
             # partitions that fill the window, and no worker waits meanwhile.
             window = backend.window if sizer.calibrated else backend.n_workers
-            while (
-                n_source is None
-                and not failed
-                and len(in_flight) < window
-                and len(waiting) < 2 * backend.window
-                and sum(len(r.chunk or ()) for r in waiting.values()) < MAX_ITEMS_OUT
-                and not source.closed
-                and not splicer.exhausted
-            ):
+            while not failed and len(in_flight) < window and len(waiting) < 2 * backend.window:
+                if resend:
+                    r = resend.popleft()
+                    submit(r)
+                    in_flight.append(r)
+                    continue
+                if (
+                    n_source is not None
+                    or sum(len(r.chunk or ()) for r in waiting.values()) >= MAX_ITEMS_OUT
+                    or source.closed
+                    or splicer.exhausted
+                ):
+                    break
                 if keep is not None and keep.want_source:
                     keep.take_source(index, source.node, source.emitted)  # for a cut at the round before
                 chunk = source.pull(sizer.next(source.emitted), sizer.source_seconds)
@@ -370,7 +380,7 @@ def iter_execute(
                     index += 1
                 if source.cut_by_time:
                     break  # a live source: deliver what is back before pulling on
-            if n_source is None and not failed and (source.closed or splicer.exhausted):
+            if n_source is None and not failed and not resend and (source.closed or splicer.exhausted):
                 # The input is complete: end each sequential stage's input, in preorder,
                 # so a stage's flush feeds the stages below before theirs.
                 n_source = index
@@ -379,7 +389,7 @@ def iter_execute(
                     submit(r)
                     in_flight.append(r)
                     index += 1
-            if not waiting:
+            if not waiting and not resend:
                 break
             # A live source is pulled again at once; else wait for a round to come back.
             pull_on = source.cut_by_time and n_source is None and not source.closed
@@ -402,14 +412,14 @@ def iter_execute(
                     if attempt > MAX_RESENDS:
                         if isinstance(exc, HolderLost):
                             raise exc.error from exc
-                        poison = find_poison(backend, losses.suspects(list(waiting.values())), MAX_RESENDS)
+                        poison = find_poison(backend, losses.suspects([*waiting.values(), *resend]), MAX_RESENDS)
                         if poison is not None:
                             raise poison from exc
                         raise
                     if isinstance(exc, HolderLost):
                         # Every holder comes back from its last snapshot; the rounds since go
                         # again, those already delivered only to bring the state back.
-                        lost = recovery.restore(backend, exc, waiting)
+                        lost = recovery.restore(backend, exc, [*waiting.values(), *resend])
                     else:
                         # Every round not back yet goes again from its kept chunk; a sequential
                         # stage's holder answers a step it already ran with its first result.
@@ -417,7 +427,9 @@ def iter_execute(
                     losses.lost(lost)
                     backend.cancel([x.handle for x in lost if x.handle is not None])
                     for x in lost:
-                        submit(x)
+                        x.handle = None
+                        waiting.pop(x.index, None)
+                    resend = deque(sorted({x.index: x for x in (*lost, *resend)}.values(), key=lambda x: x.index))
                     break
                 recovery.saw(r.index, r.origin, r.results)
                 if r.index < delivered:  # a replayed round: its output went out the first time

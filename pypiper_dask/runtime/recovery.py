@@ -149,12 +149,14 @@ class Recovery:
         r.results = r.handle = None  # only its partition is needed again
         self.kept.append(r)
 
-    def restore(self, backend: Any, lost: Any, waiting: dict[int, Any]) -> list[Any]:
+    def restore(self, backend: Any, lost: Any, pending: list[Any]) -> list[Any]:
         """A holder's worker died: re-create every holder from the restore point; the rounds to send again.
 
-        Those are the kept rounds and every round not delivered, in order;
-        each one's earlier results are forgotten. Raises the loss's
-        :class:`StateLostError` when there is nothing to restore from.
+        ``pending``: the rounds submitted or waiting to be, delivered or not
+        (a replay in progress). Those to send again are the kept rounds, then
+        every round not delivered, in order; each one's earlier results are
+        forgotten. Raises the loss's :class:`StateLostError` when there is
+        nothing to restore from.
         """
         error: StateLostError = lost.error
         if not self.on:
@@ -164,13 +166,14 @@ class Recovery:
         backend.restore(self.states, self.point + 1)
         self.restores += 1
         self.arriving.clear()  # the replay takes them again
+        kept = {id(r) for r in self.kept}  # a replay in progress: its rounds are kept ones
+        again = [*self.kept, *sorted((r for r in pending if id(r) not in kept), key=lambda x: x.index)]
         logger.info(
             "the worker holding node %r died; restored every sequential node %s and sending %d partition(s) again",
             error.node,
             "from the start" if self.point < 0 else f"from its snapshot after partition {self.point}",
-            len(self.kept) + len(waiting),
+            len(again),
         )
-        again = [*self.kept, *sorted(waiting.values(), key=lambda x: x.index)]
         for r in again:
             r.results = r.failure = None
         return again
