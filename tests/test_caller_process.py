@@ -184,6 +184,34 @@ def test_emit_in_setup_on_a_cluster_too():
     assert got == want
 
 
+class Connected(Node):
+    """Stateful, opening a lock on its first item (as a node opens a connection) beside a running total."""
+
+    def setup(self):
+        self.total = 0
+
+    def run(self, data):
+        if not hasattr(self, "lock"):
+            self.lock = threading.Lock()
+        with self.lock:
+            self.total += data
+        self.emit(self.total)
+
+
+@pytest.mark.timeout(120)
+def test_a_stateful_node_holding_a_lock_finishes_on_a_cluster(local_client, caplog):
+    from tests.nodes import Gen
+
+    node = Connected("conn", stateless=False)
+    result = Pipeline(Gen("gen", size=50) | node, client=local_client, quiet=True).run()
+    assert result["conn"][-1] == sum(range(50))
+    assert node.total == sum(range(50))  # what pickles came back
+    assert not hasattr(node, "lock")  # what does not stays as the caller's object had it
+    warned = [r.getMessage() for r in caplog.records if "final state came back" in r.getMessage()]
+    assert len(warned) == 1
+    assert "Node 'conn': its final state came back from its worker without attribute 'lock' (lock" in warned[0]
+
+
 class Fails(Node):
     def run(self, data):
         raise ValueError(f"boom on {data}")  # the line a traceback must show

@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import NodeTypeError, OptionError
 
 __all__ = [
+    "LEFT_OUT",
     "NODE_OPTIONS",
     "ON_ERROR",
     "PRIVATE",
@@ -42,8 +43,12 @@ ON_ERROR = ("raise", "skip", "collect")
 _INIT = "_pypiper_dask_init"
 _SETUP_EMITS = "_pypiper_dask_setup_emits"
 
+#: On a node's final state brought back from a worker: ``{attribute: why}`` for the
+#: attributes left out because they cannot be pickled.
+LEFT_OUT = "_pypiper_dask_left_out"
+
 #: Attributes of a node that are the library's, not the user's state.
-PRIVATE = frozenset({_INIT, _SETUP_EMITS, "emit", "close", "run"})
+PRIVATE = frozenset({_INIT, _SETUP_EMITS, LEFT_OUT, "emit", "close", "run"})
 
 # Nodes whose setup() is running in this thread: their emit() keeps the value
 # for their first call, as pyPiper delivers it.

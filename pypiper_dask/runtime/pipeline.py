@@ -16,7 +16,7 @@ from ..compiler.to_dask import Layout, PipelineCollection, collection_graph
 from ..errors import NodeTypeError, OptionError
 from ..log import logger
 from ..model.graph import NodeGraph
-from ..model.node import PRIVATE, Node, constructed_again, mark_used, reinitialise
+from ..model.node import LEFT_OUT, PRIVATE, Node, constructed_again, mark_used, reinitialise
 from ..model.snapshot import Snapshot
 from ..worker import NodeFailure
 from .backends import _outcome
@@ -472,8 +472,21 @@ def _report_dropped(errors: list) -> None:
 
 
 def _adopt(original: Node, final: Node) -> None:
-    """Give the caller's node object the state its copy ended the run with."""
-    mine = {k: v for k, v in vars(original).items() if k in PRIVATE}  # its constructor's record stays
+    """Give the caller's node object the state its copy ended the run with.
+
+    Attributes the copy could not bring back (they cannot be pickled) keep
+    the caller's own values, and are named once on the logger.
+    """
+    left_out: dict[str, str] = vars(final).get(LEFT_OUT) or {}
+    if left_out:
+        logger.warning(
+            "Node %r: its final state came back from its worker without %s, which cannot be pickled; "
+            "your object keeps its own value of each (state meant for the caller must pickle)",
+            original.name,
+            ", ".join(f"attribute {attr!r} ({what})" for attr, what in left_out.items()),
+        )
+    # Its constructor's record stays, and whatever could not come back.
+    mine = {k: v for k, v in vars(original).items() if k in PRIVATE or k in left_out}
     state = {k: v for k, v in vars(final).items() if k not in PRIVATE}
     original.__dict__.clear()
     original.__dict__.update(state, **mine)

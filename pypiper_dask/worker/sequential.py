@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model.node import Node, arm_setup_emits
-from ..model.pickling import dumps
 from ..model.snapshot import load_node
 from ..ordering import Marks, Segment, compact_ends, stripped
 from .capture import capture_stdout
-from .snapshots import load_snapshot, take_snapshot
+from .snapshots import final_state, load_snapshot, take_snapshot
 from .values import Items, NodeFailure, failed_above, freezing, retry_or_drop, stage_input
 
 __all__ = [
@@ -173,11 +172,11 @@ class SeqHolder:
         return seg
 
     def state(self) -> bytes:
-        """The node as it is now, pickled without the engine's bindings."""
+        """The node as it is now, pickled without the engine's bindings (see :func:`.snapshots.final_state`)."""
         for attr in ("emit", "close"):
             self.node.__dict__.pop(attr, None)
         try:
-            return dumps(self.node)  # its code keeps its file names
+            return final_state(self.node)  # its code keeps its file names
         finally:
             self._bind()
 

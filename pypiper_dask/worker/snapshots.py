@@ -15,10 +15,11 @@ from typing import Any
 
 import cloudpickle
 
+from ..model.node import LEFT_OUT
 from ..model.pickling import dumps
 from ..model.snapshot import load_node
 
-__all__ = ["SnapshotError", "load_snapshot", "node_blob", "take_snapshot"]
+__all__ = ["SnapshotError", "final_state", "load_snapshot", "node_blob", "take_snapshot"]
 
 
 class SnapshotError(str):
@@ -27,16 +28,58 @@ class SnapshotError(str):
     __slots__ = ()
 
 
-def _culprit(node: Any) -> str:
-    """The first attribute of ``node`` that cannot be pickled, described; ``""`` if none is found."""
+def _unpicklable(node: Any) -> dict[str, str]:
+    """``{attribute: what it holds}`` for each attribute of ``node`` that cannot be pickled."""
+    bad = {}
     for attr, value in vars(node).items():
         if attr in ("emit", "close"):
             continue
         try:
             cloudpickle.dumps(value)
         except Exception:
-            return f"its attribute {attr!r} holds {type(value).__name__} {value!r:.60}"
+            bad[attr] = f"{type(value).__name__} {value!r:.60}"
+    return bad
+
+
+def _culprit(node: Any) -> str:
+    """The first attribute of ``node`` that cannot be pickled, described; ``""`` if none is found."""
+    for attr, what in _unpicklable(node).items():
+        return f"its attribute {attr!r} holds {what}"
     return ""
+
+
+def final_state(node: Any) -> bytes:
+    """``node`` pickled for the caller's object, without the attributes that cannot be pickled.
+
+    Those are named under :data:`~pypiper_dask.model.node.LEFT_OUT` on the
+    copy (the caller warns, and its object keeps its own values of them): a
+    stateful node holding a lock or a connection must not fail a run that
+    has delivered everything. ``node`` must have its engine bindings removed.
+
+    Examples
+    --------
+    >>> import pickle, threading
+    >>> from pypiper_dask.model import Node
+    >>> from pypiper_dask.model.node import LEFT_OUT
+    >>> class Count(Node):
+    ...     def run(self, data):
+    ...         self.n = 1
+    >>> node = Count("count")
+    >>> node.n, node.lock = 3, threading.Lock()
+    >>> back = pickle.loads(final_state(node))
+    >>> back.n, hasattr(back, "lock"), list(getattr(back, LEFT_OUT))
+    (3, False, ['lock'])
+    """
+    try:
+        return dumps(node)
+    except Exception:
+        bad = _unpicklable(node)
+        if not bad:
+            raise  # the class itself, or its __getstate__: nothing to leave out
+        copy = object.__new__(type(node))
+        copy.__dict__.update({k: v for k, v in vars(node).items() if k not in bad})
+        copy.__dict__[LEFT_OUT] = bad
+        return dumps(copy)
 
 
 def take_snapshot(name: str, node: Any, pending: list, closed: bool, upstream_closed: bool) -> bytes | SnapshotError:
