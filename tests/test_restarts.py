@@ -88,7 +88,7 @@ class Poison(Node):
     """Kills its worker process on one item, every time."""
 
     def run(self, data):
-        if data == 77:
+        if data == 77 or (isinstance(data, tuple) and 77 in data):
             os._exit(3)
         self.emit(data)
 
@@ -97,6 +97,27 @@ class Poison(Node):
 def test_an_item_that_kills_its_worker_every_time_is_named():
     graph = N.Gen("g", size=300) | Poison("poison") | N.Map("m")
     with pytest.raises(PipelineError, match=r"Node 'poison' killed its worker process on item 77 \(item \d+ of"):
+        Pipeline(graph, n_threads=2, quiet=True).run()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "where, said",
+    [
+        ("stateful", r"on item 77 \(partition \d+\)"),
+        ("batched", r"on batch \(75, 76, 77\) \(partition \d+\)"),
+        ("after a stateful node", r"on item 77 \(partition \d+\)"),
+    ],
+)
+def test_an_item_that_kills_a_sequential_nodes_worker_every_time_is_named(where, said):
+    """The worker that dies holds a sequential node: its state is restored, the item kills it again."""
+    if where == "stateful":
+        graph = N.Gen("g", size=300) | Poison("poison", stateless=False) | N.Map("m")
+    elif where == "batched":
+        graph = N.Gen("g", size=300) | Poison("poison", batch_size=3) | N.Map("m")
+    else:
+        graph = N.Gen("g", size=300) | N.Echo("e", stateless=False) | Poison("poison") | N.Map("m")
+    with pytest.raises(PipelineError, match=r"Node 'poison' killed its worker process " + said):
         Pipeline(graph, n_threads=2, quiet=True).run()
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import cloudpickle
 
 from ..compiler.plan import Plan
-from ..compiler.tasks import TaskNames, round_tasks
-from ..errors import NodeError, NodeModuleError, ValuePickleError
+from ..compiler.tasks import TaskNames, TaskSpec, round_tasks
+from ..errors import NodeError, NodeModuleError, PipelineError, ValuePickleError
 from ..log import HiddenStateReport, SilentSource
 from ..model.node import Node, arm_setup_emits
 from ..model.snapshot import load_node
@@ -22,7 +22,7 @@ from ..worker import Chunk, NodeFailure, capture_stdout, freezing
 from .backends import Backend, DataLost, HolderLost
 from .checkpoint import CheckpointRun
 from .output import Output, PipelineResult
-from .poison import LossCount, find_poison
+from .poison import LossCount, find_poison, find_poison_in_rounds
 from .recovery import DEFAULT_SNAPSHOT_EVERY, Recovery
 from .tracebacks import without_stub_carets
 
@@ -303,7 +303,7 @@ def iter_execute(
     splicer = out.splicer
     hidden = HiddenStateReport()
     sizer = PartitionSizer(partition_size, backend.n_workers, total)
-    done = attempt = 0
+    done = 0
     index = delivered = 0
     mute_until = -1  # a resumed run: output through this many source items went out before
     if keep is not None and snapshot_every is None:
@@ -336,15 +336,34 @@ def iter_execute(
 
     closed_at: dict[str, int] = {}  # node -> the first round it closed in
 
-    def submit(r: _Round) -> None:
+    def tasks_of(r: _Round, cut: bool = False) -> list[TaskSpec]:
         # A node that closed in an earlier round gets nothing in this one, wherever it runs.
         closed = frozenset(n for n, i in closed_at.items() if i < r.index)
-        cut = r.origin == 0 and recovery.cut(r.index, len(r.chunk or ()))
-        tasks = round_tasks(
-            plan, names, r.index, r.origin, r.chunk, n_source=n_source, attempt=attempt, closed=closed, cut=cut
+        return round_tasks(
+            plan,
+            names,
+            r.index,
+            r.origin,
+            r.chunk,
+            n_source=n_source,
+            attempt=losses.counts.get(r.index, 0),  # a round sent again gets keys of its own
+            closed=closed,
+            cut=cut,
         )
-        r.handle = backend.submit(tasks)
+
+    def submit(r: _Round) -> None:
+        r.handle = backend.submit(tasks_of(r, r.origin == 0 and recovery.cut(r.index, len(r.chunk or ()))))
         waiting[r.index] = r
+
+    def poison_in(again: list[_Round]) -> PipelineError | None:
+        """The node and item that kill every worker running them, probed (see :mod:`.poison`)."""
+        backend.cancel()
+        deaths = MAX_RESENDS + 1
+        found = find_poison(backend, losses.suspects(again), deaths)
+        if found is None and recovery.on and plan.seq_stages:
+            rounds = [(x.index, tasks_of(x)) for x in again]
+            found = find_poison_in_rounds(backend, recovery.states, recovery.point + 1, rounds, deaths)
+        return found
 
     try:
         while True:
@@ -408,23 +427,26 @@ def iter_execute(
                         raise
                     continue
                 except DataLost as exc:
-                    attempt += 1
-                    if attempt > MAX_RESENDS:
-                        if isinstance(exc, HolderLost):
-                            raise exc.error from exc
-                        poison = find_poison(backend, losses.suspects([*waiting.values(), *resend]), MAX_RESENDS)
-                        if poison is not None:
-                            raise poison from exc
-                        raise
+                    pending = [*waiting.values(), *resend]
                     if isinstance(exc, HolderLost):
                         # Every holder comes back from its last snapshot; the rounds since go
                         # again, those already delivered only to bring the state back.
-                        lost = recovery.restore(backend, exc, [*waiting.values(), *resend])
+                        lost = recovery.replay(exc, pending)
                     else:
                         # Every round not back yet goes again from its kept chunk; a sequential
                         # stage's holder answers a step it already ran with its first result.
                         lost = [x for x in waiting.values() if not x.back]
                     losses.lost(lost)
+                    # Sent again too often without getting through: not a worker's bad luck.
+                    if max(losses.counts[x.index] for x in lost) > MAX_RESENDS:
+                        poison = poison_in(recovery.replay_all(pending))
+                        if poison is not None:
+                            raise poison from exc
+                        if isinstance(exc, HolderLost):
+                            raise exc.error from exc
+                        raise
+                    if isinstance(exc, HolderLost):
+                        recovery.restore(backend, exc, len(lost))
                     backend.cancel([x.handle for x in lost if x.handle is not None])
                     for x in lost:
                         x.handle = None

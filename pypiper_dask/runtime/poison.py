@@ -16,12 +16,13 @@ import tempfile
 import time
 from typing import Any
 
-from ..compiler.tasks import fused_spec
+from ..compiler.plan import FusedStage
+from ..compiler.tasks import Ref, StageRef, TaskSpec, fused_spec, seq_spec
 from ..errors import PipelineError, short_repr
 from ..log import logger
-from ..worker.probe import probe_partition, read_probe
+from ..worker.probe import Holder, Result, probe_partition, probe_rounds, read_probe
 
-__all__ = ["LossCount", "find_poison"]
+__all__ = ["LossCount", "find_poison", "find_poison_in_rounds"]
 
 #: Seconds a probe of one partition may take.
 PROBE_TIMEOUT = 60.0
@@ -51,38 +52,85 @@ def find_poison(backend: Any, rounds: list[Any], resends: int) -> PipelineError 
     client, names = getattr(backend, "client", None), getattr(backend, "names", None)
     if client is None or names is None or not rounds:
         return None
-    from distributed import wait
-
     plan = backend.plan
     spec = fused_spec(plan, plan.stages[0], names.token)  # the top stage, fed by the source; in the task itself
     for r in rounds:
-        path = os.path.join(tempfile.gettempdir(), f"pypiper-probe-{names.token}-{r.index}-{os.getpid()}")
-        key = names.key(0, f"probe{r.index}")
-        future = client.submit(probe_partition, spec, list(r.chunk.items), path, key=key, pure=False)
         logger.info("partition %d was lost with its worker again and again: probing its items", r.index)
-        deadline = time.monotonic() + PROBE_TIMEOUT
-        died = False
-        while time.monotonic() < deadline and not future.done():
-            with contextlib.suppress(Exception), client.as_current():
-                wait([future], timeout=0.2)
-            died = client.run_on_scheduler(_suspicious, key=key) > 0
-            if died:
-                break
-        client.cancel([future], force=True)
-        if not died:
-            continue  # went through (or took too long): not this one
-        lines = [line for line in _read_everywhere(client, path) if line]
-        if not lines:
+        line = _probe(client, names, f"probe{r.index}", probe_partition, spec, list(r.chunk.items))
+        if line is None:
             continue
-        index, node = lines[0].split("\t", 1)
+        index, node = line.split("\t", 1)
         item = r.chunk.items[int(index)]
         return PipelineError(
             f"Node {node!r} killed its worker process on item {short_repr(item)} (item {index} of partition "
-            f"{r.index}): every worker that ran it died, {resends} times in a row, so the run stops "
-            "here. A node that calls os._exit, crashes the interpreter or runs out of memory on this item "
-            "does this."
+            f"{r.index}): {_STOPS.format(resends=resends)}"
         )
     return None
+
+
+def find_poison_in_rounds(
+    backend: Any, states: dict[int, bytes | None], start: int, rounds: list[tuple[int, list[TaskSpec]]], resends: int
+) -> PipelineError | None:
+    """Run ``rounds`` (every stage) in one probe task from the cut ``states``; the error naming what killed it.
+
+    For a node the top stage's probe cannot reach: a sequential node, or one
+    below it, whose input depends on the state of the nodes above.
+    """
+    client, names = getattr(backend, "client", None), getattr(backend, "names", None)
+    if client is None or names is None or not rounds:
+        return None
+    plan = backend.plan
+    stages = {
+        s.id: fused_spec(plan, s, names.token) if isinstance(s, FusedStage) else seq_spec(plan, s) for s in plan.stages
+    }
+    shipped = [(index, [(t.key, t.func, tuple(_marker(a) for a in t.args)) for t in tasks]) for index, tasks in rounds]
+    logger.info("partitions were lost with their workers again and again: probing %d round(s) whole", len(rounds))
+    line = _probe(client, names, "probe-rounds", probe_rounds, stages, states, start, shipped, timeout=120.0)
+    if line is None:
+        return None
+    index, node, data = line.split("\t", 2)
+    what = "item" if plan.snapshot.info[node].batch_size == 1 else "batch"
+    return PipelineError(
+        f"Node {node!r} killed its worker process on {what} {data} (partition {index}): "
+        f"{_STOPS.format(resends=resends)}"
+    )
+
+
+_STOPS = (
+    "every worker that ran it died, {resends} times in a row, so the run stops here. A node that calls "
+    "os._exit, crashes the interpreter or runs out of memory on this item does this."
+)
+
+
+def _marker(arg: Any) -> Any:
+    """A task argument as :func:`probe_rounds` reads it."""
+    if isinstance(arg, Ref):
+        return Result(arg.key)
+    if isinstance(arg, StageRef):
+        return Holder(arg.stage)
+    return arg
+
+
+def _probe(client: Any, names: Any, label: Any, func: Any, *args: Any, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Run ``func(*args, path)`` as a task; the last line it wrote to ``path`` if its worker died, else ``None``."""
+    from distributed import wait
+
+    path = os.path.join(tempfile.gettempdir(), f"pypiper-probe-{names.token}-{label}-{os.getpid()}")
+    key = names.key(0, label)
+    future = client.submit(func, *args, path, key=key, pure=False)
+    deadline = time.monotonic() + timeout
+    died = False
+    while time.monotonic() < deadline and not future.done():
+        with contextlib.suppress(Exception), client.as_current():
+            wait([future], timeout=0.2)
+        died = client.run_on_scheduler(_suspicious, key=key) > 0
+        if died:
+            break
+    client.cancel([future], force=True)
+    if not died:
+        return None  # went through (or took too long): not here
+    lines = [line for line in _read_everywhere(client, path) if line]
+    return lines[0] if lines else None
 
 
 def _suspicious(dask_scheduler: Any, key: Any) -> int:

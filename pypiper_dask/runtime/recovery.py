@@ -149,8 +149,8 @@ class Recovery:
         r.results = r.handle = None  # only its partition is needed again
         self.kept.append(r)
 
-    def restore(self, backend: Any, lost: Any, pending: list[Any]) -> list[Any]:
-        """A holder's worker died: re-create every holder from the restore point; the rounds to send again.
+    def replay(self, lost: Any, pending: list[Any]) -> list[Any]:
+        """A holder's worker died: the rounds to send again once every holder is restored.
 
         ``pending``: the rounds submitted or waiting to be, delivered or not
         (a replay in progress). Those to send again are the kept rounds, then
@@ -163,20 +163,27 @@ class Recovery:
             if self.broken is not None:
                 error.add_note(f"It had no snapshot: {self.broken}")
             raise error
-        backend.restore(self.states, self.point + 1)
-        self.restores += 1
-        self.arriving.clear()  # the replay takes them again
-        kept = {id(r) for r in self.kept}  # a replay in progress: its rounds are kept ones
-        again = [*self.kept, *sorted((r for r in pending if id(r) not in kept), key=lambda x: x.index)]
-        logger.info(
-            "the worker holding node %r died; restored every sequential node %s and sending %d partition(s) again",
-            error.node,
-            "from the start" if self.point < 0 else f"from its snapshot after partition {self.point}",
-            len(again),
-        )
+        again = self.replay_all(pending)
         for r in again:
             r.results = r.failure = None
         return again
+
+    def replay_all(self, pending: list[Any]) -> list[Any]:
+        """The kept rounds, then those of ``pending`` not delivered, in order: every round since the restore point."""
+        kept = {id(r) for r in self.kept}  # a replay in progress: its rounds are kept ones
+        return [*self.kept, *sorted((r for r in pending if id(r) not in kept), key=lambda x: x.index)]
+
+    def restore(self, backend: Any, lost: Any, n_rounds: int) -> None:
+        """Re-create every holder from the restore point (``n_rounds`` rounds then go again)."""
+        backend.restore(self.states, self.point + 1)
+        self.restores += 1
+        self.arriving.clear()  # the replay takes them again
+        logger.info(
+            "the worker holding node %r died; restored every sequential node %s and sending %d partition(s) again",
+            lost.error.node,
+            "from the start" if self.point < 0 else f"from its snapshot after partition {self.point}",
+            n_rounds,
+        )
 
     def final_states(self) -> dict[str, bytes] | None:
         """Each stateful node's final state, if every one came back with its flush."""

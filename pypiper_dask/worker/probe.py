@@ -1,4 +1,4 @@
-"""Which item, at which node, kills its worker: a partition fed again with each call written down first.
+"""Which item, at which node, kills its worker: partitions fed again with each call written down first.
 
 When a partition's tasks are lost with their workers again and again, the
 caller sends the partition once more as a probe: the top fused stage over
@@ -6,19 +6,31 @@ its items, nothing pushed on, each node call preceded by a line
 ``"{item index}\\t{node}"`` written straight to a file on the worker's host.
 The write is a system call, so the line survives the process (an
 ``os._exit`` in ``run`` included); the caller reads the last line back.
+
+A node below the top stage (a stateful or batched one, or one after it) is
+found by :func:`probe_rounds`: every stage of the plan in one task, its
+sequential stages restored from the last cut and the rounds since fed to
+them in order, each call written down as ``"{round}\\t{node}\\t{input}"``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-from typing import Any
+import reprlib
+from typing import Any, NamedTuple
 
 from ..ordering import Segment
 from .capture import capture_stdout
-from .fused import FusedSpec, _Compiled
+from .fused import FusedSpec, _Compiled, _compiled
+from .sequential import SeqHolder, SeqSpec
 
-__all__ = ["probe_partition", "read_probe"]
+__all__ = ["Holder", "Result", "probe_partition", "probe_rounds", "read_probe"]
+
+_short = reprlib.Repr()
+_short.maxlist = _short.maxtuple = 6
+_short.maxstring = _short.maxother = 60
 
 
 def probe_partition(spec: FusedSpec, items: list, path: str) -> int:
@@ -53,6 +65,72 @@ def probe_partition(spec: FusedSpec, items: list, path: str) -> int:
     finally:
         os.close(fd)
     return len(items)
+
+
+class Result(NamedTuple):
+    """A task argument of :func:`probe_rounds`: the result of the round's task ``key``."""
+
+    key: Any
+
+
+class Holder(NamedTuple):
+    """A task argument of :func:`probe_rounds`: stage ``stage``'s spec, or its holder."""
+
+    stage: int
+
+
+def probe_rounds(
+    stages: dict[int, FusedSpec | SeqSpec],
+    states: dict[int, bytes | None],
+    start: int,
+    rounds: list[tuple[int, list[tuple[Any, Any, tuple]]]],
+    path: str,
+) -> int:
+    """Run whole rounds here, every node call written to ``path`` first; how many rounds went through.
+
+    ``stages``: each stage's spec; a sequential one starts from ``states``
+    (a cut's snapshot, or ``None``: as planned) with ``start`` its next step.
+    ``rounds``: ``(index, tasks)`` in order, each task ``(key, func, args)``
+    parents first, :class:`Result` and :class:`Holder` standing for what the
+    scheduler fills in. Holders are plain objects here, so nothing is pushed
+    anywhere else and a step runs when its task does.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    at = [0]
+
+    def traced(name: str, real: Any) -> Any:
+        def run(data: Any) -> None:
+            os.write(fd, f"{at[0]}\t{name}\t{_short.repr(data)}\n".encode())
+            real(data)
+
+        return run
+
+    refs: dict[int, Any] = {}
+    for sid, spec in stages.items():
+        if isinstance(spec, FusedSpec):
+            spec = dataclasses.replace(spec, token=f"{spec.token}-probe")  # not the run's cached instances
+            for name, node in _compiled(spec).nodes.items():
+                node.run = traced(name, node.run)  # an instance attribute: bind() takes node.run
+            refs[sid] = spec
+        else:
+            holder = SeqHolder(spec, restore=states.get(sid), start=start)
+            holder.node.run = traced(spec.name, holder.node.run)
+            refs[sid] = holder
+    try:
+        with capture_stdout(lambda text: None):
+            for index, tasks in rounds:
+                at[0] = index
+                results: dict[Any, Any] = {}
+                for key, func, args in tasks:
+                    values = [
+                        results[a.key] if isinstance(a, Result) else refs[a.stage] if isinstance(a, Holder) else a
+                        for a in args
+                    ]
+                    with contextlib.suppress(Exception):  # a node raising is not what is looked for
+                        results[key] = func(*values)
+    finally:
+        os.close(fd)
+    return len(rounds)
 
 
 def read_probe(path: str) -> str | None:
