@@ -25,6 +25,7 @@ import pytest
 
 from pypiper_dask import CheckpointError, Node, OptionError, Pipeline
 from pypiper_dask.runtime import SyncTaskBackend
+from pypiper_dask.runtime.backends import InProcessBackend
 from tests import nodes as N
 from tests.conftest import ROOT
 
@@ -157,9 +158,44 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     assert isinstance(exc, CheckpointError) and "not a pypiper_dask checkpoint" in str(exc)
 
 
-def test_in_process_runs_cannot_be_checkpointed(tmp_path):
-    with pytest.raises(OptionError, match="n_threads > 1"):
-        Pipeline(N.Gen("gen", size=3) | N.Map("map"), n_threads=1).run(checkpoint=str(tmp_path / "ck"))
+@pytest.mark.timeout(120)
+def test_n_threads_1_checkpoints_and_resumes_there_or_on_a_cluster(tmp_path, local_client):
+    def public(p, fail_at=None, **kw):
+        out = io.StringIO()
+        os.environ.pop("CHECKPOINT_FAIL_AT", None)
+        if fail_at is not None:
+            os.environ["CHECKPOINT_FAIL_AT"] = str(fail_at)
+        try:
+            with contextlib.redirect_stdout(out):
+                result = p.run(**kw)
+        except Exception as exc:
+            return out.getvalue().splitlines(), exc
+        finally:
+            os.environ.pop("CHECKPOINT_FAIL_AT", None)
+        return out.getvalue().splitlines(), result
+
+    for i, where in enumerate([{"n_threads": 1}, {"client": local_client}]):
+        path = str(tmp_path / f"ck{i}")
+        p = Pipeline(
+            N.Gen("gen", size=300) | FailAt("map", op="inc") | N.Running("run"),
+            n_threads=1,
+            partition_size=10,
+            snapshot_every=(30, None),
+        )
+        first, exc = public(p, fail_at=157, checkpoint=path)
+        assert isinstance(exc, Exception) and "stopped here" in str(exc)
+        assert 0 < len(first) < 300
+        graph = N.Gen("gen", size=300) | FailAt("map", op="inc") | N.Running("run")
+        second, result = public(Pipeline(graph, partition_size=10, **where), checkpoint=path)
+        check_seam(first, second, REFERENCE, 10)
+        assert [str(x) for x in result["run"]] == REFERENCE
+        assert graph.root.pos == 300 and list(graph)[2].total == sum(range(1, 301))  # final state given back
+
+
+def test_a_backend_running_the_callers_nodes_cannot_be_checkpointed(tmp_path):
+    p = Pipeline(N.Gen("gen", size=3) | N.Map("map"), n_threads=1)
+    with pytest.raises(OptionError, match="cannot cut them"):
+        p._run_on(InProcessBackend(), checkpoint=str(tmp_path / "ck"))
     assert not (tmp_path / "ck").exists()
 
 

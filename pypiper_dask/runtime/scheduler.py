@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from ..log import logger
-from .backends import DistributedBackend, InProcessBackend
+from .backends import DistributedBackend, InProcessBackend, SyncTaskBackend
 
 __all__ = ["choose_backend"]
 
@@ -30,7 +30,8 @@ def choose_backend(
     connect_timeout: float = 10.0,
     security: Any = None,
     held: Any = None,
-) -> InProcessBackend | DistributedBackend:
+    checkpoint: bool = False,
+) -> InProcessBackend | SyncTaskBackend | DistributedBackend:
     """Pick where a run executes, in this order.
 
     1. ``client=`` (a ``distributed.Client`` or a scheduler address) → that cluster;
@@ -40,10 +41,16 @@ def choose_backend(
     5. neither given → the default ``distributed`` client if one is active
        (a notebook that made a ``Client`` for the dashboard), else the calling process.
 
+    In the calling process a ``checkpoint`` run goes partition by partition
+    on copies of the nodes, as on a cluster (its cuts are pickled), rather
+    than depth first on the caller's objects.
+
     Examples
     --------
     >>> type(choose_backend(1, None)).__name__
     'InProcessBackend'
+    >>> type(choose_backend(1, None, checkpoint=True)).__name__
+    'SyncTaskBackend'
     >>> choose_backend(4, None).n_workers_wanted
     4
     """
@@ -67,4 +74,4 @@ def choose_backend(
         default = _default_client()
         if default is not None:
             return DistributedBackend(client=default)
-    return InProcessBackend()
+    return SyncTaskBackend() if checkpoint else InProcessBackend()
