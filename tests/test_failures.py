@@ -17,6 +17,7 @@ import pytest
 
 from pypiper_dask import Node, NodeError, Pipeline, StateLostError
 from pypiper_dask.errors import SchedulerError
+from pypiper_dask.runtime import SyncTaskBackend
 from tests import nodes as N
 from tests.conftest import ROOT, dask_processes, two_worker_client
 
@@ -326,3 +327,40 @@ def test_tls_cluster_with_security():
         with pytest.raises(SchedulerError) as lost:
             Pipeline(N.Gen("g", size=1) | N.Map("m"), client=cluster.scheduler_address, connect_timeout=2).run()
         assert "needs Pipeline(security=" in str(lost.value)
+
+
+class LosesARoundAfterAFailure(SyncTaskBackend):
+    """Rounds come back out of order: round 3 (a node's failure) first, then round 2, lost with its worker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.window, self.n_workers = 4, 2
+        self.first: dict[int, object] = {}
+
+    def submit(self, tasks):
+        index = tasks[0].key[1]
+        result = super().submit(tasks)
+        if index == 2 and 2 not in self.first:
+            self.first[2] = result  # its first sending is lost
+            return ("lost", 2)
+        return result
+
+    def wait(self, handles, timeout):
+        held = [h for h in handles if h == ("lost", 2)]
+        if held and len(handles) > len(held) and not getattr(self, "_held_once", False):
+            self._held_once = True
+            return [h for h in handles if h not in held]  # round 3's failure is back before round 2's loss
+        return handles
+
+    def results_many(self, handles):
+        from pypiper_dask.runtime.backends import DataLost
+
+        return [DataLost("lost with its worker") if h == ("lost", 2) else h for h in handles]
+
+
+@pytest.mark.timeout(60)
+def test_a_round_lost_after_a_later_one_failed_is_sent_again_and_the_failure_raised():
+    """The lost round comes before the failed one: it must go again (the run once waited for ever)."""
+    graph = N.Gen("g", size=40) | Boom("boom", at=35) | N.Map("m")
+    with pytest.raises(NodeError, match="Node 'boom' raised"):
+        Pipeline(graph, partition_size=10, quiet=True)._run_on(LosesARoundAfterAFailure())

@@ -372,14 +372,15 @@ def iter_execute(
             # One small round per worker first: their cost per item sizes the
             # partitions that fill the window, and no worker waits meanwhile.
             window = backend.window if sizer.calibrated else backend.n_workers
-            while not failed and len(in_flight) < window and len(waiting) < 2 * backend.window:
-                if resend:
+            while len(in_flight) < window and len(waiting) < 2 * backend.window:
+                if resend:  # also after a node failed: the rounds before it must come back first
                     r = resend.popleft()
                     submit(r)
                     in_flight.append(r)
                     continue
                 if (
-                    n_source is not None
+                    failed
+                    or n_source is not None
                     or sum(len(r.chunk or ()) for r in waiting.values()) >= MAX_ITEMS_OUT
                     or source.closed
                     or splicer.exhausted
