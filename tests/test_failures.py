@@ -364,3 +364,42 @@ def test_a_round_lost_after_a_later_one_failed_is_sent_again_and_the_failure_rai
     graph = N.Gen("g", size=40) | Boom("boom", at=35) | N.Map("m")
     with pytest.raises(NodeError, match="Node 'boom' raised"):
         Pipeline(graph, partition_size=10, quiet=True)._run_on(LosesARoundAfterAFailure())
+
+
+class LosesTheFirstRoundLast(SyncTaskBackend):
+    """Round 0 is lost with its worker after every later round, flushes included, came back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.window, self.n_workers = 2, 1
+        self.first: dict[int, object] = {}
+        self.others_back = False
+
+    def submit(self, tasks):
+        index = tasks[0].key[1]
+        if index in self.first:  # sent again: the first result, as a holder answers a step it ran
+            return self.first[index]
+        self.first[index] = super().submit(tasks)
+        return ("held", 0) if index == 0 else self.first[index]
+
+    def wait(self, handles, timeout):
+        if ("held", 0) in handles and not self.others_back:
+            self.others_back = len(self.first) == 6  # four source rounds and two flushes
+            return [h for h in handles if h != ("held", 0)]
+        return handles
+
+    def results_many(self, handles):
+        from pypiper_dask.runtime.backends import DataLost
+
+        return [DataLost("lost with its worker") if h == ("held", 0) else h for h in handles]
+
+
+@pytest.mark.timeout(60)
+def test_a_lost_round_is_sent_again_when_the_rounds_after_it_fill_the_reorder_buffer():
+    """Flush rounds take the buffer past its bound; the lost round before them must still go (it once hung)."""
+    graph = N.Gen("g", size=40) | N.Batch("b", batch_size=3, stateless=True) | N.Running("r")
+    want = Pipeline(graph, n_threads=1, quiet=True).run()
+    backend = LosesTheFirstRoundLast()
+    got = Pipeline(graph, partition_size=11, quiet=True)._run_on(backend)
+    assert dict(got) == dict(want)
+    assert backend.others_back  # the loss came after the flushes

@@ -312,3 +312,19 @@ def test_without_snapshots_a_holder_kill_is_state_lost(killable):
     killer = Killer(killable, 0.5, random.Random(0), node="total-")  # this run's holder, not an old one
     with killer, pytest.raises(StateLostError, match=r"Node 'total' lived on"):
         Pipeline(graph, client=killable, quiet=True, snapshot_every=False, partition_size=50).run()
+
+
+def test_a_replay_leaves_out_rounds_from_before_the_restore_point():
+    """A round of an earlier replay still out when a later cut became the point is not sent to holders past it."""
+    from types import SimpleNamespace
+
+    from pypiper_dask.compiler.plan import compile_plan
+    from pypiper_dask.model.snapshot import Snapshot
+    from pypiper_dask.runtime.recovery import Recovery
+
+    plan = compile_plan(Snapshot.from_graph(N.Gen("g", size=3) | N.Running("r")))
+    recovery = Recovery(plan, (10, None), able=True)
+    rounds = {i: SimpleNamespace(index=i, results=None, failure=None) for i in range(10)}
+    recovery.point, recovery.kept = 5, [rounds[6], rounds[7]]
+    pending = [rounds[4], rounds[7], rounds[9], rounds[8]]  # 4: an old replay still out; 7: kept, replaying
+    assert [r.index for r in recovery.replay_all(pending)] == [6, 7, 8, 9]

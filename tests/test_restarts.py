@@ -136,3 +136,24 @@ class Big(N.Gen):
 def test_large_items_through_a_batched_node_are_not_taken_for_a_death():
     result = Pipeline(Big("big", size=4) | Size("size", batch_size=2), n_threads=2, quiet=True).run()
     assert result["size"] == [2, 2]
+
+
+def test_the_probe_file_names_what_its_first_run_was_calling(tmp_path):
+    """A probe's worker dies and the scheduler runs it again into the same file: the first run counts.
+
+    A multi-line repr (an array's) stays on its line, and a name with a tab stays one field.
+    """
+    from pypiper_dask.runtime.poison import _unescaped
+    from pypiper_dask.worker.probe import _one_line, _open, read_probe
+
+    path = str(tmp_path / "probe")
+    name, data = _one_line("a\tb"), _one_line("[[0, 0],\n [0, 0]]")
+    for calls in (["3\tnode\t1", f"4\t{name}\t{data}"], ["0\tnode\t0"]):
+        fd = _open(path)
+        for line in calls:
+            os.write(fd, (line + "\n").encode())
+        os.close(fd)
+    started, line = read_probe(path)
+    index, node, data = line.split("\t", 2)
+    assert (index, _unescaped(node), data) == ("4", "a\tb", "[[0, 0],\\n [0, 0]]")
+    assert started > 0 and not os.path.exists(path)

@@ -372,14 +372,18 @@ def iter_execute(
             # One small round per worker first: their cost per item sizes the
             # partitions that fill the window, and no worker waits meanwhile.
             window = backend.window if sizer.calibrated else backend.n_workers
-            while len(in_flight) < window and len(waiting) < 2 * backend.window:
-                if resend:  # also after a node failed: the rounds before it must come back first
+            while len(in_flight) < window:
+                # Sent again also after a node failed (the rounds before it must come back
+                # first), and past the reorder buffer's bound when every round waiting is
+                # after it: nothing can leave before it does.
+                if resend and (len(waiting) < 2 * backend.window or resend[0].index < min(waiting, default=index)):
                     r = resend.popleft()
                     submit(r)
                     in_flight.append(r)
                     continue
                 if (
-                    failed
+                    len(waiting) >= 2 * backend.window
+                    or failed
                     or n_source is not None
                     or sum(len(r.chunk or ()) for r in waiting.values()) >= MAX_ITEMS_OUT
                     or source.closed
@@ -447,17 +451,20 @@ def iter_execute(
                             raise exc.error from exc
                         raise
                     if isinstance(exc, HolderLost):
-                        recovery.restore(backend, exc, len(lost))
-                    backend.cancel([x.handle for x in lost if x.handle is not None])
+                        recovery.restore(backend, exc, len(lost))  # cancels everything in flight
+                        waiting.clear()  # what is not sent again was from before the restore point
+                        resend = deque(lost)
+                    else:
+                        backend.cancel([x.handle for x in lost if x.handle is not None])
+                        for x in lost:
+                            waiting.pop(x.index, None)
+                        resend = deque(sorted([*lost, *resend], key=lambda x: x.index))
                     for x in lost:
                         x.handle = None
-                        waiting.pop(x.index, None)
-                    resend = deque(sorted({x.index: x for x in (*lost, *resend)}.values(), key=lambda x: x.index))
                     break
                 recovery.saw(r.index, r.origin, r.results)
                 if r.index < delivered:  # a replayed round: its output went out the first time
-                    del waiting[r.index]
-                    r.results = r.handle = None
+                    r.results, r.handle = {}, None  # back, and left in order below (see the window)
                     continue
                 splicer.saw(r.results)
                 for res in r.results.values():
@@ -467,6 +474,10 @@ def iter_execute(
                         closed_at[node] = min(closed_at.get(node, r.index), r.index)
                 if r.chunk is not None:
                     sizer.observe(len(r.chunk), r.results)
+            # Replayed rounds leave in order too: while one lags, the rounds after it count
+            # against the window, so a holder never runs more steps ahead than it keeps.
+            while waiting and (first := min(waiting)) < delivered and waiting[first].back:
+                del waiting[first]
             while delivered in waiting and waiting[delivered].back:
                 r = waiting.pop(delivered)
                 delivered += 1

@@ -60,6 +60,7 @@ def find_poison(backend: Any, rounds: list[Any], resends: int) -> PipelineError 
         if line is None:
             continue
         index, node = line.split("\t", 1)
+        node = _unescaped(node)
         item = r.chunk.items[int(index)]
         return PipelineError(
             f"Node {node!r} killed its worker process on item {short_repr(item)} (item {index} of partition "
@@ -88,7 +89,8 @@ def find_poison_in_rounds(
     line = _probe(client, names, "probe-rounds", probe_rounds, stages, states, start, shipped, timeout=120.0)
     if line is None:
         return None
-    index, node, data = line.split("\t", 2)
+    index, node, data = line.split("\t", 2)  # the input's repr stays on one line, as written
+    node = _unescaped(node)
     what = "item" if plan.snapshot.info[node].batch_size == 1 else "batch"
     return PipelineError(
         f"Node {node!r} killed its worker process on {what} {data} (partition {index}): "
@@ -100,6 +102,11 @@ _STOPS = (
     "every worker that ran it died, {resends} times in a row, so the run stops here. A node that calls "
     "os._exit, crashes the interpreter or runs out of memory on this item does this."
 )
+
+
+def _unescaped(field: str) -> str:
+    """A probe file's field as it was before it was written on one line."""
+    return field.encode("latin-1", "backslashreplace").decode("unicode_escape") if "\\" in field else field
 
 
 def _marker(arg: Any) -> Any:
@@ -127,10 +134,10 @@ def _probe(client: Any, names: Any, label: Any, func: Any, *args: Any, timeout: 
         if died:
             break
     client.cancel([future], force=True)
-    if not died:
+    found = _read_everywhere(client, path, 15.0 if died else 0.0)  # also removes the files
+    if not died or not found:
         return None  # went through (or took too long): not here
-    lines = [line for line in _read_everywhere(client, path) if line]
-    return lines[0] if lines else None
+    return min(found)[1]  # the first run's (a worker that died runs it again)
 
 
 def _suspicious(dask_scheduler: Any, key: Any) -> int:
@@ -138,16 +145,15 @@ def _suspicious(dask_scheduler: Any, key: Any) -> int:
     return 0 if ts is None else ts.suspicious
 
 
-def _read_everywhere(client: Any, path: str) -> list[str]:
-    """The probe file's last line, from every worker's host (read by whichever worker is there)."""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+def _read_everywhere(client: Any, path: str, seconds: float) -> list[tuple[float, str]]:
+    """What :func:`~pypiper_dask.worker.probe.read_probe` finds on every worker's host, retried for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
         try:
             found = client.run(read_probe, path, on_error="ignore")
         except Exception:
             found = {}
-        lines = [line for line in found.values() if line]
-        if lines:
-            return lines
+        answers = [a for a in found.values() if a]
+        if answers or time.monotonic() >= deadline:
+            return answers
         time.sleep(0.2)
-    return []

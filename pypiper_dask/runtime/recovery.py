@@ -171,7 +171,10 @@ class Recovery:
     def replay_all(self, pending: list[Any]) -> list[Any]:
         """The kept rounds, then those of ``pending`` not delivered, in order: every round since the restore point."""
         kept = {id(r) for r in self.kept}  # a replay in progress: its rounds are kept ones
-        return [*self.kept, *sorted((r for r in pending if id(r) not in kept), key=lambda x: x.index)]
+        # A round of an earlier replay may still be out when a later cut became the point:
+        # the holders restored there are past it.
+        rest = (r for r in pending if id(r) not in kept and r.index > self.point)
+        return [*self.kept, *sorted(rest, key=lambda x: x.index)]
 
     def restore(self, backend: Any, lost: Any, n_rounds: int) -> None:
         """Re-create every holder from the restore point (``n_rounds`` rounds then go again)."""

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import reprlib
+import time
 from typing import Any, NamedTuple
 
 from ..ordering import Segment
@@ -42,11 +44,11 @@ def probe_partition(spec: FusedSpec, items: list, path: str) -> int:
     stage = _Compiled(spec)
     seg = Segment(spec.n_sinks)
     stage.bind(seg, [], frozenset(), None)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = _open(path)
     at = [0]
 
     def traced(name: str, real: Any) -> Any:
-        line = f"\t{name}\n"
+        line = f"\t{_one_line(name)}\n"
 
         def run(data: Any) -> None:
             os.write(fd, f"{at[0]}{line}".encode())
@@ -95,12 +97,12 @@ def probe_rounds(
     scheduler fills in. Holders are plain objects here, so nothing is pushed
     anywhere else and a step runs when its task does.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = _open(path)
     at = [0]
 
     def traced(name: str, real: Any) -> Any:
         def run(data: Any) -> None:
-            os.write(fd, f"{at[0]}\t{name}\t{_short.repr(data)}\n".encode())
+            os.write(fd, f"{at[0]}\t{_one_line(name)}\t{_one_line(_short.repr(data))}\n".encode())
             real(data)
 
         return run
@@ -133,12 +135,38 @@ def probe_rounds(
     return len(rounds)
 
 
-def read_probe(path: str) -> str | None:
-    """The last line :func:`probe_partition` wrote to ``path`` on this host, if any; the file is removed."""
+def _open(path: str) -> int:
+    """The probe file, opened for appending, with a line saying when this run of the probe started.
+
+    A worker that dies while running the probe task makes the scheduler run it
+    again (on this host, into this file): the caller reads the first run's lines.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, f"{_START}\t{time.time()!r}\n".encode())
+    return fd
+
+
+_START = "start"
+
+
+def _one_line(text: str) -> str:
+    """``text`` without the characters that split the probe file's lines and fields."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+
+def read_probe(path: str) -> tuple[float, str] | None:
+    """When the first run of the probe in ``path`` (on this host) started, and the last line it wrote.
+
+    ``None`` if it wrote none. The file is removed.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
         os.remove(path)
     except OSError:
         return None
-    return lines[-1] if lines else None
+    if not lines or not lines[0].startswith(_START + "\t"):
+        return None
+    started = float(lines[0].split("\t", 1)[1])
+    first_run = list(itertools.takewhile(lambda line: not line.startswith(_START + "\t"), lines[1:]))
+    return (started, first_run[-1]) if first_run else None
