@@ -214,7 +214,8 @@ def write_report(
             " and checkpoint bookkeeping, each a fixed cost per round. The replay and probe changes made after that"
             " (resends within the window, per-round loss counts) against f200bb5, alternating, 2 x 3 runs each: W3"
             " min 0.095-0.096 s against 0.102-0.119 s, W1 0.115-0.117 s against 0.100-0.115 s, W2 2.18-2.38 s"
-            " against 2.30-2.33 s: within the noise.",
+            " against 2.30-2.33 s; W1 is within the noise of this full run (0.103 s median here, 0.132 s at the"
+            " previous full run).",
         ]
     lines += ["", "## Times", "", "| system | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     for name in systems:
