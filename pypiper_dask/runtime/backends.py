@@ -61,22 +61,7 @@ class Backend(Protocol):
     def final_states(self, n_source: int) -> dict[str, bytes]: ...
 
 
-class _Runs:
-    """``run_pipeline``: a backend's ``iter_pipeline`` run to its end."""
-
-    def iter_pipeline(
-        self, plan: Plan, **options: Any
-    ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
-        raise NotImplementedError  # each backend's own
-
-    def run_pipeline(self, plan: Plan, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
-        """Run ``plan`` to its end (see :meth:`iter_pipeline`)."""
-        from .execute import drain
-
-        return drain(self.iter_pipeline(plan, **options))
-
-
-class _RunsTasks(_Runs):
+class _RunsTasks:
     """``iter_pipeline`` for backends that run tasks on copies of the nodes: the run loop."""
 
     def iter_pipeline(
@@ -89,7 +74,7 @@ class _RunsTasks(_Runs):
         return (yield from iter_execute(plan, cast(Backend, self), **options))
 
 
-class InProcessBackend(_Runs):
+class InProcessBackend:
     """Runs a pipeline in the calling process: its nodes called depth first, as pyPiper calls them.
 
     No tasks and no partitions (see :mod:`pypiper_dask.runtime.inprocess`).

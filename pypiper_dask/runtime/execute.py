@@ -33,7 +33,7 @@ MAX_RESENDS = 5
 #: keeps each partition until it is delivered, and holds finished ones in order.
 MAX_ITEMS_OUT = 300_000
 
-__all__ = ["PartitionSizer", "SourceReader", "drain", "execute", "iter_execute", "node_error"]
+__all__ = ["PartitionSizer", "SourceReader", "drain", "iter_execute", "node_error"]
 
 
 class SourceReader:
@@ -241,14 +241,6 @@ class _Round:
     @property
     def back(self) -> bool:
         return self.results is not None or self.failure is not None
-
-
-def execute(plan: Plan, backend: Backend, **options: Any) -> tuple[PipelineResult, dict[str, Node]]:
-    """Run ``plan`` on an entered backend, round by round (see :func:`iter_execute`).
-
-    Returns the result, and the source and every stateful node as they ended.
-    """
-    return drain(iter_execute(plan, backend, **options))
 
 
 def drain(run: Generator[None, None, Any]) -> Any:

@@ -28,7 +28,7 @@ from ..worker.guard import StateWatch
 from ..worker.values import freezing, retry_or_drop
 from .output import PipelineResult
 
-__all__ = ["iter_in_process", "run_in_process"]
+__all__ = ["iter_in_process"]
 
 
 class _Nowhere:
@@ -302,26 +302,6 @@ class _Tree:
             self.end(kid)
 
 
-def run_in_process(
-    snap: Snapshot,
-    nodes: dict[str, Any],
-    *,
-    quiet: bool,
-    collect: bool,
-    callback: Callable[[int, int | None], None] | None,
-) -> PipelineResult:
-    """Run the pipeline of ``snap`` here, on ``nodes`` themselves (the caller's objects).
-
-    ``callback(done, total)`` is called at the start, about ten times a second
-    while the run goes on (``done``: source items fully processed), and at the end.
-    The engine's bindings (``emit``, ``close``) are taken off the nodes when
-    the run ends, however it ends.
-    """
-    from .execute import drain
-
-    return drain(iter_in_process(snap, nodes, quiet=quiet, collect=collect, callback=callback))
-
-
 def iter_in_process(
     snap: Snapshot,
     nodes: dict[str, Any],
@@ -331,11 +311,15 @@ def iter_in_process(
     callback: Callable[[int, int | None], None] | None,
     stream: list | None = None,
 ) -> Generator[None, None, PipelineResult]:
-    """:func:`run_in_process` as a generator that pauses between blocks of source calls.
+    """Run the pipeline of ``snap`` here, on ``nodes`` themselves (the caller's objects), in pausing blocks.
 
-    With ``stream`` (a list), the leaves' items are appended to it as
-    ``(leaf, item)`` instead of printed or collected, for the consumer to
-    take at a pause. Closing the generator ends the run where it is.
+    ``callback(done, total)`` is called at the start, about ten times a second
+    while the run goes on (``done``: source items fully processed), and at the end.
+    The engine's bindings (``emit``, ``close``) are taken off the nodes when
+    the run ends, however it ends. With ``stream`` (a list), the leaves'
+    items are appended to it as ``(leaf, item)`` instead of printed or
+    collected, for the consumer to take at a pause. Closing the generator
+    ends the run where it is.
     """
     try:
         result = yield from _run(snap, nodes, quiet, collect, callback, stream)
