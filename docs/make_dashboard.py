@@ -20,20 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from pypiper_dask import Node, Pipeline
+from pypiper_dask.demo import Generate  # the source: 0, 1, ..., size-1
 
 OUT = Path(__file__).resolve().parent / "dashboard-task-stream.png"
-
-
-class Readings(Node):
-    def setup(self, size: int) -> None:
-        self.pos = 0
-
-    def run(self, data: Any) -> None:
-        if self.pos < self.size:
-            self.emit(self.pos)
-            self.pos += 1
-        else:
-            self.close()
 
 
 class Features(Node):
@@ -130,7 +119,7 @@ def main() -> int:
     if chromium is None:
         print("needs a chromium on PATH (apt-get install chromium)", file=sys.stderr)
         return 2
-    graph = Readings("readings", size=1_200_000) | Features("features") | Scale("scale")
+    graph = Generate("readings", size=1_200_000) | Features("features") | Scale("scale")
     graph = graph | [RunningMean("running-mean"), Summary("summary")]
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster,

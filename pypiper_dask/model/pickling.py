@@ -37,7 +37,7 @@ import cloudpickle
 
 from ..errors import NodeModuleError, NodePickleError, short_repr
 
-__all__ = ["dumps", "dumps_node", "is_user_module", "load_packed", "send_by_value"]
+__all__ = ["dumps", "dumps_node", "is_user_module", "load_packed", "send_by_value", "unpicklable_attributes"]
 
 #: Modules this library registered by value (the user's own registrations are left alone).
 _ours: set[str] = set()
@@ -197,12 +197,28 @@ def _where(module: types.ModuleType) -> str:
     return f"{module.__name__!r} ({file})" if file else repr(module.__name__)
 
 
-def _attribute_culprit(node: Any) -> str:
+def unpicklable_attributes(node: Any) -> dict[str, str]:
+    """``{attribute: what it holds}`` for each attribute of ``node`` that cannot be pickled.
+
+    Examples
+    --------
+    >>> import threading
+    >>> from types import SimpleNamespace
+    >>> unpicklable_attributes(SimpleNamespace(n=1, lock=threading.Lock()))  # doctest: +ELLIPSIS
+    {'lock': 'lock <unlocked _thread.lock object at ...'}
+    """
+    bad = {}
     for attr, value in vars(node).items():
         try:
             _dump(value, _Met())
         except Exception:
-            return f" (its attribute {attr!r} holds {type(value).__name__} {value!r:.60})"
+            bad[attr] = f"{type(value).__name__} {value!r:.60}"
+    return bad
+
+
+def _attribute_culprit(node: Any) -> str:
+    for attr, what in unpicklable_attributes(node).items():
+        return f" (its attribute {attr!r} holds {what})"
     return ""
 
 

@@ -302,15 +302,18 @@ class DistributedBackend(_RunsTasks):
                 # it as that node's.
                 self._specs += 1
                 key = self.names.key(stage.id, "spec", self._specs)
-                value = fused_spec(self.plan, stage, self.names.token)
-                for attempt in range(5):
-                    try:
-                        self.refs[stage.id] = self.client.scatter({key: value}, hash=False)[key]
-                        break
-                    except OSError:  # the worker it went to is dying: try another
-                        if attempt == 4:
-                            raise
-                        time.sleep(0.2 * (attempt + 1))
+                self.refs[stage.id] = self._scatter(key, fused_spec(self.plan, stage, self.names.token))
+
+    def _scatter(self, key: Any, value: Any) -> Any:
+        """``value`` sent to a worker under ``key``; its future."""
+        for attempt in range(5):
+            try:
+                return self.client.scatter({key: value}, hash=False)[key]
+            except OSError:  # the worker it went to is dying: try another (a lost holder shows in wait())
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _respec(self) -> None:
         """Send again the specs lost with a worker (nobody else had fetched them yet)."""
@@ -367,15 +370,7 @@ class DistributedBackend(_RunsTasks):
         if not (isinstance(value, Chunk) and len(value) >= self.scatter_from):
             return value
         assert self.names is not None  # started
-        key = self.names.partition(task)  # named after the source, so the dashboard shows its name
-        for attempt in range(5):
-            try:
-                return self.client.scatter({key: value}, hash=False)[key]
-            except OSError:  # the worker it went to is dying: try another (a lost holder shows in wait())
-                if attempt == 4:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return self._scatter(self.names.partition(task), value)  # named after the source, as the dashboard shows
 
     def submit(self, tasks: list[TaskSpec]) -> _Round:
         """Submit one round's tasks; the handle says which results the caller gathers."""

@@ -257,8 +257,7 @@ class CheckpointRun:
         if self.broken is not None:
             return
         for old in [i for i in self.source_at if i <= point]:
-            if old != point + 1:
-                del self.source_at[old]
+            del self.source_at[old]
         if point + 1 not in self.source_at:
             self.take_source(point + 1, source.node, source.emitted)  # nothing was cut after it yet
             if self.broken is not None:

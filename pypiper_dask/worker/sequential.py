@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -173,19 +174,21 @@ class SeqHolder:
 
     def state(self) -> bytes:
         """The node as it is now, pickled without the engine's bindings (see :func:`.snapshots.final_state`)."""
-        for attr in ("emit", "close"):
-            self.node.__dict__.pop(attr, None)
-        try:
+        with self._unbound():
             return final_state(self.node)  # its code keeps its file names
-        finally:
-            self._bind()
 
     def snapshot(self) -> Any:
         """The holder's state now (bytes), or why it cannot be pickled (a ``SnapshotError``)."""
+        with self._unbound():
+            return take_snapshot(self.name, self.node, self.pending, self.closed, self.upstream_closed)
+
+    @contextlib.contextmanager
+    def _unbound(self) -> Iterator[None]:
+        """The node without the engine's ``emit``/``close`` (they are not its state), bound again after."""
         for attr in ("emit", "close"):
             self.node.__dict__.pop(attr, None)
         try:
-            return take_snapshot(self.name, self.node, self.pending, self.closed, self.upstream_closed)
+            yield
         finally:
             self._bind()
 

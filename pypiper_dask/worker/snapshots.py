@@ -16,7 +16,7 @@ from typing import Any
 import cloudpickle
 
 from ..model.node import LEFT_OUT
-from ..model.pickling import dumps
+from ..model.pickling import dumps, unpicklable_attributes
 from ..model.snapshot import load_node
 
 __all__ = ["SnapshotError", "final_state", "load_snapshot", "node_blob", "take_snapshot"]
@@ -28,22 +28,9 @@ class SnapshotError(str):
     __slots__ = ()
 
 
-def _unpicklable(node: Any) -> dict[str, str]:
-    """``{attribute: what it holds}`` for each attribute of ``node`` that cannot be pickled."""
-    bad = {}
-    for attr, value in vars(node).items():
-        if attr in ("emit", "close"):
-            continue
-        try:
-            cloudpickle.dumps(value)
-        except Exception:
-            bad[attr] = f"{type(value).__name__} {value!r:.60}"
-    return bad
-
-
 def _culprit(node: Any) -> str:
     """The first attribute of ``node`` that cannot be pickled, described; ``""`` if none is found."""
-    for attr, what in _unpicklable(node).items():
+    for attr, what in unpicklable_attributes(node).items():
         return f"its attribute {attr!r} holds {what}"
     return ""
 
@@ -73,7 +60,7 @@ def final_state(node: Any) -> bytes:
     try:
         return dumps(node)
     except Exception:
-        bad = _unpicklable(node)
+        bad = unpicklable_attributes(node)
         if not bad:
             raise  # the class itself, or its __getstate__: nothing to leave out
         copy = object.__new__(type(node))
