@@ -139,3 +139,29 @@ def dask_processes() -> list[psutil.Process]:
         if "multiprocessing" in cmd or "dask" in cmd or "distributed" in cmd:
             found.append(child)
     return found
+
+
+#: Fixtures that start a cluster: a test using one is a cluster test.
+CLUSTER_FIXTURES = {"local_client", "external_cluster"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(autouse=True)
+def _clusters_only_under_the_marker(request, monkeypatch):
+    """A test without the ``cluster`` marker may not start a cluster: ``-m "not cluster"`` then starts none."""
+    if request.node.get_closest_marker("cluster") is not None:
+        yield
+        return
+    import distributed
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a cluster: mark it with @pytest.mark.cluster")
+
+    monkeypatch.setattr(distributed.LocalCluster, "__init__", refuse)
+    monkeypatch.setattr(distributed.deploy.spec.SpecCluster, "__init__", refuse)
+    yield

@@ -85,9 +85,10 @@ def options(mode, request):
 @pytest.mark.parametrize("case", list(range(5)), ids=[g[0] for g in graphs()])
 def test_a_node_that_raises_stops_the_run_with_its_name(case, mode, request):
     where, graph, node, item = list(graphs())[case]
+    where_to = options(mode, request)  # a cluster fixture's start is not the run's
     start = time.monotonic()
     with pytest.raises(NodeError) as info:
-        Pipeline(graph, quiet=True, **options(mode, request)).run()
+        Pipeline(graph, quiet=True, **where_to).run()
     assert time.monotonic() - start < 30, "the error must not wait for the rest of the stream"
     err = info.value
     assert err.node == node
@@ -353,7 +354,7 @@ class LosesARoundAfterAFailure(SyncTaskBackend):
         return handles
 
     def results_many(self, handles):
-        from pypiper_dask.runtime.backends import DataLost
+        from pypiper_dask.runtime.loop import DataLost
 
         return [DataLost("lost with its worker") if h == ("lost", 2) else h for h in handles]
 
@@ -389,7 +390,7 @@ class LosesTheFirstRoundLast(SyncTaskBackend):
         return handles
 
     def results_many(self, handles):
-        from pypiper_dask.runtime.backends import DataLost
+        from pypiper_dask.runtime.loop import DataLost
 
         return [DataLost("lost with its worker") if h == ("held", 0) else h for h in handles]
 
