@@ -11,7 +11,7 @@ from pypiper_dask import Node, NodeGraph
 from pypiper_dask.compiler import FusedStage, SeqStage, TaskNames, compile_plan, fused_spec, round_tasks
 from pypiper_dask.model.snapshot import Snapshot
 from pypiper_dask.ordering import END, Closed, Printed, Segment, Splicer, compact_ends, events
-from pypiper_dask.runtime.execute import PartitionSizer
+from pypiper_dask.runtime.source import PartitionSizer
 from pypiper_dask.worker import Chunk, SeqHolder, run_fused
 from pypiper_dask.worker.sequential import SeqSpec
 from tests import nodes as N

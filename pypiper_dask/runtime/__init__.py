@@ -1,6 +1,6 @@
 """The runtime: where a run executes, the run loop, output and results."""
 
-from .backends import Backend, DistributedBackend, InProcessBackend, SyncTaskBackend
+from .backends import Backend, DistributedBackend, InProcessBackend, SyncTaskBackend, TaskBackend
 from .handle import RunHandle
 from .options import RunOptions
 from .output import PipelineResult
@@ -16,5 +16,6 @@ __all__ = [
     "RunHandle",
     "RunOptions",
     "SyncTaskBackend",
+    "TaskBackend",
     "choose_backend",
 ]

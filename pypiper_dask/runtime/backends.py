@@ -1,56 +1,67 @@
-"""Where the tasks of a run execute: in the caller, or on a distributed cluster.
+"""Where the tasks of a run execute: the transports the run loop drives.
 
-Both backends take the same :class:`~pypiper_dask.compiler.TaskSpec` lists
-(one list per round), follow the :class:`Backend` protocol, and return the
-same results; which one a run uses is decided in
-:func:`pypiper_dask.runtime.scheduler.choose_backend`.
+:class:`SyncTaskBackend` (the caller, on Dask's synchronous scheduler) and
+:class:`DistributedBackend` (a cluster) take the same
+:class:`~pypiper_dask.compiler.TaskSpec` lists (one list per round), follow
+the :class:`TaskBackend` protocol, and return the same results.
+:class:`InProcessBackend` runs no tasks: the caller's nodes, depth first.
+Which one a run uses is decided in :func:`pypiper_dask.runtime.scheduler.choose_backend`;
+how a cluster is started or reached, in :mod:`pypiper_dask.runtime.cluster`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
-import signal
-import sys
-import threading
 import time
-from collections.abc import Generator
 from concurrent.futures import CancelledError
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, runtime_checkable
 
 from ..compiler.plan import FusedStage, Plan, SeqStage
 from ..compiler.tasks import Ref, StageRef, TaskNames, TaskSpec, fused_spec, seq_spec, state_step
-from ..errors import PipelineError, SchedulerError, StateLostError
-from ..log import logger
-from ..model.node import Node
+from ..errors import PipelineError, StateLostError
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, SeqHolder, run_state
-from .output import PipelineResult
-from .restarts import main_not_reimported_by_nannies
+from ..worker.sequential import HolderAt
+from .cluster import open_client
+from .loop import DataLost, HolderLost
 
-__all__ = ["Backend", "DataLost", "DistributedBackend", "HolderLost", "InProcessBackend", "SyncTaskBackend"]
+__all__ = ["Backend", "DistributedBackend", "InProcessBackend", "SyncTaskBackend", "TaskBackend"]
 
 
+@runtime_checkable
 class Backend(Protocol):
-    """What the run loop needs of a place to run tasks.
+    """Where a run executes: entered for the run, left after it.
 
-    ``window`` is how many rounds may be in flight at once; ``submit`` takes
-    one round's tasks and returns a handle; ``wait`` returns the handles
-    (of those given) that are done, waiting up to ``timeout`` seconds for
-    one; ``results_many`` gives done rounds' fetched segments by stage, or in
-    a round's place the error it ended with (a task's failure, or :class:`DataLost`).
+    ``in_process``: it runs the caller's node objects themselves, not copies.
     """
 
-    in_process: bool  # runs the caller's node objects, not copies
+    in_process: bool
+
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc: Any) -> None: ...
+
+
+@runtime_checkable
+class TaskBackend(Backend, Protocol):
+    """What the run loop needs of a place to run tasks.
+
+    ``window`` is how many rounds may be in flight at once; ``start`` makes
+    the run's sequential holders (from a checkpoint's ``states``, their next
+    step ``first``); ``submit`` takes one round's tasks and returns a handle;
+    ``wait`` returns the handles (of those given) that are done, waiting up to
+    ``timeout`` seconds for one; ``results_many`` gives done rounds' fetched
+    segments by stage, or in a round's place the error it ended with (a
+    task's failure, or :class:`~pypiper_dask.runtime.loop.DataLost`).
+    ``can_restore``: ``restore`` can re-create lost holders from snapshots.
+    """
+
+    can_restore: bool
 
     @property
     def n_workers(self) -> int: ...
     @property
     def window(self) -> int: ...
 
-    def __enter__(self) -> Any: ...
-    def __exit__(self, *exc: Any) -> None: ...
     def start(
         self, plan: Plan, names: TaskNames, states: dict[int, bytes | None] | None = None, first: int = 0
     ) -> None: ...
@@ -58,20 +69,8 @@ class Backend(Protocol):
     def wait(self, handles: list[Any], timeout: float) -> list[Any]: ...
     def results_many(self, handles: list[Any]) -> list[dict[int, Segment] | BaseException]: ...
     def cancel(self, handles: list[Any] | None = None) -> None: ...
+    def restore(self, states: dict[int, bytes | None], start: int) -> None: ...
     def final_states(self, n_source: int) -> dict[str, bytes]: ...
-
-
-class _RunsTasks:
-    """``iter_pipeline`` for backends that run tasks on copies of the nodes: the run loop."""
-
-    def iter_pipeline(
-        self, plan: Plan, **options: Any
-    ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
-        """Run ``plan``, pausing after each delivery (see :func:`~pypiper_dask.runtime.execute.iter_execute`)."""
-        from .execute import iter_execute
-
-        options.pop("nodes", None)  # the plan's snapshot holds the copies that travel
-        return (yield from iter_execute(plan, cast(Backend, self), **options))
 
 
 class InProcessBackend:
@@ -88,29 +87,8 @@ class InProcessBackend:
     def __exit__(self, *exc: Any) -> None:
         pass
 
-    def iter_pipeline(
-        self, plan: Plan, nodes: dict[str, Node] | None = None, **options: Any
-    ) -> Generator[None, None, tuple[PipelineResult, dict[str, Node]]]:
-        """Run ``plan`` on ``nodes`` themselves (copies of its snapshot's if not given), pausing between blocks.
 
-        Returns the result, and the source and stateful nodes as they ended.
-        """
-        from .execute import node_error
-        from .inprocess import iter_in_process
-
-        options.pop("partition_size", None)  # nothing is cut into partitions here
-        options.pop("snapshot_every", None)  # nor is anything lost
-        options.pop("reached", None)  # the caller's own nodes: they are where they got
-        if nodes is None:
-            nodes = {name: plan.snapshot.node(name) for name in plan.snapshot.order}
-        try:
-            result = yield from iter_in_process(plan.snapshot, nodes, **options)
-        except NodeFailure as failure:
-            raise node_error(failure) from failure.error
-        return result, _final_nodes(plan, nodes)
-
-
-class SyncTaskBackend(_RunsTasks):
+class SyncTaskBackend:
     """Runs each round's tasks in the calling process on Dask's synchronous scheduler.
 
     The task path of a cluster run without a cluster: what the tests use to
@@ -118,6 +96,7 @@ class SyncTaskBackend(_RunsTasks):
     """
 
     in_process = False  # its tasks run on copies, as a cluster's do
+    can_restore = False  # nothing is lost here
 
     def __init__(self) -> None:
         self.n_workers = 1
@@ -167,18 +146,15 @@ class SyncTaskBackend(_RunsTasks):
     def cancel(self, handles: list[Any] | None = None) -> None:
         pass
 
+    def restore(self, states: dict[int, bytes | None], start: int) -> None:
+        raise AssertionError("a synchronous run loses no holder")  # can_restore is False
+
     def final_states(self, n_source: int) -> dict[str, bytes]:
         assert self.plan is not None  # started
         return {s.node: run_state(self.refs[s.id], 0) for s in self.plan.seq_stages if not s.stateless}
 
 
-def _final_nodes(plan: Plan, nodes: dict[str, Node]) -> dict[str, Node]:
-    """The nodes whose final state goes back to the caller's objects: the source and the stateful ones."""
-    snap = plan.snapshot
-    return {n: nodes[n] for n in snap.order if n == snap.root or not snap.info[n].stateless}
-
-
-class DistributedBackend(_RunsTasks):
+class DistributedBackend:
     """Runs tasks on a ``distributed`` cluster: one the run starts, or the user's.
 
     Parameters
@@ -197,6 +173,7 @@ class DistributedBackend(_RunsTasks):
     """
 
     in_process = False
+    can_restore = True
 
     def __init__(
         self,
@@ -216,7 +193,9 @@ class DistributedBackend(_RunsTasks):
         # Set by start(), for one run:
         self.plan: Plan | None = None
         self.names: TaskNames | None = None
-        self.refs: dict[int, Any] = {}  # stage -> its scattered spec, or its holder (an actor)
+        self.refs: dict[int, Any] = {}  # stage -> its scattered spec's future, or its holder's (an actor)
+        self.args: dict[int, Any] = {}  # stage -> what its tasks get: the spec or its future, the holder's proxy
+        self.workers: list[str] = []  # the workers partitions are sent to, in turn
         self.where: dict[int, str] = {}  # sequential stage -> the worker holding it
         self.live: set[_Round] = set()  # rounds submitted and not fetched yet
         self.lost: HolderLost | None = None  # a holder's worker died: rounds not back report it
@@ -224,35 +203,11 @@ class DistributedBackend(_RunsTasks):
         self._specs = 0  # fused stage specs sent
 
     def __enter__(self) -> DistributedBackend:
-        import dask
-        from distributed import Client, LocalCluster
-
         try:
-            if self.client is None and self.address is None:
-                # Entered before the cluster, left after it closed (the stack unwinds in reverse).
-                self._stack.enter_context(_QUIET_DISTRIBUTED)
-                self._stack.enter_context(main_not_reimported_by_nannies())  # workers restarted too
-                with _main_not_reimported(), _sigint_ignored():
-                    cluster = self._stack.enter_context(
-                        LocalCluster(
-                            n_workers=self.n_workers_wanted,
-                            threads_per_worker=1,
-                            processes=True,
-                            host="127.0.0.1",
-                            dashboard_address="127.0.0.1:0",
-                            silence_logs=logging.ERROR,
-                            # Workers that ignore Ctrl-C and log only CRITICAL records: the caller
-                            # reports what goes wrong (see pypiper_dask.worker.process).
-                            preload=[*dask.config.get("distributed.worker.preload", []), _WORKER_SETUP],
-                        )
-                    )
-                self.client = self._stack.enter_context(Client(cluster, set_as_default=False))
-                link = self.client.dashboard_link
-                if link:
-                    logger.info("dashboard at %s", link)
-            elif self.client is None and self.address is not None:
-                client = _connect(self.address, self.timeout, self.security)
-                self.client = self._stack.enter_context(client)
+            if self.client is None:
+                self.client = open_client(
+                    self._stack, self.address, self.n_workers_wanted, timeout=self.timeout, security=self.security
+                )
         except BaseException:
             self._stack.close()
             raise
@@ -285,35 +240,70 @@ class DistributedBackend(_RunsTasks):
         client = self.client
         self.plan, self.names = plan, names
         self.refs, self.where, self.live, self.lost, self.generation, self._specs = {}, {}, set(), None, 0, 0
-        workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {}))
+        self.args = {}
+        self.workers = workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {}))
         self._scatter_specs()
         self._place_holders(workers, states or {}, first)
 
+    #: A fused stage's spec (its nodes, pickled) up to this many bytes travels inside each of
+    #: its tasks; a larger one is sent to every worker once. A task that depends on data one
+    #: worker holds is placed on that worker: with the spec scattered to one worker, every
+    #: task of a short run went there until work stealing moved them (8 workers: seven idle
+    #: for ~1 s, efficiency 0.26).
+    inline_spec = 64 * 1024
+
+    #: Seconds to wait for a large spec to reach every worker before settling for one copy.
+    broadcast_timeout = 30.0
+
     def _scatter_specs(self, only: set[int] | None = None) -> None:
-        """Send each fused stage's spec (or those of the stages ``only``) to the cluster, once."""
+        """Give each fused stage's tasks its spec (or those of the stages ``only``): inside them, or sent once."""
         assert self.plan is not None and self.names is not None  # started
         for stage in self.plan.stages:
             if isinstance(stage, FusedStage) and (only is None or stage.id in only):
-                # Sent once; tasks carry only a reference, so a heavy node crosses the network
-                # once per worker per run (a worker fetches it for its first task), not once
-                # per task. Not broadcast: a worker dying while the scheduler copies a value
-                # to all the others left Client.scatter(broadcast=True) waiting for ever
-                # (distributed 2026.8.0). Keyed under the stage's name: the dashboard shows
-                # it as that node's.
+                spec = fused_spec(self.plan, stage, self.names.token)
+                if sum(map(len, spec.blobs.values())) <= self.inline_spec:
+                    self.args[stage.id] = spec  # the worker builds the stage once per run (by its token)
+                    continue
+                # A heavy node: sent to every worker once, so it crosses the network once per
+                # worker per run and no worker is preferred. Keyed under the stage's name: the
+                # dashboard shows it as that node's.
                 self._specs += 1
                 key = self.names.key(stage.id, "spec", self._specs)
-                self.refs[stage.id] = self._scatter(key, fused_spec(self.plan, stage, self.names.token))
+                self.refs[stage.id] = self.args[stage.id] = self._broadcast(key, spec)
 
-    def _scatter(self, key: Any, value: Any) -> Any:
-        """``value`` sent to a worker under ``key``; its future."""
+    def _broadcast(self, key: Any, value: Any) -> Any:
+        """``value`` sent to every worker under ``key``; its future.
+
+        Bounded: a worker dying while the scheduler copied a value to all of
+        them left ``scatter(broadcast=True)`` waiting for ever (distributed
+        2026.8.0). Past ``broadcast_timeout`` the value goes to one worker, and
+        the others fetch it from there for their first task.
+        """
+        try:
+            return self.client.scatter({key: value}, broadcast=True, hash=False, timeout=self.broadcast_timeout)[key]
+        except (OSError, TimeoutError):
+            return self._scatter(key, value)
+
+    def _scatter(self, key: Any, value: Any, worker: str | None = None) -> Any:
+        """``value`` sent to ``worker`` (or one the scheduler picks) under ``key``; its future."""
         for attempt in range(5):
             try:
-                return self.client.scatter({key: value}, hash=False)[key]
+                return self.client.scatter({key: value}, workers=None if worker is None else [worker], hash=False)[key]
             except OSError:  # the worker it went to is dying: try another (a lost holder shows in wait())
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
+                self.workers = sorted(self._alive()) or self.workers
+                worker = None if worker is None else self._next_worker()
         raise AssertionError("unreachable")
+
+    def _next_worker(self) -> str:
+        """The worker with the fewest partitions of this run's live rounds: where the next one goes."""
+        load = dict.fromkeys(self.workers, 0)
+        for r in self.live:
+            if r.worker in load:
+                load[r.worker] += 1
+        return min(load, key=load.__getitem__)  # ties: the first in address order
 
     def _respec(self) -> None:
         """Send again the specs lost with a worker (nobody else had fetched them yet)."""
@@ -340,6 +330,17 @@ class DistributedBackend(_RunsTasks):
                 workers=[where],
                 allow_other_workers=False,
             )
+        # Tasks get each holder's address and key, not its future (nor an Actor, which is a
+        # reference too): a task depending on the holder's future is placed on the holder's
+        # worker, so every fused task that feeds a stateful node ran there. They may call it
+        # once it exists.
+        from distributed import wait
+
+        seq = self.plan.seq_stages
+        with contextlib.suppress(Exception):  # a holder's worker died meanwhile: the run loop's probe says so
+            wait([self.refs[s.id] for s in seq], timeout=60)
+        for stage in seq:
+            self.args[stage.id] = HolderAt(self.where[stage.id], self.refs[stage.id].key)
 
     def restore(self, states: dict[int, bytes | None], start: int) -> None:
         """Create every holder again on the live workers, from ``states``, its next step ``start``.
@@ -359,18 +360,24 @@ class DistributedBackend(_RunsTasks):
             raise StateLostError(error.node, f"{error} No worker is left to restore it on.")
         self.generation += 1
         self.lost = None
+        self.workers = workers
         self._place_holders(workers, states, start)
 
-    #: Partitions of at least this many items are scattered to a worker rather
-    #: than embedded in their task: a task's embedded data also lives in the
-    #: scheduler (for a LocalCluster, in the caller's process) until it is forgotten.
-    scatter_from = 1000
+    #: Partitions of at least this many bytes (Dask's estimate) are sent to a worker on their
+    #: own rather than inside their task: a task's data also lives in the scheduler (for a
+    #: LocalCluster, in the caller's process) until it is forgotten, and a large graph warns.
+    scatter_from = 1 << 20
 
-    def _data(self, value: Any, task: Any) -> Any:
-        if not (isinstance(value, Chunk) and len(value) >= self.scatter_from):
+    def _data(self, value: Any, task: Any, round_: _Round) -> Any:
+        from dask.sizeof import sizeof
+
+        if not (isinstance(value, Chunk) and sizeof(value) >= self.scatter_from):
             return value
         assert self.names is not None  # started
-        return self._scatter(self.names.partition(task), value)  # named after the source, as the dashboard shows
+        # Its task runs where it lies, so it goes to the worker with the fewest partitions out
+        # (left to the scheduler, every partition went to the same worker).
+        round_.worker = self._next_worker()
+        return self._scatter(self.names.partition(task), value, round_.worker)  # named after the source
 
     def submit(self, tasks: list[TaskSpec]) -> _Round:
         """Submit one round's tasks; the handle says which results the caller gathers."""
@@ -380,9 +387,9 @@ class DistributedBackend(_RunsTasks):
             args = [
                 round_.futures[a.key]
                 if isinstance(a, Ref)
-                else self.refs[a.stage]
+                else self.args[a.stage]
                 if isinstance(a, StageRef)
-                else self._data(a, t.key)
+                else self._data(a, t.key, round_)
                 for a in t.args
             ]
             future = self.client.submit(t.func, *args, key=t.key, pure=False, priority=_priority(t))
@@ -516,26 +523,15 @@ def _priority(task: TaskSpec) -> int:
     return (1 << 40) - index if task.sequential else -index
 
 
-class DataLost(Exception):
-    """A round's input (a scattered partition) went with its worker; the caller sends it again."""
-
-
-class HolderLost(DataLost):
-    """A sequential stage's holder went with its worker; ``error`` is raised if it cannot be restored."""
-
-    def __init__(self, error: StateLostError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 class _Round:
     """The futures of one submitted round."""
 
-    __slots__ = ("fetch", "futures")
+    __slots__ = ("fetch", "futures", "worker")
 
     def __init__(self) -> None:
         self.futures: dict[Any, Any] = {}  # key -> future, every task
         self.fetch: dict[int, Any] = {}  # stage -> future, what the caller gathers
+        self.worker: str | None = None  # where its partition was sent, if it was not inside its task
 
 
 def _outcome(results: dict[int, Any]) -> dict[int, Segment] | NodeFailure:
@@ -558,179 +554,3 @@ def _with_carried(results: dict[int, Segment]) -> dict[int, Segment]:
             results[stage] = carried
             res.carried = None
     return results
-
-
-def _connect(address: str, timeout: float, security: Any) -> Any:
-    """A client of the Dask scheduler at ``address``; :class:`SchedulerError` if none answers within ``timeout``.
-
-    ``Client(address, timeout=...)`` alone is not enough: distributed waits for
-    the other side's handshake with no time limit, so a service that is not a
-    Dask scheduler (an HTTP server, waiting for a request line) kept it waiting
-    forever; one that answers other bytes raised whatever reading them raised
-    (a ``MemoryError`` for an absurd frame length), and the half-made client
-    printed a ``TimeoutError`` from ``Client.__del__`` at exit. So the scheduler
-    is asked who it is first, within the time limit, and a client whose start
-    fails anyway is closed here.
-    """
-    from distributed import Client
-
-    def fail(reason: str) -> SchedulerError:
-        hint = (
-            " A tls:// address needs Pipeline(security=distributed.security.Security(...))."
-            if address.startswith("tls://") and security is None
-            else " Is it running, and is the address (and its tcp:// or tls:// protocol) right?"
-            " Pipeline(connect_timeout=...) sets the wait."
-        )
-        return SchedulerError(
-            f"Could not reach the Dask scheduler at {address!r} within {timeout:g} s ({reason}).{hint}"
-        )
-
-    try:
-        kind = _identify(address, timeout, security)
-    except _NoScheduler as exc:
-        raise fail(str(exc)) from exc.__cause__
-    except Exception as exc:  # connecting failed (refused, TLS settings, ...)
-        raise fail(f"{type(exc).__name__}: {exc}") from exc
-    if kind != "Scheduler":  # a worker's address, say
-        raise fail(f"a Dask {kind or 'server'} answered, not a scheduler")
-    client = Client.__new__(Client)  # held before it connects, so a failed start is closed here
-    try:
-        Client.__init__(client, address, timeout=timeout, security=security, set_as_default=False)
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            client.close(timeout=timeout)
-        raise fail(f"{type(exc).__name__}: {exc}") from exc
-    return client
-
-
-def _identify(address: str, timeout: float, security: Any) -> str | None:
-    """What the Dask server at ``address`` says it is (``"Scheduler"``), asked within about ``timeout`` seconds.
-
-    Raises :class:`_NoScheduler` when what answers is no Dask server.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from distributed.comm import connect
-    from distributed.security import Security
-
-    args = (security or Security()).get_connection_args("client")
-
-    async def ask() -> Any:
-        try:
-            comm = await connect(address, timeout=timeout, **args)  # retries until `timeout`, then OSError
-        except (OSError, TypeError, ValueError):  # unreachable, refused, TLS settings
-            raise
-        except Exception as exc:  # its first bytes, read as a Dask handshake, meant nonsense
-            raise _NoScheduler(
-                f"something answered in another protocol than Dask's ({type(exc).__name__}: {exc})"
-            ) from exc
-        try:
-            await comm.write({"op": "identity", "n_workers": 0, "reply": True})
-            return await comm.read()
-        finally:
-            comm.abort()
-
-    async def bounded() -> Any:
-        # A little past connect's own limit, so an unreachable address fails there (saying why):
-        # running out here means a connection was made and then nothing answered as Dask does.
-        try:
-            return await asyncio.wait_for(ask(), timeout + 0.5)
-        except asyncio.TimeoutError:  # TimeoutError from Python 3.11 on
-            raise _NoScheduler(
-                "something accepted the connection but did not answer as a Dask scheduler does"
-            ) from None
-
-    # An event loop of its own, in a thread: the caller may be running one (a notebook).
-    with ThreadPoolExecutor(1, thread_name_prefix="pypiper-connect") as pool:
-        answer = pool.submit(asyncio.run, bounded()).result()
-    return answer.get("type") if isinstance(answer, dict) else None
-
-
-class _NoScheduler(Exception):
-    """No Dask scheduler answered; the message says what happened instead."""
-
-
-class _QuietDistributed:
-    """distributed's log handlers in this process at ERROR while any cluster a run started is up.
-
-    ``LocalCluster(silence_logs=...)`` lowers them per cluster and puts back
-    what it found when it closes: with two runs from two threads at once, the
-    first to close turned INFO back on while the second still ran. Counted
-    here instead: the first run in lowers them (so the cluster finds them
-    lowered and restores nothing), the last one out puts them back.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._count = 0
-        self._saved: list[tuple[logging.Handler, int]] = []
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._count == 0:
-                for root in ("distributed", "bokeh"):
-                    for handler in logging.getLogger(root).handlers:
-                        if isinstance(handler, logging.StreamHandler) and handler.level < logging.ERROR:
-                            self._saved.append((handler, handler.level))
-                            handler.setLevel(logging.ERROR)
-            self._count += 1
-
-    def __exit__(self, *exc: Any) -> None:
-        with self._lock:
-            self._count -= 1
-            if self._count == 0:
-                for handler, level in self._saved:
-                    handler.setLevel(level)
-                self._saved.clear()
-
-
-_QUIET_DISTRIBUTED = _QuietDistributed()
-
-#: The preload module each worker process of a cluster a run starts runs first.
-_WORKER_SETUP = "pypiper_dask.worker.process"
-
-
-@contextlib.contextmanager
-def _sigint_ignored():
-    """Ignore Ctrl-C in this process while a cluster's worker processes start.
-
-    A new process inherits an ignored signal, so the workers ignore it from
-    their first instruction; their preload (:mod:`pypiper_dask.worker.process`)
-    comes too late for a Ctrl-C while they import, which printed their
-    tracebacks, and one in the caller then left the half-started cluster's
-    processes to be reaped at exit. A Ctrl-C in that second or so is dropped;
-    the next one stops the run. Only the main thread can set a handler: a run
-    started from another thread does without.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
-
-
-@contextlib.contextmanager
-def _main_not_reimported():
-    """Start worker processes without re-running the caller's script in them.
-
-    ``distributed`` starts workers with multiprocessing's *spawn*, which imports
-    the main module again in each new process; a pyPiper script has no
-    ``if __name__ == "__main__":`` guard, so it would run itself again. Workers
-    don't need the main module (node classes reach them pickled by value), so
-    it is hidden from multiprocessing while the workers start.
-    """
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
-    main.__dict__.pop("__file__", None)
-    main.__spec__ = None
-    try:
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)

@@ -20,13 +20,14 @@ from ..model.node import LEFT_OUT, PRIVATE, Node, constructed_again, mark_used, 
 from ..model.snapshot import Snapshot
 from ..worker import NodeFailure
 from .backends import _outcome
-from .execute import SourceReader, drain, node_error
+from .execute import drain, node_error, run_plan
 from .handle import RunHandle
 from .options import RunOptions
 from .output import Output, PipelineResult
 from .progress import progress_callback
 from .recovery import DEFAULT_SNAPSHOT_EVERY
 from .scheduler import choose_backend
+from .source import SourceReader
 
 __all__ = ["Pipeline"]
 
@@ -344,7 +345,8 @@ class Pipeline:
             reached: dict[str, Node] = {}  # a run that ends early: the source as it got there
             try:
                 with backend:
-                    result, final = yield from backend.iter_pipeline(
+                    result, final = yield from run_plan(
+                        backend,
                         plan,
                         nodes=nodes,
                         quiet=options.quiet,

@@ -253,6 +253,35 @@ class SeqHolder:
             self._pumping = False
 
 
+class HolderAt:
+    """A holder that is a Dask actor, as tasks get it: its worker's address and its key.
+
+    Not the actor's future nor its :class:`distributed.Actor` proxy: a task
+    with either among its arguments depends on the actor, and the scheduler
+    places it on the holder's worker. A task makes its own proxy from this.
+    """
+
+    __slots__ = ("address", "key")
+
+    def __init__(self, address: str, key: Any) -> None:
+        self.address, self.key = address, key
+
+    def __reduce__(self):
+        return (HolderAt, (self.address, self.key))
+
+    def __repr__(self) -> str:
+        return f"<holder {self.key!r} at {self.address}>"
+
+    def proxy(self) -> Any:
+        from distributed.actor import Actor
+
+        return Actor(SeqHolder, self.address, self.key)
+
+
+def _actor(holder: Any) -> Any:
+    return holder.proxy() if isinstance(holder, HolderAt) else holder
+
+
 def push_step(
     holder: Any, number: int, items: list, upstream_closed: bool, snap: bool = False, node: str | None = None
 ) -> None:
@@ -263,7 +292,7 @@ def push_step(
     ``node``: the holder's node, named if the items cannot be pickled.
     """
     if not isinstance(holder, SeqHolder):
-        holder.step(number, "process", Items(items, node), upstream_closed, snap)
+        _actor(holder).step(number, "process", Items(items, node), upstream_closed, snap)
 
 
 _task = threading.local()  # .seceded: this thread left its worker's pool (it runs no other task after)
@@ -280,7 +309,7 @@ def _remote(holder: Any, number: int, method: str, *args: Any) -> Any:
 
     from distributed import secede
 
-    answer = holder.step(number, method, *args)
+    answer = _actor(holder).step(number, method, *args)
     try:
         return answer.result(timeout=0.01)
     except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
+from dask.sizeof import sizeof
 from tblib import pickling_support
 
 from ..errors import ValuePickleError, short_repr
@@ -52,6 +53,13 @@ class Chunk:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+@sizeof.register(Chunk)
+def _sizeof_chunk(chunk: Chunk) -> int:
+    # Dask's estimate of the items (a sample of them), not of the wrapper: the runtime decides
+    # by it whether a partition travels inside its task or is sent to a worker on its own.
+    return sizeof(chunk.items) + sizeof(chunk.prints)
 
 
 class Items:

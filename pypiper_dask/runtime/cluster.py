@@ -1,0 +1,272 @@
+"""Clusters and clients: the one a run starts, or the user's, reached and kept quiet.
+
+What a run needs of a cluster before its first task: a ``LocalCluster`` of
+single-threaded worker processes started without re-running the caller's
+script in them, with distributed's log chatter lowered and its workers'
+allocator set for numpy-heavy nodes; or a client of a scheduler at an
+address, reached within a time limit with a clear error when nothing (or
+something else) answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from ..errors import SchedulerError
+from ..log import logger
+from .restarts import main_not_reimported_by_nannies
+
+__all__ = ["WORKER_MALLOC", "open_client"]
+
+#: glibc's allocator settings for the worker processes of a cluster a run starts. The nanny's
+#: default (``MALLOC_TRIM_THRESHOLD_=65536``) also fixes the mmap threshold at 128 KiB, so
+#: every numpy array over it is mapped and page-faulted anew: an allocation-heavy node ran
+#: 1.8x slower in a worker than in a plain process. With these, arrays up to 4 MiB reuse the
+#: heap, larger ones are still mapped (and returned to the system when freed), and free
+#: memory over 1 MiB at the heap's top is trimmed: memory stays bounded.
+WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": "1048576", "MALLOC_MMAP_THRESHOLD_": "4194304"}
+
+
+def open_client(
+    stack: contextlib.ExitStack,
+    address: str | None,
+    n_workers: int | None,
+    *,
+    timeout: float = 10.0,
+    security: Any = None,
+) -> Any:
+    """A client for a run, entered on ``stack``: of the scheduler at ``address``, or of a new ``LocalCluster``."""
+    if address is not None:
+        return stack.enter_context(_connect(address, timeout, security))
+    return _local_cluster(stack, n_workers)
+
+
+def _local_cluster(stack: contextlib.ExitStack, n_workers: int | None) -> Any:
+    import dask
+    from distributed import Client, LocalCluster
+
+    # Entered before the cluster, left after it closed (the stack unwinds in reverse).
+    stack.enter_context(_QUIET_DISTRIBUTED)
+    stack.enter_context(main_not_reimported_by_nannies())  # workers restarted too
+    with _main_not_reimported(), _sigint_ignored(), dask.config.set(_malloc_config()):
+        cluster = stack.enter_context(
+            LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+                silence_logs=logging.ERROR,
+                # Workers that ignore Ctrl-C and log only CRITICAL records: the caller
+                # reports what goes wrong (see pypiper_dask.worker.process).
+                preload=[*dask.config.get("distributed.worker.preload", []), _WORKER_SETUP],
+            )
+        )
+    client = stack.enter_context(Client(cluster, set_as_default=False))
+    link = client.dashboard_link
+    if link:
+        logger.info("dashboard at %s", link)
+    return client
+
+
+_malloc_logged = False
+
+
+def _malloc_config() -> dict[str, str]:
+    """``WORKER_MALLOC`` as nanny settings, unless the user set their own; logged once per process."""
+    import dask
+
+    global _malloc_logged
+    key = "distributed.nanny.pre-spawn-environ"
+    current = dict(dask.config.get(key, {}))
+    if current.get("MALLOC_TRIM_THRESHOLD_") not in (None, 65536, "65536") or "MALLOC_MMAP_THRESHOLD_" in current:
+        return {}  # the user's own settings: theirs to keep
+    if not _malloc_logged:
+        _malloc_logged = True
+        logger.info(
+            "worker processes start with %s (for numpy-heavy nodes; see the performance guide)",
+            " ".join(f"{k}={v}" for k, v in WORKER_MALLOC.items()),
+        )
+    return {f"{key}.{k}": v for k, v in WORKER_MALLOC.items()}
+
+
+def _connect(address: str, timeout: float, security: Any) -> Any:
+    """A client of the Dask scheduler at ``address``; :class:`SchedulerError` if none answers within ``timeout``.
+
+    ``Client(address, timeout=...)`` alone is not enough: distributed waits for
+    the other side's handshake with no time limit, so a service that is not a
+    Dask scheduler (an HTTP server, waiting for a request line) kept it waiting
+    forever; one that answers other bytes raised whatever reading them raised
+    (a ``MemoryError`` for an absurd frame length), and the half-made client
+    printed a ``TimeoutError`` from ``Client.__del__`` at exit. So the scheduler
+    is asked who it is first, within the time limit, and a client whose start
+    fails anyway is closed here.
+    """
+    from distributed import Client
+
+    def fail(reason: str) -> SchedulerError:
+        hint = (
+            " A tls:// address needs Pipeline(security=distributed.security.Security(...))."
+            if address.startswith("tls://") and security is None
+            else " Is it running, and is the address (and its tcp:// or tls:// protocol) right?"
+            " Pipeline(connect_timeout=...) sets the wait."
+        )
+        return SchedulerError(
+            f"Could not reach the Dask scheduler at {address!r} within {timeout:g} s ({reason}).{hint}"
+        )
+
+    try:
+        kind = _identify(address, timeout, security)
+    except _NoScheduler as exc:
+        raise fail(str(exc)) from exc.__cause__
+    except Exception as exc:  # connecting failed (refused, TLS settings, ...)
+        raise fail(f"{type(exc).__name__}: {exc}") from exc
+    if kind != "Scheduler":  # a worker's address, say
+        raise fail(f"a Dask {kind or 'server'} answered, not a scheduler")
+    client = Client.__new__(Client)  # held before it connects, so a failed start is closed here
+    try:
+        Client.__init__(client, address, timeout=timeout, security=security, set_as_default=False)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            client.close(timeout=timeout)
+        raise fail(f"{type(exc).__name__}: {exc}") from exc
+    return client
+
+
+def _identify(address: str, timeout: float, security: Any) -> str | None:
+    """What the Dask server at ``address`` says it is (``"Scheduler"``), asked within about ``timeout`` seconds.
+
+    Raises :class:`_NoScheduler` when what answers is no Dask server.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    args = (security or Security()).get_connection_args("client")
+
+    async def ask() -> Any:
+        try:
+            comm = await connect(address, timeout=timeout, **args)  # retries until `timeout`, then OSError
+        except (OSError, TypeError, ValueError):  # unreachable, refused, TLS settings
+            raise
+        except Exception as exc:  # its first bytes, read as a Dask handshake, meant nonsense
+            raise _NoScheduler(
+                f"something answered in another protocol than Dask's ({type(exc).__name__}: {exc})"
+            ) from exc
+        try:
+            await comm.write({"op": "identity", "n_workers": 0, "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    async def bounded() -> Any:
+        # A little past connect's own limit, so an unreachable address fails there (saying why):
+        # running out here means a connection was made and then nothing answered as Dask does.
+        try:
+            return await asyncio.wait_for(ask(), timeout + 0.5)
+        except asyncio.TimeoutError:  # TimeoutError from Python 3.11 on
+            raise _NoScheduler(
+                "something accepted the connection but did not answer as a Dask scheduler does"
+            ) from None
+
+    # An event loop of its own, in a thread: the caller may be running one (a notebook).
+    with ThreadPoolExecutor(1, thread_name_prefix="pypiper-connect") as pool:
+        answer = pool.submit(asyncio.run, bounded()).result()
+    return answer.get("type") if isinstance(answer, dict) else None
+
+
+class _NoScheduler(Exception):
+    """No Dask scheduler answered; the message says what happened instead."""
+
+
+class _QuietDistributed:
+    """distributed's log handlers in this process at ERROR while any cluster a run started is up.
+
+    ``LocalCluster(silence_logs=...)`` lowers them per cluster and puts back
+    what it found when it closes: with two runs from two threads at once, the
+    first to close turned INFO back on while the second still ran. Counted
+    here instead: the first run in lowers them (so the cluster finds them
+    lowered and restores nothing), the last one out puts them back.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._saved: list[tuple[logging.Handler, int]] = []
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._count == 0:
+                for root in ("distributed", "bokeh"):
+                    for handler in logging.getLogger(root).handlers:
+                        if isinstance(handler, logging.StreamHandler) and handler.level < logging.ERROR:
+                            self._saved.append((handler, handler.level))
+                            handler.setLevel(logging.ERROR)
+            self._count += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._count -= 1
+            if self._count == 0:
+                for handler, level in self._saved:
+                    handler.setLevel(level)
+                self._saved.clear()
+
+
+_QUIET_DISTRIBUTED = _QuietDistributed()
+
+#: The preload module each worker process of a cluster a run starts runs first.
+_WORKER_SETUP = "pypiper_dask.worker.process"
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore Ctrl-C in this process while a cluster's worker processes start.
+
+    A new process inherits an ignored signal, so the workers ignore it from
+    their first instruction; their preload (:mod:`pypiper_dask.worker.process`)
+    comes too late for a Ctrl-C while they import, which printed their
+    tracebacks, and one in the caller then left the half-started cluster's
+    processes to be reaped at exit. A Ctrl-C in that second or so is dropped;
+    the next one stops the run. Only the main thread can set a handler: a run
+    started from another thread does without.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
+@contextlib.contextmanager
+def _main_not_reimported():
+    """Start worker processes without re-running the caller's script in them.
+
+    ``distributed`` starts workers with multiprocessing's *spawn*, which imports
+    the main module again in each new process; a pyPiper script has no
+    ``if __name__ == "__main__":`` guard, so it would run itself again. Workers
+    don't need the main module (node classes reach them pickled by value), so
+    it is hidden from multiprocessing while the workers start.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
