@@ -145,9 +145,24 @@ def dask_processes() -> list[psutil.Process]:
 CLUSTER_FIXTURES = {"local_client", "external_cluster"}
 
 
+def _starts_a_cluster(params: dict) -> bool:
+    """A parametrized case that runs on a cluster: ``n_threads`` of 2 or more, or a cluster mode."""
+    for name, value in params.items():
+        if isinstance(value, dict) and (value.get("n_threads", 1) or 1) > 1:
+            return True
+        if name == "n_threads" and isinstance(value, int) and value > 1:
+            return True
+        if isinstance(value, str) and "cluster" in value:
+            return True
+    return False
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        callspec = getattr(item, "callspec", None)
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())) or (
+            callspec is not None and _starts_a_cluster(callspec.params)
+        ):
             item.add_marker(pytest.mark.cluster)
 
 

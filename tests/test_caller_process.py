@@ -173,6 +173,7 @@ def test_emit_in_setup_delivers_the_item_as_in_pypiper():
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.cluster
 def test_emit_in_setup_on_a_cluster_too():
     from tests.nodes import SetupEmitter, SetupSource
 

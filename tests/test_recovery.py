@@ -74,25 +74,35 @@ def ahead_of_closes(graph) -> set[str]:
     return {graph.root.name} | {n.name for n in graph if not n.stateless and closes_below(n)}
 
 
-def run_all(graph, **options):
+def run_all(graph, callback=None, **options):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        result = Pipeline(graph, **options).run()
+        result = Pipeline(graph, **options).run(update_callback=callback)
     return buf.getvalue(), dict(result), states(graph)
 
 
 class Killer:
-    """SIGKILLs the worker holding a sequential node ``delay`` s after the run's holders exist.
+    """SIGKILLs the worker holding a sequential node once ``at`` source items were delivered.
 
-    ``again``: then kills the worker of a re-created holder as soon as one
-    exists (while the run is replaying onto it).
+    A point in the run, not a time: the run's progress callback (:meth:`callback`)
+    waits there until the worker is killed, so the kill lands mid-run however
+    fast the machine is. ``again``: then kills the worker of a re-created holder
+    as soon as one exists (while the run is replaying onto it).
     """
 
-    def __init__(self, client, delay: float, rng: random.Random, again: bool = False, node: str = "") -> None:
-        self.client, self.delay, self.rng, self.again, self.node = client, delay, rng, again, node
+    def __init__(self, client, at: int, rng: random.Random, again: bool = False, node: str = "") -> None:
+        self.client, self.at, self.rng, self.again, self.node = client, at, rng, again, node
         self.kills: list[str] = []
         self.stop = threading.Event()
+        self.reached = threading.Event()  # the run delivered `at` items
+        self.killed = threading.Event()  # the first kill is done (or given up)
         self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def callback(self, done: int, total) -> None:
+        """The run's update_callback: at ``at`` items, hold the run until the kill is done."""
+        if done >= self.at and not self.reached.is_set():
+            self.reached.set()
+            self.killed.wait(60)
 
     def __enter__(self) -> Killer:
         self.thread.start()
@@ -127,8 +137,10 @@ class Killer:
                 if who:
                     address = self.rng.choice(who)
                     pid = self.client.run(os.getpid, workers=[address])[address]
-                    if generation == 0 and self.stop.wait(self.delay):
-                        return False  # the run ended first
+                    if generation == 0:
+                        while not self.reached.wait(0.05):
+                            if self.stop.is_set():
+                                return False  # the run ended first
                     os.kill(pid, signal.SIGKILL)
                     self.kills.append(address)
                     return True
@@ -138,7 +150,11 @@ class Killer:
         return False
 
     def _run(self) -> None:
-        if self._kill_one(0) and self.again:
+        try:
+            first = self._kill_one(0)
+        finally:
+            self.killed.set()
+        if first and self.again:
             self._kill_one(1)
 
 
@@ -165,15 +181,26 @@ def external_client(external_cluster):
         wait_for_two(client)
 
 
+#: Source items of a kill trial's program.
+SIZE = 900
+
+
 def trial(
-    client, program, delay: float, seed: int, snapshot_every, again: bool = False, partition_size: int = 20
+    client, program, point: float, seed: int, snapshot_every, again: bool = False, partition_size: int = 20
 ) -> list[str]:
-    """Run ``program`` on ``client`` with a kill; assert it matches an undisturbed in-process run."""
+    """Run ``program`` on ``client`` with a kill; assert it matches an undisturbed in-process run.
+
+    ``point`` (0 to 1.5): the kill comes once ``point / 1.5`` of the source's items
+    were delivered (at most 90%).
+    """
     wait_for_two(client)
-    want = run_all(build(paced(program, 900, 0.0)), n_threads=1)
-    graph = build(paced(program, 900, PAUSE))
-    with Killer(client, delay, random.Random(seed), again) as killer:
-        got = run_all(graph, client=client, snapshot_every=snapshot_every, partition_size=partition_size)
+    want = run_all(build(paced(program, SIZE, 0.0)), n_threads=1)
+    graph = build(paced(program, SIZE, PAUSE))
+    at = int(min(point / 1.5, 0.9) * SIZE)
+    with Killer(client, at, random.Random(seed), again) as killer:
+        got = run_all(
+            graph, killer.callback, client=client, snapshot_every=snapshot_every, partition_size=partition_size
+        )
     got[2][graph.root.name]["pause"] = 0.0  # the source's own pacing, not state
     if has_closes(program):  # a cluster run pulls the source (and stateful nodes) ahead of a close
         for name in ahead_of_closes(graph):
@@ -201,9 +228,9 @@ def trial(
     st.sampled_from([(150, None), (None, 0.3), DEFAULT_SNAPSHOT_EVERY]),
     st.sampled_from([7, 20, 60]),
 )
-def test_random_programs_survive_a_holder_kill_on_a_local_cluster(killable, program, delay, seed, every, size):
+def test_random_programs_survive_a_holder_kill_on_a_local_cluster(killable, program, point, seed, every, size):
     assume(has_sequential(program))
-    trial(killable, program, delay, seed, every, partition_size=size)
+    trial(killable, program, point, seed, every, partition_size=size)
 
 
 @random_in_background
@@ -217,9 +244,9 @@ def test_random_programs_survive_a_holder_kill_on_a_local_cluster(killable, prog
     suppress_health_check=list(HealthCheck),
 )
 @given(programs(), st.floats(0.0, 1.5), st.integers(0, 2**16))
-def test_random_programs_survive_a_holder_kill_on_an_external_cluster(external_client, program, delay, seed):
+def test_random_programs_survive_a_holder_kill_on_an_external_cluster(external_client, program, point, seed):
     assume(has_sequential(program))
-    trial(external_client, program, delay, seed, (200, 0.5))
+    trial(external_client, program, point, seed, (200, 0.5))
 
 
 SHAPES = {
@@ -279,7 +306,7 @@ def test_a_long_replay_is_sent_within_the_window(killable, caplog, monkeypatch):
         ],
     )
     with caplog.at_level(logging.INFO, logger="pypiper_dask"):
-        kills = trial(killable, program, 1.0, 7, (10**9, None), partition_size=7)
+        kills = trial(killable, program, 1.0, 7, (10**9, None), partition_size=7)  # after 600 items: 85 rounds
     assert kills
     replayed = [int(m) for m in re.findall(r"sending (\d+) partition\(s\) again", caplog.text)]
     assert replayed and replayed[0] > 40, "the kill came too early to replay many rounds"
@@ -309,9 +336,12 @@ def test_a_state_that_cannot_be_pickled_warns_once_and_the_run_goes_on(killable,
 def test_without_snapshots_a_holder_kill_is_state_lost(killable):
     wait_for_two(killable)
     graph = N.Gen("g", size=60_000, pause=0.001) | N.Running("total")
-    killer = Killer(killable, 0.5, random.Random(0), node="total-")  # this run's holder, not an old one
+    killer = Killer(killable, 500, random.Random(0), node="total-")  # this run's holder, not an old one
     with killer, pytest.raises(StateLostError, match=r"Node 'total' lived on"):
-        Pipeline(graph, client=killable, quiet=True, snapshot_every=False, partition_size=50).run()
+        Pipeline(graph, client=killable, quiet=True, snapshot_every=False, partition_size=50).run(
+            update_callback=killer.callback
+        )
+    assert killer.kills
 
 
 def test_a_replay_leaves_out_rounds_from_before_the_restore_point():

@@ -78,6 +78,7 @@ def test_breaking_out_of_an_endless_stream_cancels_and_closes_the_cluster(n_thre
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.cluster
 def test_an_error_in_the_loop_and_a_dropped_iterator_cancel_too(no_cluster_left):
     with pytest.raises(ZeroDivisionError):
         for _ in Pipeline(N.Endless("endless") | N.Slow("m", seconds=0), n_threads=2).stream():
@@ -90,8 +91,9 @@ def test_an_error_in_the_loop_and_a_dropped_iterator_cancel_too(no_cluster_left)
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.cluster
 def test_first_item_comes_before_the_end():
-    graph = N.Gen("gen", size=40) | N.Slow("slow", seconds=0.05)  # about 2 s of work on one worker
+    graph = N.Gen("gen", size=40) | N.Slow("slow", seconds=0.1)  # about 4 s of work on one worker
     start = time.monotonic()
     stream = Pipeline(graph, n_threads=2).stream()
     first = next(stream)
@@ -99,7 +101,7 @@ def test_first_item_comes_before_the_end():
     rest = list(stream)
     total = time.monotonic() - start
     assert first == ("slow", 0) and len(rest) == 39
-    assert first_after < total - 0.5, (first_after, total)
+    assert first_after < total / 2, (first_after, total)
 
 
 # -- submit() -------------------------------------------------------------------------------
@@ -110,10 +112,8 @@ def test_first_item_comes_before_the_end():
 def test_submit_returns_at_once_and_its_result_equals_run(n_threads):
     graph = N.Gen("gen", size=30) | N.Slow("slow", seconds=0.03)
     want = Pipeline(graph, n_threads=1, quiet=True).run()
-    start = time.monotonic()
     handle = Pipeline(graph, n_threads=n_threads, quiet=True).submit()
-    assert time.monotonic() - start < 0.5
-    assert not handle.done()
+    assert not handle.done()  # returned before the run's 0.9 s of work
     result = handle.result(timeout=100)
     assert handle.done() and handle.state == "finished"
     assert dict(result) == dict(want)
@@ -155,22 +155,22 @@ def test_a_handle_is_awaitable():
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.cluster
 def test_with_keeps_one_cluster_across_runs_streams_and_submits(no_cluster_left):
     graph = fan_out()
     want = printed(Pipeline(graph, n_threads=1, quiet=True).run)[1]
     with Pipeline(graph, n_threads=2, quiet=True) as p:
         link = p.dashboard_link
         assert link and link in p._repr_html_()
+        address = p._held.client.scheduler.address
         first = p.run()
-        start = time.monotonic()
         second = p.run()
-        second_took = time.monotonic() - start
+        assert p._held.client.scheduler.address == address  # no cluster started for it
         pairs = list(p.stream())
         third = p.submit().result(timeout=60)
         assert p.dashboard_link == link  # the same cluster all along
     assert dict(first) == dict(second) == dict(third) == dict(want)
     assert len(pairs) == sum(len(v) for v in want.values())
-    assert second_took < 1.0, second_took  # no cluster start (about 1-1.5 s here)
     no_cluster_left()
     assert Pipeline(graph, n_threads=2).dashboard_link is None
 
@@ -197,18 +197,22 @@ def test_n_threads_with_a_default_client_says_which_cluster_runs(local_client, c
 
 
 @pytest.mark.timeout(120)
-def test_a_live_source_is_delivered_within_half_a_second():
-    delays = []
+@pytest.mark.cluster
+def test_a_live_source_is_delivered_while_it_goes_on():
+    # Told by order, not by a delay: items come out while the source still has readings to take.
+    yielded, emitted = [], []
     pipeline = Pipeline(N.Stamped("feed", size=150, every=0.02) | N.Slow("m", seconds=0), n_threads=2)
-    for _, (_pos, emitted) in pipeline.stream():
-        delays.append(time.time() - emitted)
-    assert len(delays) == 150
-    delays.sort()
-    p95 = delays[int(0.95 * len(delays))]
-    assert p95 < 0.5, f"95th percentile emit-to-delivery delay {p95:.2f} s"
+    for _, (_pos, at) in pipeline.stream():
+        yielded.append(time.time())
+        emitted.append(at)
+    assert len(yielded) == 150
+    assert yielded[0] < emitted[-1], "nothing came out before the source's last reading"
+    early = sum(y < emitted[-1] for y in yielded)
+    assert early >= 100, f"only {early} of 150 readings came out before the source's last one"
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.cluster
 def test_slow_nodes_show_progress_after_the_first_item():
     seen: list = []
 
@@ -217,10 +221,8 @@ def test_slow_nodes_show_progress_after_the_first_item():
 
     Pipeline(N.Gen("gen", size=12) | N.Slow("slow", seconds=0.3), n_threads=2, quiet=True).run(update_callback=callback)
     assert seen[-1][1] == 12
-    started = seen[0][0]
-    first = next(t for t, done in seen if done) - started
-    # One item (0.3 s), not a 32-item partition (about 5 s on two workers).
-    assert first < 2.5, f"first progress {first:.1f} s after the start"
+    # One item first (0.3 s), not a 32-item partition (about 5 s on two workers).
+    assert next(done for _t, done in seen if done) == 1
 
 
 def test_no_bar_is_drawn_over_a_users_callback(capfd):
