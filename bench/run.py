@@ -292,6 +292,36 @@ def main(argv: list[str] | None = None) -> int:
         help="with --scale: the worker counts, comma-separated (a machine with more cores: 4,8,15)",
     )
     parser.add_argument(
+        "--workloads",
+        default=None,
+        help="with --scale: only these of S1-S5, comma-separated (--workloads S1: the per-worker table alone)",
+    )
+    parser.add_argument("--no-t1", action="store_true", help="with --scale: leave out the revised T1 (W2 at 2)")
+    parser.add_argument(
+        "--skew",
+        action="store_true",
+        help="only T9: the skewed CPU load at 2 workers against serial and Pool(2) (bench/third.py); ~2 min, --quick ~30 s",
+    )
+    parser.add_argument(
+        "--many",
+        action="store_true",
+        help="only T10: S1 at 16, 32 and 64 workers (threads; --processes for processes), the caller's CPU per round"
+        " and the scheduler's tasks per second; ~2 min, --quick ~40 s",
+    )
+    parser.add_argument("--processes", action="store_true", help="with --many: workers as processes, not threads")
+    parser.add_argument(
+        "--own-cluster",
+        action="store_true",
+        help="only T11: S1 (8 workers) and W2 (2 workers) on `dask scheduler` + `dask worker` processes against a"
+        " LocalCluster of the same count; ~3 min, --quick ~1 min",
+    )
+    parser.add_argument(
+        "--numpy",
+        action="store_true",
+        help="only T13: framed FFTs of synthetic audio then a running mean, at 2 workers against serial and Pool(2),"
+        " with the workers' peak RSS; ~2 min, --quick ~40 s",
+    )
+    parser.add_argument(
         "--recovery",
         action="store_true",
         help="only snapshot overhead on W4 and kill-to-moving time (bench/recovery.py): replaces that section",
@@ -313,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import recovery
 
         return recovery.main(args)
+    if args.skew or args.many or args.own_cluster or args.numpy:
+        from bench import third
+
+        return third.main(args)
     if args.from_json and not args.scale:
         parser.error("--from-json needs --scale")
     if args.scale:
