@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skew",
         action="store_true",
-        help="only T9: the skewed CPU load at 2 workers against serial and Pool(2) (bench/third.py); ~2 min, --quick ~30 s",
+        help="only T9: the skewed CPU load at 2 workers against serial and Pool(2) (bench/third.py);"
+        " ~2 min, --quick ~30 s",
     )
     parser.add_argument(
         "--many",

@@ -228,9 +228,7 @@ def worker_rows(label: str, table: dict) -> list[str]:
     out = []
     for i, r in enumerate(rows):
         name = r["worker"].rsplit(":", 1)[-1] if ":" in r["worker"] else r["worker"]
-        out.append(
-            f"| {label if i == 0 else ''} | :{name} | {_ms(r['first'])} | {_pct(r['share'])} | {r['tasks']} |"
-        )
+        out.append(f"| {label if i == 0 else ''} | :{name} | {_ms(r['first'])} | {_pct(r['share'])} | {r['tasks']} |")
     return out
 
 
