@@ -21,12 +21,29 @@ from typing import Any
 
 WORKERS_CHART = "bench/scaling-workers.png"
 FULL_TABLE_UP_TO = 16  # more workers than this: one summary row instead of a row per worker
-_DIGITS = re.compile(r"[-_ ]?\d+$")
+_NUMBERS = re.compile(r"^\d+[-_ ]|[-_ ]?\d+$")  # a thread name's leading index and trailing id
 
 
 def compute_spans(record: dict) -> list[tuple[float, float]]:
     """The (start, stop) of each ``compute`` in one task-stream record (transfers and disk are not work)."""
     return [(ss["start"], ss["stop"]) for ss in record.get("startstops", ()) if ss.get("action") == "compute"]
+
+
+def union_length(spans: Iterable[tuple[float, float]]) -> float:
+    """Seconds covered by ``spans``, overlaps once: a task that waits inside while another runs is not twice busy.
+
+    >>> union_length([(0.0, 1.0), (0.5, 1.5), (2.0, 2.5)])
+    2.0
+    """
+    total, end = 0.0, None
+    for a, b in sorted(spans):
+        if end is None or a > end:
+            total += b - a
+            end = b
+        elif b > end:
+            total += b - end
+            end = b
+    return total
 
 
 def count_rounds(records: Iterable[dict]) -> int:
@@ -64,7 +81,8 @@ def worker_table(records: Iterable[dict], t0: float, t1: float, workers: Iterabl
         ``wall``; ``first_task`` (seconds from ``t0`` to the first task anywhere);
         ``rounds``; ``tasks``; ``workers``: a row per worker address, sorted by
         first start, with ``first`` (seconds after the first task anywhere; None
-        if it ran nothing), ``busy`` (compute seconds), ``share`` (busy ÷ wall),
+        if it ran nothing), ``busy`` (seconds in which it computed at least one
+        task: overlapping tasks count once), ``share`` (busy ÷ wall),
         ``tasks`` and ``spans`` (compute intervals relative to the first task,
         for the chart); ``spread``: the largest first start and the smallest and
         largest busy share.
@@ -96,7 +114,7 @@ def worker_table(records: Iterable[dict], t0: float, t1: float, workers: Iterabl
     first_any = min(starts) if starts else None
     rows = []
     for w, s in spans.items():
-        busy = sum(b - a for a, b in s)
+        busy = union_length(s)
         rel = sorted((a - first_any, b - first_any) for a, b in s) if first_any is not None else []
         rows.append(
             {
@@ -145,13 +163,13 @@ def thread_groups(before: dict[int, tuple[str, float]], after: dict[int, tuple[s
     client shares with an in-process scheduler (and, with ``processes=False``, the
     workers' comms); ``Dask-...`` threads run tasks or (de)serialize.
 
-    >>> thread_groups({1: ("MainThread", 1.0)}, {1: ("MainThread", 1.5), 2: ("Dask-Offload_0", 0.25)})
-    {'MainThread': 0.5, 'Dask-Offload': 0.25}
+    >>> thread_groups({1: ("MainThread", 1.0)}, {1: ("MainThread", 1.5), 2: ("3-Dask-Default-Threads-17_0", 0.25)})
+    {'MainThread': 0.5, 'Dask-Default-Threads': 0.25}
     """
     out: dict[str, float] = {}
     for tid, (name, cpu) in after.items():
         spent = cpu - before.get(tid, (name, 0.0))[1]
-        group = _DIGITS.sub("", name) or name
+        group = _NUMBERS.sub("", _NUMBERS.sub("", name)) or name
         out[group] = out.get(group, 0.0) + spent
     return {k: round(v, 4) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0}
 

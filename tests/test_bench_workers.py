@@ -98,3 +98,13 @@ def test_the_scale_section_shows_the_per_worker_table(tmp_path):
     assert "#### Each worker, S1" in text and "| S1, 8 workers | :1 | 0 ms | 60% | 12 |" in text
     assert "| S1 | 8 | 1.00 s |" in text and "| 780 ms | 0–60% | 4 | 18 | 4.0 ms |" in text
     assert (tmp_path / workers.WORKERS_CHART).stat().st_size > 0
+
+
+@pytest.mark.timeout(30)
+def test_overlapping_tasks_on_one_worker_are_busy_once():
+    # A stateful task that waits inside while the worker runs another: busy 2 s of 2, not 2.5.
+    recs = [record("a", 0, 10.0, 11.0), record("a", 0, 10.5, 12.0, "running-x1")]
+    (row,) = workers.worker_table(recs, 10.0, 12.0)["workers"]
+    assert row["busy"] == pytest.approx(2.0) and row["share"] == pytest.approx(1.0) and row["tasks"] == 2
+    recs = [record("a", 0, 10.0, 10.5), record("a", 1, 10.25, 10.75), record("a", 2, 11.0, 11.5)]
+    assert workers.worker_table(recs, 10.0, 12.0)["workers"][0]["share"] == pytest.approx((0.75 + 0.5) / 2)
