@@ -288,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live-seconds", type=float, default=25.0, help="with --streaming: the live source's run")
     parser.add_argument(
         "--workers",
-        default="2,4,8",
-        help="with --scale: the worker counts, comma-separated (a machine with more cores: 4,8,15)",
+        default=None,
+        help="with --scale: the worker counts, comma-separated (default 2,4,8; a machine with more cores: 4,8,15);"
+        " with --many: default 16,32,64 (--quick: 16)",
     )
     parser.add_argument(
         "--workloads",

@@ -253,6 +253,9 @@ def measure_workers(
         if pool2 is not None:
             result["t1"] = revised_t1(client, pool2, t1_reps, log)
         # Warm-up, untimed: imports and the first contact with every worker.
+        from bench.third import warm_workers
+
+        warm_workers(client)
         attempt(partial(sys_ours, "S1", client, min(n, 200), sleep), W.scale_serial("S1", min(n, 200)))
         attempt(partial(sys_bag, "S1", client, workers, min(n, 200), sleep), W.scale_serial("S1", min(n, 200)))
         for rep in range(reps):
@@ -360,6 +363,7 @@ def run_scale(
         "machine": R.machine(),
         "runs": {},
     }
+    t1 = t1 and 2 in workers  # T1 runs on the 2-worker cluster only
     if t1:
         W.calibrate()
         log(f"W2 calibrated: {W.LOOPS['n']} loops ≈ 2 ms")
@@ -389,7 +393,7 @@ def main(args: Any) -> int:
         data = json.loads(Path(args.from_json).read_text())
     else:
         reps = args.reps or (1 if args.quick else 2)
-        workers = tuple(int(w) for w in str(getattr(args, "workers", "2,4,8")).split(","))
+        workers = tuple(int(w) for w in str(getattr(args, "workers", None) or "2,4,8").split(","))
         sids = tuple((getattr(args, "workloads", None) or ",".join(W.SCALE_WORKLOADS)).split(","))
         unknown = [sid for sid in sids if sid not in W.SCALE_WORKLOADS]
         if unknown:

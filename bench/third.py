@@ -93,18 +93,46 @@ def _s(x: float | None) -> str:
     return "failed" if x is None else f"{x:.3f}s"
 
 
+THREAD_WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
+
 def local_cluster(workers: int, processes: bool = True) -> Any:
+    """Single-threaded workers on 127.0.0.1 over tcp (inproc:// would skip the serialization a cluster pays).
+
+    Workers as threads share one process: each one's statistical profiler (a
+    thread sampling every thread's stack every 10 ms) and memory monitor would
+    then run ``workers`` times over in that process, so they are turned off there.
+    """
     from distributed import LocalCluster
 
-    # tcp even for threads (inproc:// skips serialization, which a real cluster pays)
-    return LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=processes,
-        protocol="tcp://",
-        host="127.0.0.1",
-        dashboard_address=":0",
-    )
+    options: dict[str, Any] = {} if processes else {"memory_limit": 0}
+    with dask_config(None if processes else THREAD_WORKER_CONFIG):
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=processes,
+            protocol="tcp://",
+            host="127.0.0.1",
+            dashboard_address=":0",
+            **options,
+        )
+
+
+def dask_config(settings: dict | None) -> Any:
+    import dask
+
+    return dask.config.set(settings) if settings else contextlib.nullcontext()
+
+
+def warm_workers(client: Any) -> None:
+    """Import the workloads and the engine's worker side on every worker, untimed.
+
+    A warm-up pipeline alone reaches only the workers its tasks land on.
+    """
+    import importlib
+
+    for module in ("bench.workloads", "pypiper_dask.worker"):
+        client.run(importlib.import_module, module)
 
 
 def ours(graph: Callable[[], Any], client: Any) -> dict:
@@ -148,6 +176,7 @@ def run_skew(reps: int, quick: bool, log: Callable = _log) -> dict:
         Client(cluster, set_as_default=False) as client,
     ):
         client.wait_for_workers(2, timeout=60)
+        warm_workers(client)
         ours(partial(W.skew_graph, 50, loops), client)  # warm-up: imports on the workers
         for n in sizes:
             expected = W.skew_serial(n, loops)
@@ -206,13 +235,15 @@ def _noop(x: int) -> int:
     return x
 
 
-def run_many(reps: int, quick: bool, processes: bool = False, log: Callable = _log) -> dict:
+def run_many(
+    reps: int, quick: bool, processes: bool = False, counts: tuple[int, ...] | None = None, log: Callable = _log
+) -> dict:
     """T10: S1 at each worker count on its own cluster; efficiency, the per-worker table, the limits."""
     from distributed import Client
 
     from bench import scale
 
-    counts = (16,) if quick else MANY
+    counts = counts or ((16,) if quick else MANY)
     n, sleep = W.SCALE_N, dict(W.SLEEP)
     nominal = W.nominal_sleep("S1", n, sleep)
     expected = W.scale_serial("S1", n)
@@ -233,6 +264,7 @@ def run_many(reps: int, quick: bool, processes: bool = False, log: Callable = _l
             with local_cluster(count, processes) as cluster, Client(cluster, set_as_default=False) as client:
                 client.wait_for_workers(count, timeout=300)
                 found["start_s"] = time.perf_counter() - start
+                warm_workers(client)
                 graph = partial(W.scale_graph, "S1", n, sleep)
                 ours(partial(W.scale_graph, "S1", 200, sleep), client)  # warm-up
                 runs = []
@@ -259,7 +291,12 @@ def run_many(reps: int, quick: bool, processes: bool = False, log: Callable = _l
 
 
 def section_many(data: dict) -> str:
-    kind = "processes" if data["processes"] else "threads in one process (`processes=False`)"
+    kind = (
+        "processes"
+        if data["processes"]
+        else "threads in one process (`processes=False`; the workers' profiler and memory monitor off, each of"
+        " them would otherwise run once per worker in that process)"
+    )
     lines = [
         "## T10: many workers (python -m bench --many)",
         "",
@@ -420,6 +457,8 @@ def run_own_cluster(reps: int, quick: bool, log: Callable = _log) -> dict:
                 Client(cluster, set_as_default=False) as local,
             ):
                 local.wait_for_workers(count, timeout=120)
+                warm_workers(own_client)
+                warm_workers(local)
                 found["own_start_s"] = own["start_s"]
                 for c in (own["address"], own_client, local):  # warm-up: imports on every worker
                     ours(warm, c)
@@ -514,6 +553,7 @@ def run_numpy(reps: int, quick: bool, log: Callable = _log) -> dict:
         Client(cluster, set_as_default=False) as client,
     ):
         client.wait_for_workers(2, timeout=60)
+        warm_workers(client)
         data["worker_malloc_env"] = next(iter(client.run(_malloc_env).values()))
         ours(partial(W.numpy_graph, 10), client)  # warm-up
         systems = {
@@ -639,7 +679,8 @@ def main(args: Any) -> int:
             if mode == "skew":
                 data = run_skew(reps, args.quick)
             elif mode == "many":
-                data = run_many(reps, args.quick, processes=args.processes)
+                counts = tuple(int(w) for w in args.workers.split(",")) if args.workers else None
+                data = run_many(reps, args.quick, processes=args.processes, counts=counts)
             elif mode == "own-cluster":
                 data = run_own_cluster(reps, args.quick)
             else:

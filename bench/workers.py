@@ -298,13 +298,17 @@ def draw_workers(path: Path, tables: dict[str, dict], title: str = "") -> None:
                 ax.broken_barh([(0, r["first"])], (y - 0.4, 0.8), facecolors="#dddddd")
             ax.broken_barh([(a, b - a) for a, b in r["spans"]], (y - 0.4, 0.8), facecolors="tab:blue")
             ax.text(end, y, f" {_pct(r['share'])}", va="center", fontsize=6)
+        if t["first_task"] is not None:  # the run's end: a gap before it is the caller's tail
+            ax.axvline(t["wall"] - t["first_task"], color="black", linewidth=0.8, linestyle=":")
         ax.set_yticks([])
         ax.set_ylim(-0.6, len(t["workers"]) - 0.4)
         ax.invert_yaxis()
         ax.set_xlim(0, end * 1.08)
         ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
         ax.tick_params(axis="x", labelsize=7)
-    axes[-1, 0].set_xlabel("seconds after the first task anywhere (grey: idle before its first task; %: busy share)")
+    axes[-1, 0].set_xlabel(
+        "seconds after the first task anywhere (grey: idle before its first task; dotted: run() returns; %: busy share)"
+    )
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
