@@ -307,10 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--many",
         action="store_true",
-        help="only T10: S1 at 16, 32 and 64 workers (threads; --processes for processes), the caller's CPU per round"
-        " and the scheduler's tasks per second; ~2 min, --quick ~40 s",
+        help="only T10: S1 at 16, 32 and 64 workers (threads of one process, the scheduler in another), the caller's"
+        " CPU per round, the scheduler's per task and its tasks per second; ~2 min, --quick ~40 s",
     )
-    parser.add_argument("--processes", action="store_true", help="with --many: workers as processes, not threads")
+    parser.add_argument(
+        "--processes", action="store_true", help="with --many: a LocalCluster of worker processes instead"
+    )
+    parser.add_argument(
+        "--threads", action="store_true", help="with --many: a LocalCluster(processes=False), all in one process"
+    )
     parser.add_argument(
         "--own-cluster",
         action="store_true",

@@ -4,9 +4,11 @@
   0.5-3.5 ms of pure-Python loop) at 2 workers with a client passed in, against
   serial and ``Pool(2).map(chunksize=25)`` in the same run.
 - ``python -m bench --many``: T10, S1 (3,000 items x 2 ms sleep) at 16, 32 and 64
-  single-threaded workers, threads in one process by default (``--processes``
-  for processes); efficiency, each worker's first task and busy share, the
-  caller's CPU per round and the scheduler's tasks per second.
+  single-threaded workers: by default the scheduler in its own process and the
+  workers as threads of another (``--threads``: a ``LocalCluster(processes=False)``,
+  ``--processes``: a ``LocalCluster`` of processes); efficiency, each worker's
+  first task and busy share, the caller's CPU per round, the scheduler's CPU
+  per task and its tasks per second.
 - ``python -m bench --own-cluster``: T11, S1 at 8 workers and W2 at 2 on
   ``dask scheduler`` and ``dask worker ADDRESS --nthreads 1`` processes started
   here, the pipeline given the address, against a ``LocalCluster`` of the same
@@ -235,12 +237,40 @@ def _noop(x: int) -> int:
     return x
 
 
-def run_many(
-    reps: int, quick: bool, processes: bool = False, counts: tuple[int, ...] | None = None, log: Callable = _log
-) -> dict:
-    """T10: S1 at each worker count on its own cluster; efficiency, the per-worker table, the limits."""
+LAYOUTS = {
+    "split": "`dask scheduler` in its own process, the workers as threads of one other process"
+    " (`python -m bench.thread_workers`), the caller alone in its own",
+    "threads": "a `LocalCluster(processes=False)`: scheduler, workers (threads) and caller in one process",
+    "processes": "a `LocalCluster` of worker processes, its scheduler in the caller's process",
+}
+
+
+@contextlib.contextmanager
+def many_cluster(count: int, layout: str, log: Callable) -> Iterator[tuple[Any, dict]]:
+    """A client on ``count`` single-threaded workers laid out as ``layout``, and the pids to watch."""
     from distributed import Client
 
+    if layout == "split":
+        with (
+            own_cluster(count, log, timeout=300, threads=True) as own,
+            Client(own["address"], set_as_default=False) as client,
+        ):
+            yield client, {"scheduler": own["scheduler_pid"], "workers": own["worker_pids"][0]}
+        return
+    with local_cluster(count, layout == "processes") as cluster, Client(cluster, set_as_default=False) as client:
+        client.wait_for_workers(count, timeout=300)
+        yield client, {}
+
+
+def run_many(
+    reps: int, quick: bool, layout: str = "split", counts: tuple[int, ...] | None = None, log: Callable = _log
+) -> dict:
+    """T10: S1 at each worker count on its own cluster; efficiency, the per-worker table, the limits.
+
+    With the split layout the scheduler's and the workers' processes are apart
+    from the caller's: their CPU seconds during the profiled run give the
+    scheduler's CPU per task and the caller's (``time.process_time()``) per round.
+    """
     from bench import scale
 
     counts = counts or ((16,) if quick else MANY)
@@ -251,34 +281,36 @@ def run_many(
         "mode": "many",
         "quick": quick,
         "reps": reps,
-        "processes": processes,
+        "layout": layout,
         "n": n,
         "nominal": nominal,
         "machine": R.machine(),
         "counts": {},
     }
+    graph = partial(W.scale_graph, "S1", n, sleep)
     for count in counts:
         found: dict[str, Any] = {}
         start = time.perf_counter()
         try:
-            with local_cluster(count, processes) as cluster, Client(cluster, set_as_default=False) as client:
-                client.wait_for_workers(count, timeout=300)
+            with many_cluster(count, layout, log) as (client, pids):
                 found["start_s"] = time.perf_counter() - start
                 warm_workers(client)
-                graph = partial(W.scale_graph, "S1", n, sleep)
                 ours(partial(W.scale_graph, "S1", 200, sleep), client)  # warm-up
                 runs = []
                 for rep in range(reps):
                     runs.append(timed(partial(ours, graph, client), expected))
                     log(f"T10 W={count} rep {rep + 1}: {_s(runs[-1][0])} {runs[-1][1]}")
                 found["pypiper_dask"] = scale.summarize(runs, nominal, count)
+                before = {k: _proc_cpu(pid) for k, pid in pids.items()}
                 found["profile"] = profile(client, graph, expected)
+                found["cpu_s"] = {k: _proc_cpu(pid) - before[k] for k, pid in pids.items()}
                 found["scheduler_noop_per_s"] = scheduler_rate(client, 1000 if quick else 4000)
         except Exception as exc:
             found["error"] = _error(exc)
-        if "profile" in found and "error" not in found["profile"]:
-            log(f"T10 W={count} per worker: {summary_line(found['profile'])}")
-            log(f"T10 W={count} CPU by thread: {found['profile']['threads']}")
+        p = found.get("profile", {})
+        if p and "error" not in p:
+            log(f"T10 W={count} per worker: {summary_line(p)}")
+            log(f"T10 W={count} CPU: caller's threads {p['threads']}; other processes {found.get('cpu_s')}")
         with multiprocessing.pool.ThreadPool(count) as threads:
             tp = [scale.attempt(partial(scale.sys_threads, "S1", threads, n, sleep), expected) for _ in range(reps)]
         found["ThreadPool"] = scale.summarize(tp, nominal, count)
@@ -291,51 +323,54 @@ def run_many(
 
 
 def section_many(data: dict) -> str:
-    kind = (
-        "processes"
-        if data["processes"]
-        else "threads in one process (`processes=False`; the workers' profiler and memory monitor off, each of"
-        " them would otherwise run once per worker in that process)"
-    )
+    layout = data.get("layout", "processes" if data.get("processes") else "threads")
     lines = [
         "## T10: many workers (python -m bench --many)",
         "",
         f"{_when(data)} S1: {data['n']:,} items sleeping 2 ms each ({data['nominal']:.1f} s of sleep) → a leaf,"
-        f" on a `LocalCluster` of single-threaded workers as {kind}, a client passed in; the caller's process"
-        " also hosts the scheduler. Efficiency = (nominal sleep ÷ workers) ÷ wall, best of"
+        f" single-threaded workers, a client passed in. Layout `{layout}`: {LAYOUTS[layout]}. Workers that are"
+        " threads run without Dask's per-worker profiler and memory monitor (in one process each would run once"
+        " per worker). Efficiency = (nominal sleep ÷ workers) ÷ wall, best of"
         f" {data['reps']}; a `ThreadPool` of the same size on the same items for what the machine allows."
-        " Caller CPU / round: `time.process_time()` around `run()` ÷ rounds (scheduler and, with threads, the"
-        " workers included); main thread: the caller's run loop alone. Tasks/s: the run's tasks ÷ its wall;"
-        " no-op: `client.map` of trivial tasks on the same cluster, the scheduler's own rate.",
+        " Caller CPU / round: `time.process_time()` around `run()` ÷ rounds (the caller's process: with a"
+        " `LocalCluster` it holds the scheduler too, with threads the workers too); main thread: the caller's run"
+        " loop alone. Scheduler CPU / task: the scheduler process's CPU seconds in the profiled run ÷ its tasks"
+        " (split layout only). Tasks/s: the run's tasks ÷ its wall; no-op: `client.map` of trivial tasks on the"
+        " same cluster, the scheduler's own rate on this machine.",
         "",
         "| workers | start | efficiency (best) | ThreadPool | rounds | tasks/s | no-op tasks/s |"
-        " caller CPU / round | main thread / round | first tasks within | busy range | T10 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " caller CPU / round | main thread / round | scheduler CPU / task | first tasks within | busy range | T10 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     tables = {}
     for count, f in data["counts"].items():
         if "error" in f and "pypiper_dask" not in f:
-            lines.append(f"| {count} | **{f['error']}** |" + " |" * 11)
+            lines.append(f"| {count} | **{f['error']}** |" + " |" * 12)
             continue
         p, e = f.get("profile", {}), f["pypiper_dask"]
         ok = "error" not in p
         eff = e["efficiency"]
+        sched = f.get("cpu_s", {}).get("scheduler")
         lines.append(
             f"| {count} | {f['start_s']:.1f} s | {_num(eff)} ({_s(e['best'])}) |"
             f" {_num(f['ThreadPool']['efficiency'])} |"
             f" {p.get('rounds', '—')} | {_num(p.get('tasks_per_second'), fmt='.0f')} |"
             f" {_num(f.get('scheduler_noop_per_s'), fmt='.0f')} |"
             f" {_ms1(p.get('caller_cpu_per_round'))} | {_ms1(p.get('main_cpu_per_round'))} |"
-            f" {_ms1(p['spread']['last_first']) if ok else '—'} |"
+            f" {_ms1(sched / p['tasks'], 2) if sched is not None and ok and p['tasks'] else '—'} |"
+            f" {_ms1(p['spread']['last_first'], 0) if ok else '—'} |"
             f" {_range(p) if ok else '—'} | {_holds(eff, 0.8)} |"
         )
         if ok:
             tables[f"{count} workers"] = p
-    lines += ["", "CPU seconds by thread during the profiled run (the caller's process):", ""]
+    lines += ["", "CPU seconds during the profiled run, the caller's process by thread and the others':", ""]
     for count, f in data["counts"].items():
         threads = f.get("profile", {}).get("threads")
         if threads:
-            lines.append(f"- {count} workers: " + ", ".join(f"{k} {v:.2f}" for k, v in list(threads.items())[:6]))
+            others = "".join(f"; {k} process {v:.2f}" for k, v in f.get("cpu_s", {}).items())
+            lines.append(
+                f"- {count} workers: " + ", ".join(f"{k} {v:.2f}" for k, v in list(threads.items())[:6]) + others
+            )
     return "\n".join([*lines, "", *worker_section(tables, "Per worker (the profiled run)")]) + "\n"
 
 
@@ -343,11 +378,13 @@ def section_many(data: dict) -> str:
 
 
 @contextlib.contextmanager
-def own_cluster(workers: int, log: Callable = _log, timeout: float = 180.0) -> Iterator[dict]:
+def own_cluster(workers: int, log: Callable = _log, timeout: float = 180.0, threads: bool = False) -> Iterator[dict]:
     """``dask scheduler`` and ``workers`` × ``dask worker ADDRESS --nthreads 1``, as a user starts them.
 
-    Yields ``{"address", "scheduler_pid", "start_s"}``. Each command runs in its
-    own session; on exit each of those process groups gets SIGTERM, then SIGKILL.
+    With ``threads``, the workers are threads of one process instead
+    (``python -m bench.thread_workers ADDRESS N``). Yields ``{"address",
+    "scheduler_pid", "worker_pids", "start_s"}``. Each command runs in its own
+    session; on exit each of those process groups gets SIGTERM, then SIGKILL.
     """
     dask = shutil.which("dask") or str(Path(sys.executable).with_name("dask"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(R.ROOT), os.environ.get("PYTHONPATH")])))
@@ -380,19 +417,26 @@ def own_cluster(workers: int, log: Callable = _log, timeout: float = 180.0) -> I
                 raise RuntimeError(f"dask scheduler did not start: {(Path(tmp) / 'log').read_text()[-500:]}")
             time.sleep(0.1)
         address = json.loads(file.read_text())["address"]
-        for _ in range(workers):
-            procs.append(
-                subprocess.Popen(
-                    [dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
-                    stderr=log_file,
-                    **common,
-                )
-            )
+        commands = (
+            [[sys.executable, "-m", "bench.thread_workers", address, str(workers)]]
+            if threads
+            else [[dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"]] * workers
+        )
+        for command in commands:
+            procs.append(subprocess.Popen(command, stderr=log_file, **common))
         from distributed import Client
 
         with Client(address, set_as_default=False) as probe:
-            probe.wait_for_workers(workers, timeout=timeout)
-        info = {"address": address, "scheduler_pid": procs[0].pid, "start_s": time.perf_counter() - start}
+            try:
+                probe.wait_for_workers(workers, timeout=timeout)
+            except Exception as exc:
+                raise RuntimeError(f"{exc}; their log: {(Path(tmp) / 'log').read_text()[-500:]}") from exc
+        info = {
+            "address": address,
+            "scheduler_pid": procs[0].pid,
+            "worker_pids": [p.pid for p in procs[1:]],
+            "start_s": time.perf_counter() - start,
+        }
         log(f"own cluster at {address}: {workers} workers in {info['start_s']:.1f} s")
         yield info
     finally:
@@ -680,7 +724,8 @@ def main(args: Any) -> int:
                 data = run_skew(reps, args.quick)
             elif mode == "many":
                 counts = tuple(int(w) for w in args.workers.split(",")) if args.workers else None
-                data = run_many(reps, args.quick, processes=args.processes, counts=counts)
+                layout = "processes" if args.processes else "threads" if args.threads else "split"
+                data = run_many(reps, args.quick, layout=layout, counts=counts)
             elif mode == "own-cluster":
                 data = run_own_cluster(reps, args.quick)
             else:
