@@ -3,7 +3,8 @@
 ``python -m bench`` (about 5 minutes) or ``python -m bench --quick`` (under 2);
 ``python -m bench --scale`` for the scaling workloads S1-S5 alone (bench/scale.py);
 ``python -m bench --recovery`` and ``--faults N`` for surviving a worker (bench/recovery.py);
-``python -m bench --checkpoint`` for checkpoints (bench/checkpoint.py).
+``python -m bench --checkpoint`` for checkpoints (bench/checkpoint.py);
+``--skew``, ``--many``, ``--own-cluster`` and ``--numpy`` for T9, T10, T11 and T13 (bench/third.py).
 Ratios, not absolute times, are what the targets state: every system runs on
 the same machine, back to back, and every output is checked against serial.
 """

@@ -108,3 +108,67 @@ def test_overlapping_tasks_on_one_worker_are_busy_once():
     assert row["busy"] == pytest.approx(2.0) and row["share"] == pytest.approx(1.0) and row["tasks"] == 2
     recs = [record("a", 0, 10.0, 10.5), record("a", 1, 10.25, 10.75), record("a", 2, 11.0, 11.5)]
     assert workers.worker_table(recs, 10.0, 12.0)["workers"][0]["share"] == pytest.approx((0.75 + 0.5) / 2)
+
+
+def _table(count: int) -> dict:
+    t0 = 1000.0
+    table = workers.worker_table(one_busy_worker(t0), t0, t0 + 1.2, [f"tcp://h:{i}" for i in range(1, count + 1)])
+    return table | {"caller_cpu_per_round": 0.004, "main_cpu_per_round": 0.001, "tasks_per_second": 15.0}
+
+
+@pytest.mark.timeout(30)
+def test_the_third_round_sections_render_from_figures():
+    from bench import third
+
+    machine = {"date": "today", "cpu": "cpu", "cores": 2, "dask": "d"}
+
+    def r(x):
+        return third.stats([(x, "exact")])
+
+    runs = {"serial": r(2.0), "Pool(2)": r(1.0), "pypiper_dask": r(1.6)}
+    skew = {"quick": True, "reps": 1, "loops": 900, "machine": machine}
+    skew["sizes"] = {"1000": {"runs": runs, "speedup": third.speedups(runs), "profile": _table(2)}}
+    text = third.section_skew(skew)
+    assert "| 1,000 | 2.000 s | 1.000 s | 1.600 s | 2.00× | 1.25× | 0.62 | **no** |" in text
+    assert "| 1,000 items | :1 | 0 ms | 60% | 12 |" in text
+
+    summary = {"best": 0.5, "efficiency": 0.75, "verdict": "exact"}
+    many = {"quick": True, "reps": 1, "layout": "split", "n": 3000, "nominal": 6.0, "machine": machine}
+    many["counts"] = {
+        "16": {
+            "start_s": 3.0,
+            "pypiper_dask": summary,
+            "ThreadPool": summary,
+            "profile": _table(16) | {"threads": {"IO loop": 0.5}},
+            "cpu_s": {"scheduler": 0.36, "workers": 1.0},
+            "scheduler_noop_per_s": 900.0,
+        },
+        "64": {"error": "error: RuntimeError: no", "ThreadPool": summary},
+    }
+    text = third.section_many(many)
+    assert "| 16 | 3.0 s | 0.75 (0.500s) | 0.75 | 18 | 15 | 900 | 4.0 ms | 1.0 ms | 20.00 ms | 780 ms |" in text
+    assert "| 64 | **error: RuntimeError: no** |" in text and "scheduler process 0.36" in text
+
+    own = {"quick": True, "reps": 1, "machine": machine}
+    own_runs = {"own cluster, address": r(1.05), "own cluster, client": r(1.0), "LocalCluster, client": r(1.0)}
+    own["configs"] = {
+        "S1": {
+            "workers": 8,
+            "n": 3000,
+            "ideal": 0.75,
+            "runs": own_runs,
+            "scheduler_cpu_s": 0.72,
+            "profile": {"own cluster, address": _table(8), "LocalCluster, client": _table(8)},
+        },
+        "W2": {"workers": 2, "n": 2000, "ideal": 1.0, "error": "error: X"},
+    }
+    text = third.section_own(own)
+    assert "| S1 (3,000 items) | 8 | 1.050 s (eff. 0.71) | 1.000 s (eff. 0.75) | 1.000 s (eff. 0.75) | 1.05 |" in text
+    assert "| 20.00 ms | yes |" in text and "| W2 | 2 | **error: X** |" in text
+
+    numpy = {"quick": True, "reps": 1, "n": 100, "audio": dict(W.AUDIO), "machine": machine}
+    numpy |= {"runs": runs, "speedup": third.speedups(runs), "profile": _table(2)}
+    numpy |= {"per_item": {"plain process": 0.01, "Pool(2) process": 0.01, "Dask worker": 0.015}}
+    numpy |= {"worker_malloc_env": {"MALLOC_TRIM_THRESHOLD_": "65536"}, "workers_rss": {"a": {"peak_mb": 91.0}}}
+    text = third.section_numpy(numpy)
+    assert "Dask worker 15.00 ms (1.50×)" in text and "peak RSS after the timed runs: 91 MB" in text
