@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from bench.workers import WORKERS_CHART, draw_workers, worker_section
 from bench.workloads import SCALE_WORKLOADS, WORKLOADS
 
 CHART = "bench/benchmarks.png"
@@ -306,7 +307,7 @@ def _eff(cell: dict | None) -> float | None:
 
 def _cell(runs: dict, sid: str, system: str, workers: int) -> dict | None:
     found = runs.get(str(workers))
-    return found["systems"][sid][system] if found else None
+    return found["systems"].get(sid, {}).get(system) if found else None
 
 
 def _effcell(cell: dict | None, partitions: bool = False) -> str:
@@ -529,8 +530,13 @@ def scale_section(data: dict) -> str:
         " end to `run()` returning. Tasks: count and mean compute time per kind of task (a task that waits"
         " inside, for its turn, counts its wait as compute).",
         "",
-        "| workload | workers | wall | busy | first task | after the last | tasks |",
-        "|---|---|---|---|---|---|---|",
+        "Per worker: the latest first task after the first anywhere, the busy shares' range (compute seconds"
+        " ÷ wall, every task counted), workers that ran nothing, and the caller's CPU per round"
+        " (`time.process_time()` around `run()` ÷ rounds; the in-process scheduler's thread included).",
+        "",
+        "| workload | workers | wall | busy | first task | after the last | tasks |"
+        " per worker: last first task | busy range | idle | rounds | caller CPU / round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for sid in SCALE_WORKLOADS:
         for c in counts:
@@ -538,13 +544,18 @@ def scale_section(data: dict) -> str:
             if not p:
                 continue
             if "error" in p:
-                lines.append(f"| {sid} | {c} | **{p['error']}** | | | | |")
+                lines.append(f"| {sid} | {c} | **{p['error']}** | | | | | | | | | |")
                 continue
             kinds = "; ".join(f"{k}: {v['tasks']} × {v['mean_ms']:.1f} ms" for k, v in p["kinds"].items())
             lines.append(
                 f"| {sid} | {c} | {p['wall']:.2f} s{'' if p['exact'] else ' **wrong output**'} |"
                 f" {_num(p['busy_share'])} | {_ms(p['first_start'])} | {_ms(p['after_last'])} | {kinds} |"
+                + _per_worker_cells(p.get("per_worker"))
             )
+    tables = worker_tables(data)
+    if tables:
+        lines += ["", *worker_section(tables, "Each worker, " + next(iter(tables)).split(",")[0]), ""]
+        lines.append(f"![per-worker chart]({WORKERS_CHART})")
     t1 = data.get("t1")
     if t1:
         serial = t1["serial"]["median"]
@@ -565,6 +576,28 @@ def scale_section(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def worker_tables(data: dict) -> dict[str, dict]:
+    """The first profiled workload's per-worker table at each worker count, by label."""
+    sid = (data.get("workloads") or list(SCALE_WORKLOADS))[0]
+    out = {}
+    for c in data["workers"]:
+        p = data["runs"].get(str(c), {}).get("profile", {}).get(sid) or {}
+        if p.get("per_worker"):
+            out[f"{sid}, {c} workers"] = p["per_worker"]
+    return out
+
+
+def _per_worker_cells(t: dict | None) -> str:
+    if not t:
+        return " — | — | — | — | — |"
+    sp = t["spread"]
+    share = "—" if sp["min_share"] is None else f"{100 * sp['min_share']:.0f}–{100 * sp['max_share']:.0f}%"
+    return (
+        f" {_ms(sp['last_first'])} | {share} | {t['idle_workers']} | {t['rounds']} |"
+        f" {1000 * t['caller_cpu_per_round']:.1f} ms |"
+    )
+
+
 def _ms(seconds: float | None) -> str:
     return "—" if seconds is None else f"{1000 * seconds:.0f} ms"
 
@@ -574,5 +607,8 @@ def write_scale_report(out: Path, data: dict) -> None:
     chart = out.parent / SCALE_CHART
     chart.parent.mkdir(parents=True, exist_ok=True)
     write_scale_chart(chart, data)
+    tables = worker_tables(data)
+    if tables:
+        draw_workers(out.parent / WORKERS_CHART, tables, "pypiper_dask, " + next(iter(tables)).split(",")[0])
     old = out.read_text() if out.exists() else "# Benchmarks\n"
     out.write_text(put_section(old, SCALE, scale_section(data)))

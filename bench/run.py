@@ -3,7 +3,8 @@
 ``python -m bench`` (about 5 minutes) or ``python -m bench --quick`` (under 2);
 ``python -m bench --scale`` for the scaling workloads S1-S5 alone (bench/scale.py);
 ``python -m bench --recovery`` and ``--faults N`` for surviving a worker (bench/recovery.py);
-``python -m bench --checkpoint`` for checkpoints (bench/checkpoint.py).
+``python -m bench --checkpoint`` for checkpoints (bench/checkpoint.py);
+``--skew``, ``--many``, ``--own-cluster`` and ``--numpy`` for T9, T10, T11 and T13 (bench/third.py).
 Ratios, not absolute times, are what the targets state: every system runs on
 the same machine, back to back, and every output is checked against serial.
 """
@@ -288,8 +289,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live-seconds", type=float, default=25.0, help="with --streaming: the live source's run")
     parser.add_argument(
         "--workers",
-        default="2,4,8",
-        help="with --scale: the worker counts, comma-separated (a machine with more cores: 4,8,15)",
+        default=None,
+        help="with --scale: the worker counts, comma-separated (default 2,4,8; a machine with more cores: 4,8,15);"
+        " with --many: default 16,32,64 (--quick: 16)",
+    )
+    parser.add_argument(
+        "--workloads",
+        default=None,
+        help="with --scale: only these of S1-S5, comma-separated (--workloads S1: the per-worker table alone)",
+    )
+    parser.add_argument("--no-t1", action="store_true", help="with --scale: leave out the revised T1 (W2 at 2)")
+    parser.add_argument(
+        "--skew",
+        action="store_true",
+        help="only T9: the skewed CPU load at 2 workers against serial and Pool(2) (bench/third.py);"
+        " ~2 min, --quick ~30 s",
+    )
+    parser.add_argument(
+        "--many",
+        action="store_true",
+        help="only T10: S1 at 16, 32 and 64 workers (threads of one process, the scheduler in another), the caller's"
+        " CPU per round, the scheduler's per task and its tasks per second; ~2 min, --quick ~40 s",
+    )
+    parser.add_argument(
+        "--processes", action="store_true", help="with --many: a LocalCluster of worker processes instead"
+    )
+    parser.add_argument(
+        "--threads", action="store_true", help="with --many: a LocalCluster(processes=False), all in one process"
+    )
+    parser.add_argument(
+        "--own-cluster",
+        action="store_true",
+        help="only T11: S1 (8 workers) and W2 (2 workers) on `dask scheduler` + `dask worker` processes against a"
+        " LocalCluster of the same count; ~3 min, --quick ~1 min",
+    )
+    parser.add_argument(
+        "--numpy",
+        action="store_true",
+        help="only T13: framed FFTs of synthetic audio then a running mean, at 2 workers against serial and Pool(2),"
+        " with the workers' peak RSS; ~2 min, --quick ~40 s",
     )
     parser.add_argument(
         "--recovery",
@@ -313,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import recovery
 
         return recovery.main(args)
+    if args.skew or args.many or args.own_cluster or args.numpy:
+        from bench import third
+
+        return third.main(args)
     if args.from_json and not args.scale:
         parser.error("--from-json needs --scale")
     if args.scale:

@@ -148,32 +148,42 @@ def task_profile(client: Any, sid: str, n: int, sleep: dict) -> dict:
     (workers × wall time), i.e. how much of the workers' time went to the
     items' sleep (plus a task's own overhead). Other tasks are listed by kind,
     not counted: an engine's task may wait inside (a stateful one, for its turn).
+    ``per_worker``: each worker's first task, busy share and tasks, and the
+    caller's CPU per round (``bench.workers.profiled_run``).
     """
-    from distributed import get_task_stream
+    from bench.workers import profiled_run
 
     workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-    with get_task_stream(client) as stream:
-        t0 = time.time()
-        _, out = sys_ours(sid, client, n, sleep)
-        t1 = time.time()
+    records: list = []
+    expected = W.scale_serial(sid, n)
+    table = profiled_run(
+        client, lambda: sys_ours(sid, client, n, sleep)[1], check=lambda out: out == expected, records=records
+    )
+    t0 = 0.0
     kinds: dict[str, list] = collections.defaultdict(list)
-    for rec in stream.data:
+    first_any = None
+    for rec in records:
         key = rec["key"][0] if isinstance(rec["key"], tuple) else rec["key"]
         kind = str(key).rsplit("-", 1)[0][:40]
         for ss in rec.get("startstops", ()):
             if ss["action"] == "compute":
-                kinds[kind].append((ss["start"] - t0, ss["stop"] - t0))
+                kinds[kind].append((ss["start"], ss["stop"]))
+                first_any = ss["start"] if first_any is None else min(first_any, ss["start"])
+    if first_any is not None:  # times from run() starting, as before
+        t0 = first_any - table["first_task"]
     spans = [s for v in kinds.values() for s in v]
     sleeping = sum(b - a for k, v in kinds.items() if "sleep" in k for a, b in v)
+    wall = table["wall"]
     return {
-        "wall": t1 - t0,
-        "exact": out == W.scale_serial(sid, n),
-        "busy_share": sleeping / (workers * (t1 - t0)) if spans else None,
-        "first_start": min(a for a, _ in spans) if spans else None,
-        "after_last": (t1 - t0) - max(b for _, b in spans) if spans else None,
+        "wall": wall,
+        "exact": table["exact"],
+        "busy_share": sleeping / (workers * wall) if spans else None,
+        "first_start": table["first_task"],
+        "after_last": wall - (max(b for _, b in spans) - t0) if spans else None,
         "kinds": {
             k: {"tasks": len(v), "mean_ms": 1000 * sum(b - a for a, b in v) / len(v)} for k, v in sorted(kinds.items())
         },
+        "per_worker": table,
     }
 
 
@@ -210,7 +220,14 @@ def cpu_elsewhere(before: dict[str, float], after: dict[str, float]) -> dict[str
 
 
 def measure_workers(
-    workers: int, reps: int, n: int, sleep: dict, pool2: Any = None, t1_reps: int = 0, log: Callable = print
+    workers: int,
+    reps: int,
+    n: int,
+    sleep: dict,
+    pool2: Any = None,
+    t1_reps: int = 0,
+    log: Callable = print,
+    sids: tuple[str, ...] = tuple(W.SCALE_WORKLOADS),
 ) -> dict:
     """Every workload and system at one worker count, on one cluster started before timing.
 
@@ -221,7 +238,7 @@ def measure_workers(
 
     parts = (2 * workers, 4 * workers, 8 * workers)
     raw: dict[str, dict[str, Any]] = {
-        sid: {"pypiper_dask": [], "ThreadPool": [], "dask.bag": {p: [] for p in parts}} for sid in W.SCALE_WORKLOADS
+        sid: {"pypiper_dask": [], "ThreadPool": [], "dask.bag": {p: [] for p in parts}} for sid in sids
     }
     result: dict[str, Any] = {"workers": workers, "bag_partitions": list(parts)}
     before = cpu_seconds()
@@ -236,10 +253,13 @@ def measure_workers(
         if pool2 is not None:
             result["t1"] = revised_t1(client, pool2, t1_reps, log)
         # Warm-up, untimed: imports and the first contact with every worker.
+        from bench.third import warm_workers
+
+        warm_workers(client)
         attempt(partial(sys_ours, "S1", client, min(n, 200), sleep), W.scale_serial("S1", min(n, 200)))
         attempt(partial(sys_bag, "S1", client, workers, min(n, 200), sleep), W.scale_serial("S1", min(n, 200)))
         for rep in range(reps):
-            for sid in W.SCALE_WORKLOADS:
+            for sid in sids:
                 expected = W.scale_serial(sid, n)
                 runs = raw[sid]
                 runs["pypiper_dask"].append(attempt(partial(sys_ours, sid, client, n, sleep), expected))
@@ -253,11 +273,14 @@ def measure_workers(
                     + f"; ThreadPool {_secs(runs['ThreadPool'][-1][0])}"
                 )
         result["profile"] = {}
-        for sid in W.SCALE_WORKLOADS:
+        for sid in sids:
             try:
                 result["profile"][sid] = task_profile(client, sid, n, sleep)
             except Exception as exc:
                 result["profile"][sid] = {"error": _error(exc)}
+                log(f"W={workers} {sid} per worker: {result['profile'][sid]['error']}")
+                continue
+            log_workers(f"W={workers} {sid}", result["profile"][sid]["per_worker"], log, rows=sid == sids[0])
         result["cpu"] = cpu_elsewhere(before, cpu_seconds())  # before the cluster's processes end
         log(
             f"W={workers}: {result['cpu']['wall']:.0f} s; CPU seconds: this benchmark {result['cpu']['ours']:.0f},"
@@ -300,6 +323,17 @@ def revised_t1(client: Any, pool: Any, reps: int, log: Callable = print) -> dict
     return out
 
 
+def log_workers(label: str, table: dict, log: Callable, rows: bool = True) -> None:
+    """Print a run's per-worker summary and, with ``rows``, a line per worker."""
+    from bench.workers import summary_line
+
+    log(f"{label} per worker: {summary_line(table)}")
+    if rows:
+        for r in table["workers"]:
+            first = "  idle" if r["first"] is None else f"{r['first']:6.3f}s"
+            log(f"    {r['worker']:>24s} first task {first}  busy {100 * (r['share'] or 0):3.0f}%  tasks {r['tasks']}")
+
+
 def _secs(seconds: float | None) -> str:
     return "  failed" if seconds is None else f"{seconds:7.3f}s"
 
@@ -314,6 +348,7 @@ def run_scale(
     t1: bool = True,
     t1_reps: int | None = None,
     log: Callable = print,
+    sids: tuple[str, ...] = tuple(W.SCALE_WORKLOADS),
 ) -> dict:
     """Measure everything; the JSON-ready figures that ``report.write_scale_report`` renders."""
     sleep = dict(sleep or W.SLEEP)
@@ -323,10 +358,12 @@ def run_scale(
         "n": n,
         "sleep": sleep,
         "workers": list(workers),
+        "workloads": list(sids),
         "nominal": {sid: W.nominal_sleep(sid, n, sleep) for sid in W.SCALE_WORKLOADS},
         "machine": R.machine(),
         "runs": {},
     }
+    t1 = t1 and 2 in workers  # T1 runs on the 2-worker cluster only
     if t1:
         W.calibrate()
         log(f"W2 calibrated: {W.LOOPS['n']} loops ≈ 2 ms")
@@ -334,7 +371,9 @@ def run_scale(
     with multiprocessing.get_context("fork").Pool(2) if t1 else contextlib.nullcontext() as pool2:
         for count in workers:
             with_t1 = t1 and count == 2
-            found = measure_workers(count, reps, n, sleep, pool2 if with_t1 else None, t1_reps or max(reps, 1), log=log)
+            found = measure_workers(
+                count, reps, n, sleep, pool2 if with_t1 else None, t1_reps or max(reps, 1), log=log, sids=sids
+            )
             if "t1" in found:
                 data["t1"] = found.pop("t1")
             data["runs"][str(count)] = found
@@ -354,9 +393,19 @@ def main(args: Any) -> int:
         data = json.loads(Path(args.from_json).read_text())
     else:
         reps = args.reps or (1 if args.quick else 2)
-        workers = tuple(int(w) for w in str(getattr(args, "workers", "2,4,8")).split(","))
+        workers = tuple(int(w) for w in str(getattr(args, "workers", None) or "2,4,8").split(","))
+        sids = tuple((getattr(args, "workloads", None) or ",".join(W.SCALE_WORKLOADS)).split(","))
+        unknown = [sid for sid in sids if sid not in W.SCALE_WORKLOADS]
+        if unknown:
+            raise SystemExit(f"--workloads: unknown {unknown}; known: {list(W.SCALE_WORKLOADS)}")
         data = run_scale(
-            reps, quick=args.quick, workers=workers, t1_reps=args.reps or (1 if args.quick else 3), log=_log
+            reps,
+            quick=args.quick,
+            workers=workers,
+            t1=not getattr(args, "no_t1", False),
+            t1_reps=args.reps or (1 if args.quick else 3),
+            log=_log,
+            sids=sids,
         )
         figures.parent.mkdir(parents=True, exist_ok=True)
         figures.write_text(json.dumps(data, indent=1) + "\n")

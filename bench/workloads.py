@@ -25,15 +25,16 @@ def spin(x: int, loops: int) -> int:
     return acc
 
 
-def calibrate(target: float = 0.002) -> int:
+def calibrate(target: float = 0.002, into: dict | None = None) -> int:
+    """Loops of ``spin`` that take ``target`` seconds here; stored in ``into`` (W2's ``LOOPS`` by default)."""
     loops = 20_000
     for _ in range(3):
         start = time.perf_counter()
         for x in range(20):
             spin(x, loops)
         per_call = (time.perf_counter() - start) / 20
-        loops = max(1000, int(loops * target / per_call))
-    LOOPS["n"] = loops
+        loops = max(100, int(loops * target / per_call))  # 100: T9's 0.5 ms unit on a slow machine
+    (LOOPS if into is None else into)["n"] = loops
     return loops
 
 
@@ -319,3 +320,109 @@ def scale_serial(sid: str, n: int = SCALE_N) -> dict[str, list]:
     if sid == "S5":
         return {"sum": [sum(xs)], "leaf": list(xs)}
     raise KeyError(sid)
+
+
+# -- T9: the skewed CPU load (shared/docs/bench.md, "Third round") ---------------------------
+
+SKEW_N = (1000, 4000)
+SKEW_UNIT = {"n": 5_000}  # loops of spin() for ~0.5 ms, calibrated once per run (calibrate(0.0005, SKEW_UNIT))
+
+
+def skew_units(x: int) -> int:
+    """Item ``x``'s work in units of ~0.5 ms: 1 to 7, ~4 on average."""
+    return (x * 7919) % 7 + 1
+
+
+def skew_item(x: int, loops: int) -> int:
+    """Item ``x``'s pure-Python loop: ``skew_units(x)`` units of ``loops`` iterations."""
+    return spin(x, loops * skew_units(x))
+
+
+class SkewSpin(Node):
+    """Runs ``skew_item`` on each item."""
+
+    def setup(self, loops=5_000):
+        self.loops = loops
+
+    def run(self, data):
+        self.emit(skew_item(data, self.loops))
+
+
+def skew_graph(n: int, loops: int) -> Any:
+    """source → the skewed loop → a leaf."""
+    return OURS["Source"]("source", size=n) | SkewSpin("skew", loops=loops) | Leaf("leaf")
+
+
+def skew_serial(n: int, loops: int) -> dict[str, list]:
+    return {"leaf": [skew_item(x, loops) for x in range(n)]}
+
+
+# -- T13: allocation-heavy numpy (framed FFTs of synthetic audio, then a running mean) --------
+
+NUMPY_N = 400
+AUDIO = {"seconds": 3.0, "rate": 16_000, "frame": 512, "hop": 256}
+
+
+def audio_features(x: int, seconds: float = 3.0, rate: int = 16_000, frame: int = 512, hop: int = 256) -> Any:
+    """Clip ``x`` (a tone plus seeded noise), framed and windowed, its mean log magnitude spectrum.
+
+    Each call allocates arrays of a few hundred KB (the signal, the frames, the
+    spectrum): what makes a worker's malloc settings matter.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(x)
+    t = np.arange(int(seconds * rate)) / rate
+    signal = np.sin(2 * np.pi * (110 + (x % 24) * 20) * t) + 0.1 * rng.standard_normal(t.size)
+    frames = np.lib.stride_tricks.sliding_window_view(signal, frame)[::hop] * np.hanning(frame)
+    return np.log1p(np.abs(np.fft.rfft(frames, axis=1))).mean(axis=0)
+
+
+def audio_loop(n: int, start: int = 0) -> float:
+    """Seconds ``n`` calls of ``audio_features`` take in the calling process (a worker's or a plain one)."""
+    begin = time.perf_counter()
+    for x in range(start, start + n):
+        audio_features(x, **AUDIO)
+    return time.perf_counter() - begin
+
+
+class Features(Node):
+    """Each clip's feature vector (``audio_features``)."""
+
+    def setup(self, seconds=3.0, rate=16_000, frame=512, hop=256):
+        self.audio = {"seconds": seconds, "rate": rate, "frame": frame, "hop": hop}
+
+    def run(self, data):
+        self.emit(audio_features(data, **self.audio))
+
+
+class RunningMean(Node):
+    """Stateful: the running mean of every vector so far, emitted as a tuple of floats."""
+
+    def setup(self):
+        self.total = None
+        self.count = 0
+        self.stateless = False
+
+    def run(self, data):
+        self.total = data.copy() if self.total is None else self.total + data
+        self.count += 1
+        self.emit(tuple((self.total / self.count).tolist()))
+
+
+def running_means(vectors: Any) -> list[tuple]:
+    """The running mean of ``vectors`` as ``RunningMean`` emits it (the serial and Pool side)."""
+    out, total = [], None
+    for count, v in enumerate(vectors, 1):
+        total = v.copy() if total is None else total + v
+        out.append(tuple((total / count).tolist()))
+    return out
+
+
+def numpy_graph(n: int) -> Any:
+    """source → features (fused) → the stateful running mean."""
+    return OURS["Source"]("source", size=n) | Features("features", **AUDIO) | RunningMean("mean")
+
+
+def numpy_serial(n: int) -> dict[str, list]:
+    return {"mean": running_means(audio_features(x, **AUDIO) for x in range(n))}

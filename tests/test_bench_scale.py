@@ -197,7 +197,13 @@ def test_a_tiny_scale_run_end_to_end():
             assert cells[sid][system]["efficiency"] > 0
         assert data["runs"]["2"]["profile"][sid]["exact"] is True
     assert cells["S1"]["dask.bag"]["best_partitions"] in (4, 8, 16)
-    assert len(logged) == len(W.SCALE_WORKLOADS) + 1  # a line per workload, and the CPU figures
+    # A line per workload, the CPU figures, a per-worker summary per workload and a line per worker for S1.
+    assert len(logged) == 2 * len(W.SCALE_WORKLOADS) + 1 + 2
+    assert sum("per worker:" in line for line in logged) == len(W.SCALE_WORKLOADS)
+    table = data["runs"]["2"]["profile"]["S1"]["per_worker"]
+    assert len(table["workers"]) == 2 and table["rounds"] >= 1 and table["caller_cpu_per_round"] >= 0
+    assert sum(w["tasks"] for w in table["workers"]) == table["tasks"] > 0
     assert data["runs"]["2"]["cpu"]["ours"] > 0
     json.dumps(data)  # the figures are saved as JSON
-    assert "| S3 sleep → stateful running sum" in report.scale_section(data)
+    section = report.scale_section(data)
+    assert "| S3 sleep → stateful running sum" in section and "#### Each worker, S1" in section
