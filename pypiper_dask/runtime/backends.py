@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..compiler.plan import FusedStage, Plan, SeqStage
 from ..compiler.tasks import Ref, StageRef, TaskNames, TaskSpec, fused_spec, seq_spec, state_step
 from ..errors import PipelineError, StateLostError
+from ..log import logger
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, SeqHolder, run_state
 from ..worker.sequential import HolderAt
@@ -237,13 +238,39 @@ class DistributedBackend:
         self, plan: Plan, names: TaskNames, states: dict[int, bytes | None] | None = None, first: int = 0
     ) -> None:
         """Create the holders: as planned, or from ``states`` (a checkpoint's cut) with ``first`` their next step."""
-        client = self.client
         self.plan, self.names = plan, names
         self.refs, self.where, self.live, self.lost, self.generation, self._specs = {}, {}, set(), None, 0, 0
         self.args = {}
-        self.workers = workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {}))
+        self.workers = workers = self._first_workers()
         self._scatter_specs()
         self._place_holders(workers, states or {}, first)
+
+    #: Seconds a run waits for a first worker (a scheduler with none yet, a kept cluster whose
+    #: workers died and are being restarted by their nannies) before it fails.
+    wait_for_first_worker = 30.0
+
+    def _first_workers(self) -> list[str]:
+        """The cluster's workers, waiting up to ``wait_for_first_worker`` s for one; :class:`PipelineError` if none."""
+        workers = sorted(self._alive())
+        if workers:
+            return workers
+        where = self.client.scheduler.address
+        logger.warning(
+            "no worker is connected to the Dask scheduler at %s; waiting up to %g s for one",
+            where,
+            self.wait_for_first_worker,
+        )
+        deadline = time.monotonic() + self.wait_for_first_worker
+        while not workers and time.monotonic() < deadline:
+            time.sleep(self.poll)
+            workers = sorted(self._alive())
+        if not workers:
+            raise PipelineError(
+                f"No worker is connected to the Dask scheduler at {where}: waited {self.wait_for_first_worker:g} s "
+                f"for one. Start workers with `dask worker {where}` (or check that they reach it)."
+            )
+        self._n_workers = None  # asked again now that there are some
+        return workers
 
     #: A fused stage's spec (its nodes, pickled) up to this many bytes travels inside each of
     #: its tasks; a larger one is sent to every worker once. A task that depends on data one
@@ -337,7 +364,8 @@ class DistributedBackend:
         from distributed import wait
 
         seq = self.plan.seq_stages
-        with contextlib.suppress(Exception):  # a holder's worker died meanwhile: the run loop's probe says so
+        # (Not the default client's: a run's client need not be the default.)
+        with self.client.as_current(), contextlib.suppress(Exception):  # a holder's worker died: the probe says so
             wait([self.refs[s.id] for s in seq], timeout=60)
         for stage in seq:
             self.args[stage.id] = HolderAt(self.where[stage.id], self.refs[stage.id].key)

@@ -159,6 +159,9 @@ class _Driver:
         self.names = TaskNames(plan)
         self.out = Output(plan, quiet=quiet, collect=collect, stream=stream)
         self.hidden = HiddenStateReport()
+        start = 0 if resume is None else resume["point"] + 1
+        # Started first: it waits for a worker if the cluster has none yet, and then knows how many.
+        backend.start(plan, self.names, None if resume is None else resume["states"], start)
         self.sizer = PartitionSizer(partition_size, backend.n_workers, self.total)
         self.done = 0  # source items delivered
         self.mute_until = -1  # a resumed run: output through this many source items went out before
@@ -167,7 +170,6 @@ class _Driver:
         # A checkpoint takes cuts on any backend; recovery only where holders can be re-created.
         able = backend.can_restore or keep is not None
         self.recovery = Recovery(plan, snapshot_every, able=able, always=keep is not None)
-        start = 0 if resume is None else resume["point"] + 1
         self.state = RunState(
             self.recovery,
             window=backend.window,
@@ -185,9 +187,6 @@ class _Driver:
             self.out.counts = dict(resume["counts"])
             self.out.splicer.errors = list(resume["errors"])
             self.recovery.resume(resume["point"], resume["states"])
-            backend.start(plan, self.names, resume["states"], start)
-        else:
-            backend.start(plan, self.names)
 
     def run(self) -> Generator[None, None, None]:
         """Rounds out, back and delivered until the input ends and every round is delivered."""
