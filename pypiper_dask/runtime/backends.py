@@ -28,6 +28,7 @@ from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, SeqHolder, run_state
 from .output import PipelineResult
 from .restarts import main_not_reimported_by_nannies
+from .worker_environment import check_workers
 
 __all__ = ["Backend", "DataLost", "DistributedBackend", "HolderLost", "InProcessBackend", "SyncTaskBackend"]
 
@@ -253,6 +254,8 @@ class DistributedBackend(_RunsTasks):
             elif self.client is None and self.address is not None:
                 client = _connect(self.address, self.timeout, self.security)
                 self.client = self._stack.enter_context(client)
+            if self.n_workers_wanted is None:  # a cluster this run did not start: can its workers run tasks?
+                check_workers(self.client)
         except BaseException:
             self._stack.close()
             raise
