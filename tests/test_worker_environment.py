@@ -139,6 +139,40 @@ def test_the_message_names_each_worker_what_differs_and_the_command():
     assert issubclass(WorkerEnvironmentError, PipelineError)
 
 
+class FakeClient:
+    """What check_workers uses of a Client: run, scheduler_info and the scheduler's address."""
+
+    def __init__(self, answers):
+        self.answers = answers  # worker -> what the probe returns there (or the error it ended with)
+        self.asked = []
+        self.scheduler = type("Scheduler", (), {"address": "tcp://s:8786"})()
+
+    def scheduler_info(self, n_workers=-1):
+        return {"workers": {w: {} for w in self.answers}}
+
+    def run(self, function, workers=None, on_error="raise"):
+        assert on_error == "return"
+        self.asked.append(workers)
+        answer = function()
+        return {w: answer if a is None else a for w, a in self.answers.items() if workers is None or w in workers}
+
+
+def test_workers_are_asked_once_per_client_and_a_worker_that_left_is_not_a_problem():
+    client = FakeClient({"tcp://a:1": None, "tcp://gone:2": OSError("connection reset")})
+    W.check_workers(client)
+    del client.answers["tcp://gone:2"]  # the scheduler let it go
+    W.check_workers(client)
+    assert client.asked == [None]  # all at first; then the same set: nobody to ask
+    client.answers["tcp://new:3"] = None
+    W.check_workers(client)
+    assert client.asked == [None, ["tcp://new:3"]]  # only those not seen fit before
+    client.answers["tcp://old:4"] = dict(W.local_environment(), dask="2020.1.0")
+    with pytest.raises(WorkerEnvironmentError, match=r"tcp://old:4: dask 2020\.1\.0 \(here ") as caught:
+        W.check_workers(client)
+    assert list(caught.value.workers) == ["tcp://old:4"]
+    assert str(caught.value).startswith("1 of 3 workers of the cluster at tcp://s:8786 cannot run")
+
+
 @pytest.mark.cluster
 @pytest.mark.timeout(120)
 def test_a_fit_cluster_is_checked_once_per_client_and_set_of_workers(external_cluster, monkeypatch):

@@ -25,7 +25,8 @@ distributed's ``UploadDirectory`` plugin):
 * installing is one command in the workers' environment, said in the
   message, and then the cluster serves every later run with no upload.
 
-The answer is kept per client and set of worker addresses: a later run on the
+A ``LocalCluster``'s workers are not asked: they are processes of this
+interpreter, with its packages. The answer is kept per client and set of worker addresses: a later run on the
 same client asks the scheduler for its workers (one small call) and checks only
 workers it has not seen. A worker that joins while a run goes on is not
 checked by that run.
@@ -185,9 +186,17 @@ def check_workers(client: Any) -> None:
     """Raise :class:`~pypiper_dask.errors.WorkerEnvironmentError` if a worker of ``client`` cannot run tasks.
 
     One ``Client.run`` round trip on workers not checked before for this
-    client (see the module's docstring); nothing when there are none.
+    client (see the module's docstring); nothing when there are none. A
+    ``LocalCluster``'s workers are not asked: they are this interpreter's own
+    processes, with its packages. A worker that went away while asked is left
+    for the run to find.
     """
+    from distributed import LocalCluster
+
+    if isinstance(getattr(client, "cluster", None), LocalCluster):
+        return
     seen = _checked.get(client)
+    current: set[str] = set()
     if seen is None:
         workers = None  # all of them: their answers say who they are
     else:
@@ -196,10 +205,12 @@ def check_workers(client: Any) -> None:
         if not workers:
             return
     answers = client.run(worker_probe(), workers=workers, on_error="return")
+    # A connection lost (OSError, distributed's CommClosedError among them): the worker left, or is leaving.
+    answers = {w: answer for w, answer in answers.items() if not isinstance(answer, OSError)}
     mine = local_environment()
     bad = {w: p for w, answer in answers.items() if (p := environment_problems(mine, answer))}
     if bad:
         address = getattr(client.scheduler, "address", None) or "?"
-        message = _message(address, len(answers), bad, mine)
+        message = _message(address, len(current | set(answers)), bad, mine)
         raise WorkerEnvironmentError(message, {w: list(p.values()) for w, p in bad.items()})
     _checked[client] = (seen or frozenset()) | frozenset(answers)
