@@ -26,10 +26,10 @@ distributed's ``UploadDirectory`` plugin):
   message, and then the cluster serves every later run with no upload.
 
 A ``LocalCluster``'s workers are not asked: they are processes of this
-interpreter, with its packages. The answer is kept per client and set of worker addresses: a later run on the
-same client asks the scheduler for its workers (one small call) and checks only
-workers it has not seen. A worker that joins while a run goes on is not
-checked by that run.
+interpreter, with its packages. The answer is kept per client and set of
+worker addresses: a later run on the same client asks the scheduler for its
+workers (one small call) and checks only workers it has not seen. A worker
+that joins while a run goes on is not checked by that run.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from ..errors import WorkerEnvironmentError
 __all__ = ["MATCH", "check_workers", "environment_problems", "install_command", "local_environment", "worker_probe"]
 
 #: What must match between the caller and every worker, and how closely (the leading parts of the version).
-#: pypiper_dask, dask and distributed: exactly (dask releases the two in lockstep and tasks name our
-#: functions); cloudpickle: its major.minor (its format for code sent by value); Python: major.minor
-#: (the node classes' bytecode).
+#: pypiper_dask, dask and distributed: exactly (distributed pins its dask exactly, and tasks name our
+#: functions); cloudpickle: its major.minor (it promises no compatibility across versions; a patch
+#: release is taken to keep the format); Python: major.minor (the node classes' bytecode).
 MATCH: Mapping[str, int | None] = {
     "pypiper_dask": None,
     "python": 2,
