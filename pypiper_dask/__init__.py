@@ -20,6 +20,7 @@ from .errors import (
     StateLostError,
     StreamError,
     ValuePickleError,
+    WorkerEnvironmentError,
 )
 from .model import Node, NodeGraph
 
@@ -60,4 +61,5 @@ __all__ = [
     "StateLostError",
     "StreamError",
     "ValuePickleError",
+    "WorkerEnvironmentError",
 ]

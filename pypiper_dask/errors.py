@@ -20,6 +20,7 @@ __all__ = [
     "PipelineError",
     "StreamError",
     "ValuePickleError",
+    "WorkerEnvironmentError",
     "short_repr",
 ]
 
@@ -117,3 +118,20 @@ class SchedulerError(PipelineError, ConnectionError):
 
 class CheckpointError(PipelineError, ValueError):
     """A checkpoint cannot be used: it is of a different pipeline, or not a checkpoint."""
+
+
+class WorkerEnvironmentError(PipelineError):
+    """Workers of a cluster the run did not start cannot run its tasks.
+
+    They cannot import ``pypiper_dask``, or run another version of it, of
+    dask, distributed, cloudpickle or Python than the caller. ``workers`` maps
+    each such worker's address to what it lacks or runs; the message ends with
+    the command that fixes it (see :mod:`pypiper_dask.runtime.worker_environment`).
+    """
+
+    def __init__(self, message: str, workers: dict[str, list[str]]) -> None:
+        super().__init__(message)
+        self.workers = workers
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.workers))

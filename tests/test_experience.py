@@ -31,9 +31,9 @@ def test_html_repr_shows_nodes_roles_and_where():
         "sq",
         "total",
         "all",
-        "fused stateless, one task per partition",
+        "runs in parallel, one task per partition",
         "stateful",
-        "barrier",
+        "waits for all its input",
         "ALL",
         "local cluster of 2 worker processes",
     ]:
@@ -51,9 +51,9 @@ def test_visualize_draws_stages_or_says_how_to_install():
             pipeline.visualize()
         return
     source = pipeline.visualize().source
-    assert "cluster_0" in source and "stage 0: fused" in source
+    assert "cluster_0" in source and "stage 0: in parallel" in source
     assert '"sq"' in source or "sq [" in source
-    assert "stateful (actor)" in source
+    assert "stateful, in one place" in source
     assert "gen -> sq" in source and "sq -> total" in source
 
 
@@ -209,6 +209,8 @@ def test_cli_help():
     assert done.returncode == 0
     for option in ["FILE.py:NAME", "--scheduler", "--n-threads", "--quiet", "--progress", "--no-progress"]:
         assert option in done.stdout
+    for option in ["--checkpoint", "--overwrite", "--traceback"]:
+        assert option in done.stdout
 
 
 def test_cli_runs_a_pipeline_in_process(script):
@@ -231,7 +233,7 @@ def test_cli_fails_with_the_error(script):
     missing = cli("run", f"{script}:nothing", cwd=script.parent)
     # A typo in FILE.py:NAME is a usage error: one clean line, exit code 2.
     assert missing.returncode == 2
-    assert missing.stderr.strip().splitlines() == [f"pypiper-dask: {script} has no attribute 'nothing'"]
+    assert missing.stderr.strip().splitlines() == [f"pypiper-dask run: {script} has no attribute 'nothing'"]
     assert "Traceback" not in missing.stderr
 
 
@@ -255,11 +257,14 @@ def test_cli_version_help_and_usage_errors(script, tmp_path):
 
 
 def test_cli_checks_its_options_as_pipeline_does(script):
-    # One options value for Pipeline(...) and the command line: n_threads=0 is refused by both.
+    # n_threads=0 is refused by both, each in its own words (no "or None" on a command line).
     done = cli("run", f"{script}:pipeline", "--n-threads", "0", cwd=script.parent)
     assert done.returncode == 2
     assert done.stdout == ""
-    assert "pypiper-dask: Pipeline: n_threads must be an int >= 1 or None, not 0." in done.stderr
+    assert done.stderr == (
+        "pypiper-dask run: argument --n-threads: expected a whole number >= 1, got '0' "
+        "(see 'pypiper-dask run --help')\n"
+    )
     with pytest.raises(OptionError, match="n_threads must be an int >= 1 or None, not 0"):
         Pipeline(Generate("gen", size=1), n_threads=0)
     pipeline = Pipeline(Generate("gen", size=1))

@@ -22,8 +22,8 @@ def test_a_node_under_the_source_is_drawn_under_the_source_and_fused_siblings_ar
           │  └─ a2 (Map)    stage 0
           └─ b (Map)        stage 0
         Plan:
-          source   gen: runs in the caller, items cut into partitions of a size chosen while it runs (auto)
-          stage 0  a, a2, b: fused stateless, one task per partition, reads gen
+          source   gen: runs in this process; its items go out in partitions of a size chosen while it runs
+          stage 0  a, a2, b: run in parallel, one task per partition of gen's items
         """)
 
 
@@ -44,11 +44,11 @@ def test_sequential_nodes_deep_in_the_tree_keep_their_place_and_stage():
           ├─ fours (Batch, batch=4)          stage 3
           └─ b (Map)                         stage 0
         Plan:
-          source   gen: runs in the caller, no partitions: in this process each item goes through the nodes depth first (the stages are for a cluster)
-          stage 0  a, a2, b: fused stateless, one task per partition, reads gen; hands items to total, fours
-          stage 1  total: sequential (stateful, every item once in order; one call per item), one holder running its steps in order, a step per partition
-          stage 2  after: fused stateless, one task per partition, reads total
-          stage 3  fours: sequential (batches of exactly 4, across partitions), one holder running its steps in order, a step per partition
+          source   gen: runs in this process, no partitions: each of its items goes through all the nodes before the next, as in pyPiper (the stages below are how a cluster would run them)
+          stage 0  a, a2, b: run in parallel, one task per partition of gen's items; they pass items on to total, fours
+          stage 1  total: runs in one place, stateful: one call per item, every item once, in order
+          stage 2  after: runs in parallel, one task per partition of total's items
+          stage 3  fours: runs in one place, called with batches of exactly 4 items, in order
         """)  # noqa: E501
 
 
@@ -72,9 +72,9 @@ def test_named_streams_are_drawn_on_the_nodes_that_name_them():
              ├─ both (Running, stateful, streams [twice, item] -> *)    stage 1
              └─ whole (Map)                                             stage 0
         Plan:
-          source   gen: runs in the caller, items cut into partitions of 100
-          stage 0  split, items, whole: fused stateless, one task per partition, reads gen; hands items to both
-          stage 1  both: sequential (stateful, every item once in order; one call per item), one holder running its steps in order, a step per partition
+          source   gen: runs in this process; its items go out in partitions of 100
+          stage 0  split, items, whole: run in parallel, one task per partition of gen's items; they pass items on to both
+          stage 1  both: runs in one place, stateful: one call per item, every item once, in order
         """)  # noqa: E501
 
 
@@ -95,20 +95,20 @@ def test_stages_with_no_fused_node_say_they_only_route():
              ├─ again (Running, stateful)    stage 3
              └─ all (Batch, batch=ALL)       stage 4
         Plan:
-          source   gen: runs in the caller, items cut into partitions of 3
-          stage 0  (routing only): one task per partition, reads gen; hands items to total
-          stage 1  total: sequential (stateful, every item once in order; one call per item), one holder running its steps in order, a step per partition
-          stage 2  (routing only): one task per partition, reads total; hands items to again, all
-          stage 3  again: sequential (stateful, every item once in order; one call per item), one holder running its steps in order, a step per partition
-          stage 4  all: sequential (barrier: one call with every item after the input ends), one holder running its steps in order, a step per partition
-        """)  # noqa: E501
+          source   gen: runs in this process; its items go out in partitions of 3
+          stage 0  (no node): one task per partition of gen's items passes them on to total
+          stage 1  total: runs in one place, stateful: one call per item, every item once, in order
+          stage 2  (no node): one task per partition of total's items passes them on to again, all
+          stage 3  again: runs in one place, stateful: one call per item, every item once, in order
+          stage 4  all: runs in one place, waits for all its input, then one call with every item
+        """)
 
 
 def test_the_source_line_names_the_partition_size_the_run_uses_not_the_sources_size():
     pipeline = Pipeline(N.Gen("gen", size=12345) | N.Map("sq"), n_threads=2)
     assert "12345" not in str(pipeline)
-    assert "partitions of a size chosen while it runs (auto)" in str(pipeline)
+    assert "partitions of a size chosen while it runs" in str(pipeline)
     pipeline.partition_size = 500
-    assert "items cut into partitions of 500\n" in str(pipeline)
+    assert "its items go out in partitions of 500\n" in str(pipeline)
     pipeline.n_threads = 1
     assert "no partitions" in str(pipeline) and "500" not in str(pipeline)

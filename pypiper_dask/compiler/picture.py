@@ -23,10 +23,10 @@ _COLOURS = {"source": "#d9d9d9", "fused": "#cfe2f3", "stateful": "#f9cb9c", "bar
 def _role(plan: Plan, name: str) -> tuple[str, str]:
     """(kind, how it runs) of one node."""
     if name == plan.snapshot.root:
-        return "source", "source: runs in the caller; items cut into partitions"
+        return "source", "source: runs in this process; its items go out in partitions"
     for stage in plan.stages:
         if isinstance(stage, FusedStage) and name in stage.nodes:
-            return "fused", f"stage {stage.id}: fused stateless, one task per partition"
+            return "fused", f"stage {stage.id}: runs in parallel, one task per partition"
         if isinstance(stage, SeqStage) and stage.node == name:
             if not stage.stateless:
                 kind = "stateful"
@@ -34,7 +34,7 @@ def _role(plan: Plan, name: str) -> tuple[str, str]:
                 kind = "barrier"
             else:
                 kind = "batch"
-            return kind, f"stage {stage.id}: {stage.role} (one actor)"
+            return kind, f"stage {stage.id}: runs in one place, {stage.role}"
     raise KeyError(name)
 
 
@@ -57,12 +57,12 @@ def _notes(info: NodeInfo) -> str:
 def _source_line(root: str, partition_size: int | None, in_process: bool) -> str:
     if in_process:
         return (
-            f"{root}: runs in the caller, no partitions: in this process each item goes through the nodes "
-            "depth first (the stages are for a cluster)"
+            f"{root}: runs in this process, no partitions: each of its items goes through all the nodes before "
+            "the next, as in pyPiper (the stages below are how a cluster would run them)"
         )
     if partition_size is None:
-        return f"{root}: runs in the caller, items cut into partitions of a size chosen while it runs (auto)"
-    return f"{root}: runs in the caller, items cut into partitions of {partition_size}"
+        return f"{root}: runs in this process; its items go out in partitions of a size chosen while it runs"
+    return f"{root}: runs in this process; its items go out in partitions of {partition_size}"
 
 
 def plan_text(plan: Plan, where: str, partition_size: int | None, in_process: bool = False) -> str:
@@ -81,7 +81,7 @@ def plan_text(plan: Plan, where: str, partition_size: int | None, in_process: bo
     ...     def run(self, data):
     ...         self.emit(data)
     >>> graph = N("gen", size=10) | [N("a") | N("a2"), N("b", stateless=False)]
-    >>> print(plan_text(compile_plan(Snapshot.from_graph(graph)), "runs on a cluster", 50))  # doctest: +ELLIPSIS
+    >>> print(plan_text(compile_plan(Snapshot.from_graph(graph)), "runs on a cluster", 50))
     Pipeline of 4 nodes, runs on a cluster
     Graph:
       gen (N)               source
@@ -89,9 +89,9 @@ def plan_text(plan: Plan, where: str, partition_size: int | None, in_process: bo
       │  └─ a2 (N)          stage 0
       └─ b (N, stateful)    stage 1
     Plan:
-      source   gen: runs in the caller, items cut into partitions of 50
-      stage 0  a, a2: fused stateless, one task per partition, reads gen; hands items to b
-      stage 1  b: sequential (stateful, every item once in order; one call per item), one holder ...
+      source   gen: runs in this process; its items go out in partitions of 50
+      stage 0  a, a2: run in parallel, one task per partition of gen's items; they pass items on to b
+      stage 1  b: runs in one place, stateful: one call per item, every item once, in order
     """
     snap = plan.snapshot
     stage_of = {snap.root: "source"}
@@ -116,18 +116,18 @@ def plan_text(plan: Plan, where: str, partition_size: int | None, in_process: bo
     steps = [("source", _source_line(snap.root, partition_size, in_process))]
     for stage in plan.stages:
         if isinstance(stage, FusedStage):
-            crossing = [s.node for s in stage.sinks if s.kind == "cross"]
-            note = f"; hands items to {', '.join(crossing)}" if crossing else ""
-            what = f"{', '.join(stage.nodes)}: fused stateless," if stage.nodes else "(routing only):"
-            steps.append((f"stage {stage.id}", f"{what} one task per partition, reads {stage.above}{note}"))
+            crossing = ", ".join(s.node for s in stage.sinks if s.kind == "cross")
+            tasks = f"one task per partition of {stage.above}'s items"
+            if not stage.nodes:
+                text = f"(no node): {tasks} passes them on to {crossing}"
+            else:
+                one = len(stage.nodes) == 1
+                text = f"{', '.join(stage.nodes)}: {'runs' if one else 'run'} in parallel, {tasks}"
+                if crossing:
+                    text += f"; {'it passes' if one else 'they pass'} items on to {crossing}"
+            steps.append((f"stage {stage.id}", text))
         else:
-            steps.append(
-                (
-                    f"stage {stage.id}",
-                    f"{stage.node}: sequential ({stage.role}), one holder running its steps in order, "
-                    "a step per partition",
-                )
-            )
+            steps.append((f"stage {stage.id}", f"{stage.node}: runs in one place, {stage.role}"))
     label = max(len(s) for s, _ in steps) + 2
     lines.append("Plan:")
     lines += [f"  {s:<{label}}{text}" for s, text in steps]
@@ -170,14 +170,16 @@ def plan_picture(plan: Plan) -> Any:
         if info.batch_size != 1:
             label += f"\\nbatch {_batch(info.batch_size)}"
         if kind == "stateful":
-            label += "\\nstateful (actor)"
+            label += "\\nstateful, in one place"
         graph.node(name, label=label, fillcolor=_COLOURS[kind])
 
     add(dot, snap.root)
     for stage in plan.stages:
         if isinstance(stage, FusedStage) and stage.nodes:
             with dot.subgraph(name=f"cluster_{stage.id}") as sub:
-                sub.attr(label=f"stage {stage.id}: fused, one task per partition", style="dashed", fontname="Helvetica")
+                sub.attr(
+                    label=f"stage {stage.id}: in parallel, one task per partition", style="dashed", fontname="Helvetica"
+                )
                 for name in stage.nodes:
                     add(sub, name)
         elif isinstance(stage, SeqStage):

@@ -78,15 +78,14 @@ class SeqStage:
 
     @property
     def role(self) -> str:
+        """How its node is called, in a newcomer's words (what the plan text and table show)."""
         if self.batch_size == Node.BATCH_SIZE_ALL:
-            role = "barrier: one call with every item after the input ends"
+            role = "waits for all its input, then one call with every item"
         elif self.batch_size != 1:
-            role = f"batches of exactly {self.batch_size}, across partitions"
+            role = f"called with batches of exactly {self.batch_size} items, in order"
         else:
-            role = "one call per item"
-        if not self.stateless:
-            role = "stateful, every item once in order; " + role
-        return role
+            role = "one call per item, every item once, in order"
+        return role if self.stateless else "stateful: " + role
 
 
 @dataclass(frozen=True)

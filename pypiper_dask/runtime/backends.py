@@ -25,6 +25,7 @@ from ..worker import Chunk, NodeFailure, SeqHolder, run_state
 from ..worker.sequential import HolderAt
 from .cluster import open_client
 from .loop import DataLost, HolderLost
+from .worker_environment import check_workers
 
 __all__ = ["Backend", "DistributedBackend", "InProcessBackend", "SyncTaskBackend", "TaskBackend"]
 
@@ -209,6 +210,8 @@ class DistributedBackend:
                 self.client = open_client(
                     self._stack, self.address, self.n_workers_wanted, timeout=self.timeout, security=self.security
                 )
+            if self.n_workers_wanted is None:  # a cluster this run did not start: can its workers run tasks?
+                check_workers(self.client)
         except BaseException:
             self._stack.close()
             raise
