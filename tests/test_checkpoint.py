@@ -379,3 +379,27 @@ def test_a_killed_caller_resumes_in_a_new_process(tmp_path, how):
     assert resumed.returncode == 0, resumed.stderr
     overlap = check_seam(stopped, resumed.stdout.splitlines(), reference, 25)
     print(f"{how}: stopped after {len(stopped)} lines, cut at {cut['items']}, {overlap} repeated")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("leave", ["break", "raise"])
+def test_a_stream_left_mid_partition_resumes_with_nothing_lost(tmp_path, n_threads, leave):
+    """Issue 19 item 1: a cut or position written before the consumer took a partition's items skipped them."""
+
+    def make(n=n_threads):
+        graph = N.Gen("gen", size=200) | N.Map("map", op="inc") | N.Running("run")
+        return Pipeline(graph, n_threads=n, snapshot_every=(1, None))  # a cut after every partition
+
+    reference = [item for _, item in make(1).stream()]
+    path = str(tmp_path / "ck")
+    first = []
+    with contextlib.suppress(ZeroDivisionError):
+        for _, item in make().stream(checkpoint=path):
+            first.append(item)
+            if len(first) == 10:
+                if leave == "break":
+                    break
+                raise ZeroDivisionError  # an exception in the loop body
+    second = [item for _, item in make().stream(checkpoint=path)]
+    check_seam(first, second, reference, 40)
