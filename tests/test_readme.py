@@ -121,3 +121,29 @@ def test_a_python_block_runs_and_prints_what_the_page_says(name, code, output, t
     printed = run_sample(code, name, **names)
     if output is not None:
         assert printed == output
+
+
+# -- the API reference and the README's size ---------------------------------------------------
+
+
+def test_the_api_reference_documents_every_public_name_and_every_node_keyword():
+    import pypiper_dask
+    from pypiper_dask.model.node import RESERVED_KEYWORDS, Node
+
+    api = (ROOT / "docs" / "api.rst").read_text()
+    documented = set(re.findall(r"^\.\. auto(?:class|exception):: (\w+)", api, re.M))
+    assert documented == set(pypiper_dask.__all__)
+    parameters = Node.__doc__.split("Parameters\n    ----------\n", 1)[1].split("\n\n    Attributes", 1)[0]
+    named = set(re.findall(r"^    (\w+) :", parameters, re.M))
+    assert set(RESERVED_KEYWORDS) <= named
+    signature = re.search(r"^\.\. autoclass:: Node\((.*)\)$", api, re.M)[1]
+    assert all(f"{keyword}=" in signature for keyword in RESERVED_KEYWORDS)
+
+
+def test_the_readme_stays_short_and_spells_installs_one_way():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) < 220
+    assert text.splitlines()[2].startswith("Run [pyPiper](https://github.com/daniyall/pyPiper)")
+    assert "pip install . && python -m pypiper_dask.demo" in text
+    assert 'pip install ".[test]" && python -m pytest' in text
+    assert "pypiper-dask[" not in text
