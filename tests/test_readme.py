@@ -1,90 +1,149 @@
-"""The README's samples are the real output of the current code."""
+"""Every Python block of the README and the guide runs as it is, and prints the output shown under it.
+
+A block is self-contained: it is run on its own, in a fresh namespace and an empty working
+folder. Where ``prints`` and a fenced block without a language follow it, that block is what
+it prints, compared exactly. Blocks that start a cluster carry the ``cluster`` marker.
+"""
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import io
 import re
+import textwrap
+import warnings
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
 
+#: The documents whose code is checked: the README and the guide's pages.
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
+DOCUMENTS = [path for path in DOCUMENTS if "_build" not in path.parts]
 
-def section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+#: ``n_threads=N`` that starts a local cluster of N workers when the pipeline runs.
+OWN_CLUSTER = re.compile(r"\bn_threads=(?:[2-9]|\d\d)\b")
+RUNS = re.compile(r"\.(?:run|stream|submit|open)\(|\bwith Pipeline\(")
+#: A block that makes a cluster of its own or connects to one.
+MAKES_CLUSTER = re.compile(r"\bClient\(|\bLocalCluster\(")
 
 
-def code_and_output(title: str) -> tuple[str, str]:
-    code, output = re.findall(r"```(?:python)?\n(.*?)```", section(title), re.S)[:2]
-    return code, output
+def needs_cluster(code: str) -> bool:
+    return bool(MAKES_CLUSTER.search(code) or (OWN_CLUSTER.search(code) and RUNS.search(code)))
 
 
-def fenced_blocks(text: str) -> list[tuple[str, str]]:
-    """Each fenced block of ``text`` as (its language, or "" for an output sample; its text)."""
-    blocks, lang, body = [], None, []
+def fenced_blocks(text: str) -> list[tuple[str, str, str]]:
+    """Each fenced block of ``text``: (its language, or "" for an output sample; its text; the text before it)."""
+    blocks, lang, body, before = [], None, [], []
     for line in text.splitlines(keepends=True):
-        if line.startswith("```"):
+        stripped = line.strip()
+        if stripped.startswith("```"):
             if lang is None:
-                lang, body = line[3:].strip(), []
+                lang, body = stripped[3:].strip(), []
             else:
-                blocks.append((lang, "".join(body)))
-                lang = None
+                blocks.append((lang, "".join(body), "".join(before)))
+                lang, before = None, []
         elif lang is not None:
             body.append(line)
+        else:
+            before.append(line)
     assert lang is None, "an unclosed fence"
-    return blocks
+    # A block indented under a list item: without the item's indentation.
+    return [(lang, textwrap.dedent(body), before) for lang, body, before in blocks]
 
 
-def run_sample(code: str, namespace: dict | None = None, **names) -> str:
-    """Run ``code`` as a script (in ``namespace``, given the ``names``); what it printed."""
-    namespace = {} if namespace is None else namespace
-    namespace.update(__name__="readme_sample", **names)
+def samples(path: Path) -> list[tuple[str, str | None]]:
+    """Each Python block of ``path`` with the output stated under it (``None`` if none is)."""
+    blocks = fenced_blocks(path.read_text())
+    found = []
+    for i, (lang, body, _) in enumerate(blocks):
+        if lang != "python":
+            continue
+        output = None
+        if i + 1 < len(blocks):
+            next_lang, next_body, between = blocks[i + 1]
+            if next_lang == "" and between.strip() == "prints":
+                output = next_body
+        found.append((body, output))
+    return found
+
+
+def run_sample(code: str, filename: str, **names) -> str:
+    """Run ``code`` as a script of its own (given the ``names``); what it printed."""
+    namespace = {"__name__": "readme_sample", **names}
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        exec(compile(code, "README.md", "exec"), namespace)
+    with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+        # A Client() in a block asks for the dashboard's usual port, which another cluster may hold.
+        warnings.filterwarnings("ignore", message="Port 8787 is already in use")
+        exec(compile(code, filename, "exec"), namespace)
     return buf.getvalue()
 
 
-#: The sections whose code is followed by the output it prints, each checked below.
-CHECKED = ["Named streams", "How a pipeline is compiled"]
+def _params() -> list:
+    params = []
+    for path in DOCUMENTS:
+        name = path.relative_to(ROOT).as_posix()
+        for n, (code, output) in enumerate(samples(path), 1):
+            marks = [pytest.mark.cluster] if needs_cluster(code) else []
+            params.append(pytest.param(name, code, output, id=f"{name}-{n}", marks=marks))
+    return params
 
 
-def test_every_output_sample_in_the_readme_is_one_a_test_checks():
-    samples = [body for lang, body in fenced_blocks((ROOT / "README.md").read_text()) if not lang]
-    assert sorted(samples) == sorted(code_and_output(title)[1] for title in CHECKED)
+def test_the_guide_and_the_readme_have_python_blocks_with_stated_output():
+    names = {path.relative_to(ROOT).as_posix() for path in DOCUMENTS}
+    assert {"README.md", "docs/guide/concepts.md", "docs/guide/recovery.md"} <= names
+    assert all(any(output is not None for _, output in samples(path)) for path in DOCUMENTS if "guide" in path.parts)
 
 
-@pytest.mark.timeout(60)
-def test_the_named_streams_sample_prints_what_the_readme_shows():
-    code, output = code_and_output("Named streams")
-    assert run_sample(code) == output
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_output_sample_follows_the_python_block_it_belongs_to(path):
+    blocks = fenced_blocks(path.read_text())
+    for i, (lang, body, between) in enumerate(blocks):
+        if lang == "":
+            assert i > 0 and blocks[i - 1][0] == "python" and between.strip() == "prints", (
+                f"{path.name}: an output block that no Python block states:\n{body}"
+            )
+    kinds = {lang for lang, _, _ in blocks if not lang.startswith("{")}  # "{toctree}": a Sphinx directive
+    assert kinds <= {"python", "bash", ""}, f"{path.name}: a block of a kind no test reads: {kinds}"
 
 
-@pytest.mark.cluster
-@pytest.mark.timeout(60)
-def test_the_named_streams_sample_prints_the_same_on_a_cluster(local_client):
-    code, output = code_and_output("Named streams")
-    assert "n_threads=1" in code
-    assert run_sample(code.replace("n_threads=1", "client=CLIENT"), CLIENT=local_client) == output
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("name", "code", "output"), _params())
+def test_a_python_block_runs_and_prints_what_the_page_says(name, code, output, tmp_path, monkeypatch, request):
+    monkeypatch.chdir(tmp_path)  # a block may write files (a checkpoint, a data file)
+    names = {}
+    if needs_cluster(code) and OWN_CLUSTER.search(code):
+        # A run prints the same wherever it executes: the session's cluster stands in for the
+        # one n_threads=N would start (a second or more each, on a busy machine).
+        code = OWN_CLUSTER.sub("client=CLIENT", code)
+        names["CLIENT"] = request.getfixturevalue("local_client")
+    printed = run_sample(code, name, **names)
+    if output is not None:
+        assert printed == output
 
 
-@pytest.mark.timeout(60)
-def test_the_compiled_pipeline_prints_what_the_readme_shows():
-    code, output = code_and_output("How a pipeline is compiled")
-    assert run_sample(code) == output
+# -- the API reference and the README's size ---------------------------------------------------
 
 
-@pytest.mark.cluster
-@pytest.mark.timeout(60)
-def test_the_quick_start_prints_and_returns_what_its_comments_say(local_client):
-    (code,) = re.findall(r"```python\n(.*?)```", section("Quick start"), re.S)
-    assert "n_threads=2" in code and "# prints 0, 1, 4, ... 81, and returns them too" in code
-    said = ast.literal_eval(re.search(r'^result\["square"\]  # (.*)$', code, re.M)[1])
-    namespace: dict = {}
-    printed = run_sample(code.replace("n_threads=2", "client=CLIENT"), namespace, CLIENT=local_client)
-    squares = [i * i for i in range(10)]
-    assert printed == f"{namespace['pipeline']}\n" + "".join(f"{x}\n" for x in squares)
-    assert namespace["result"]["square"] == said == squares
+def test_the_api_reference_documents_every_public_name_and_every_node_keyword():
+    import pypiper_dask
+    from pypiper_dask.model.node import RESERVED_KEYWORDS, Node
+
+    api = (ROOT / "docs" / "api.rst").read_text()
+    documented = set(re.findall(r"^\.\. auto(?:class|exception):: (\w+)", api, re.M))
+    assert documented == set(pypiper_dask.__all__)
+    parameters = Node.__doc__.split("Parameters\n    ----------\n", 1)[1].split("\n\n    Attributes", 1)[0]
+    named = set(re.findall(r"^    (\w+) :", parameters, re.M))
+    assert set(RESERVED_KEYWORDS) <= named
+    signature = re.search(r"^\.\. autoclass:: Node\((.*)\)$", api, re.M)[1]
+    assert all(f"{keyword}=" in signature for keyword in RESERVED_KEYWORDS)
+
+
+def test_the_readme_stays_short_and_spells_installs_one_way():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) < 220
+    assert text.splitlines()[2].startswith("Run [pyPiper](https://github.com/daniyall/pyPiper)")
+    assert "pip install . && python -m pypiper_dask.demo" in text
+    assert 'pip install ".[test]" && python -m pytest' in text
+    assert "pypiper-dask[" not in text

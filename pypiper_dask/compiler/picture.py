@@ -143,7 +143,7 @@ def plan_picture(plan: Plan) -> Any:
         import graphviz
     except ImportError as exc:
         raise ImportError(
-            'Pipeline.visualize() needs the graphviz package: pip install "pypiper-dask[viz]" '
+            'Pipeline.visualize() needs the graphviz package: pip install ".[viz]" from a checkout '
             "(and Graphviz's dot program to render: apt-get install graphviz)"
         ) from exc
     snap = plan.snapshot

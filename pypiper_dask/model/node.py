@@ -153,30 +153,54 @@ def check_snapshot_every(owner: str, value: Any) -> tuple[int | None, float | No
 class Node(abc.ABC):
     """A step of a pipeline. Subclass it and implement :meth:`run`.
 
+    Every keyword below can also be set by :meth:`setup` (``self.stateless =
+    False``, as pyPiper programs do); a keyword given to the constructor wins.
+    Any other keyword is set as an attribute and passed to :meth:`setup` if
+    its signature takes it.
+
     Parameters
     ----------
     name : str
         Unique within a pipeline; tasks on the Dask dashboard carry it.
-    in_streams, out_streams : str or list of str
-        ``"*"`` (everything) or the names of the streams this node reads or writes.
-    batch_size : int or Node.BATCH_SIZE_ALL
-        ``1`` calls ``run(item)``; ``k > 1`` calls ``run(tuple_of_k)``;
-        ``BATCH_SIZE_ALL`` calls ``run(list_of_everything)`` once, after the input ends.
-    stateless : bool
-        ``False`` makes one instance see every item once, in order, wherever it runs.
-    retries : int
+    in_streams : str or list of str, default "*"
+        What this node reads from its predecessor: ``"*"`` (each value whole)
+        or the names of some of the predecessor's ``out_streams`` (each named
+        position becomes an item of its own, in this list's order).
+    out_streams : str or list of str, default "*"
+        ``"*"`` or the names of the streams this node writes; each value it
+        emits is then a list with one position per name.
+    batch_size : int or Node.BATCH_SIZE_ALL, default 1
+        ``1`` calls ``run(item)``; ``k > 1`` calls ``run(tuple_of_k)``
+        (exact across partitions; the last batch may be shorter);
+        ``BATCH_SIZE_ALL`` calls ``run(list_of_everything)`` once, after the
+        input ends.
+    stateless : bool, default True
+        ``False`` makes one instance see every item once, in order, wherever
+        it runs; on a cluster its final state comes back to this object.
+    retries : int, default 0
         Call ``run`` again this many times when it raises (stateless nodes only:
         a stateful node's state may already have changed).
-    on_error : {"raise", "skip", "collect"}
-        After the retries: stop the run with a ``NodeError`` (default), or drop
-        the item and report it in ``PipelineResult.errors`` (``"collect"`` also
-        keeps the item itself there).
+    on_error : {"raise", "skip", "collect"}, default "raise"
+        After the retries: stop the run with a ``NodeError`` (``"raise"``), or
+        drop the item and report it in ``PipelineResult.errors``
+        (``"collect"`` also keeps the item itself there).
     snapshot_every : int or (int, float), optional
         For a stateful, batched or ``BATCH_SIZE_ALL`` node on a cluster: copy
         its state to the caller at least every this many source items (and
         seconds), so that it survives its worker. Not given: the pipeline's.
+        A node asking for more often sets it for the whole pipeline.
+    size : int, optional
+        For a source, pyPiper's convention: how many items it emits (your
+        ``run`` reads ``self.size``). The progress bar and
+        ``update_callback`` report it as the total.
     **kwargs
         Set as attributes, then passed to :meth:`setup` if its signature takes them.
+
+    Attributes
+    ----------
+    BATCH_SIZE_ALL : float
+        The ``batch_size`` of a node that is called once with every item
+        (a barrier).
 
     Examples
     --------

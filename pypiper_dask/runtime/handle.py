@@ -19,9 +19,11 @@ Callback = Callable[[int, "int | None"], None]
 class RunHandle:
     """A pipeline run in a background thread of the calling process.
 
-    Made by :meth:`Pipeline.submit() <pypiper_dask.Pipeline.submit>`. The run
-    itself goes on where the pipeline runs (here, or on a cluster); this
-    thread drives it, as ``run()`` would in the foreground.
+    Returned by :meth:`Pipeline.submit() <pypiper_dask.Pipeline.submit>`; not
+    made directly (its constructor is internal). The run itself goes on where
+    the pipeline runs (here, or on a cluster); this thread drives it, as
+    ``run()`` would in the foreground. ``await handle`` gives the result in
+    async code; in a notebook the handle shows its state and the dashboard link.
 
     Examples
     --------
@@ -98,6 +100,7 @@ class RunHandle:
         return True
 
     def cancelled(self) -> bool:
+        """Whether the run was cancelled (by :meth:`cancel`)."""
         return self._future.cancelled() or (
             self._future.done() and isinstance(self._future.exception(), concurrent.futures.CancelledError)
         )
@@ -112,6 +115,7 @@ class RunHandle:
 
     @property
     def state(self) -> str:
+        """``"running"``, ``"finished"``, ``"failed"`` or ``"cancelled"``."""
         if not self._future.done():
             return "running"
         if self.cancelled():

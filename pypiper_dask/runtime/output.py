@@ -16,10 +16,33 @@ __all__ = ["Output", "PipelineResult"]
 class PipelineResult(Mapping):
     """What a run produced: each leaf's name → its items, in stream order.
 
-    A read-only mapping. ``counts`` holds how many items each leaf emitted,
-    also when the run did not collect them (``run(collect=False)``);
-    ``errors`` the items that nodes with ``on_error="skip"`` or ``"collect"``
-    dropped (:class:`~pypiper_dask.ordering.ItemError`: node, item, error).
+    Returned by :meth:`Pipeline.run`, :meth:`RunHandle.result` and
+    ``dask.compute(pipeline.to_dask())``. A read-only mapping:
+    ``result[leaf]`` is the list of that leaf's items, and ``keys()``,
+    ``items()``, ``values()``, ``len()``, ``in`` and iteration work as on a
+    dict (over the leaves whose items were collected). In a notebook it shows
+    as a table of counts and first items.
+
+    Parameters
+    ----------
+    values : dict of str to list
+        Each leaf's items (empty when the run did not collect them).
+    counts : dict of str to int
+        How many items each leaf emitted.
+    errors : list, optional
+        The items dropped by ``on_error``.
+
+    Attributes
+    ----------
+    counts : dict of str to int
+        How many items each leaf emitted, also when the run did not collect
+        them (``run(collect=False)``).
+    errors : list of ItemError
+        The items that nodes with ``on_error="skip"`` or ``"collect"``
+        dropped, in order: each an ``ItemError`` with ``node`` (its name),
+        ``item_repr`` (a short repr of the item or batch), ``error`` (the
+        error, as text) and ``item`` (the item itself with ``"collect"``,
+        ``None`` with ``"skip"``).
 
     Examples
     --------

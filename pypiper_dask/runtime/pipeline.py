@@ -38,7 +38,12 @@ class Pipeline:
     """A pyPiper pipeline, run on Dask.
 
     Building one runs nothing; :meth:`run` compiles the graph into tasks and
-    runs them.
+    runs them. ``n_threads``, ``quiet``, ``client``, ``partition_size`` and
+    ``progress`` are also attributes, readable and settable (a value set is
+    checked like one given here). ``print(pipeline)`` shows the graph and the
+    plan it compiles to; in a notebook the pipeline shows them as a table.
+    ``with Pipeline(...) as p:`` keeps one local cluster for the runs inside
+    (see :meth:`open`).
 
     Parameters
     ----------
@@ -179,6 +184,19 @@ class Pipeline:
             resume only from a place you trust.
         overwrite : bool
             With ``checkpoint``: ignore what is there and start over.
+
+        Returns
+        -------
+        PipelineResult
+            Each leaf's items, in stream order (with ``collect=False``, only
+            their counts), and the items ``on_error`` dropped.
+
+        Raises
+        ------
+        NodeError
+            A node's ``run`` raised (the original exception is its ``__cause__``).
+        PipelineError
+            Any other failure of the run (see the error classes).
         """
         return self._run_on(self._backend(checkpoint), update_callback, collect, checkpoint, overwrite)
 
@@ -192,6 +210,11 @@ class Pipeline:
         iterator dropped) cancels the run and closes a cluster it started.
         ``checkpoint``/``overwrite``: as for :meth:`run`, "delivered" meaning
         yielded (a complete checkpoint yields nothing).
+
+        Yields
+        ------
+        tuple of (str, object)
+            A leaf's name and one of its items.
 
         Examples
         --------
@@ -236,6 +259,12 @@ class Pipeline:
         would (in a notebook, the cell that submitted it). ``checkpoint``/``overwrite``:
         as for :meth:`run`.
 
+        Returns
+        -------
+        RunHandle
+            The run going on; ``handle.result()`` waits for its
+            :class:`PipelineResult` (or raises its error).
+
         Examples
         --------
         >>> from pypiper_dask.demo import Generate, Square
@@ -264,6 +293,11 @@ class Pipeline:
         Only a pipeline that would start a cluster of its own (``n_threads > 1``,
         no client) has one to keep; for others this does nothing.
         ``with Pipeline(..., n_threads=4) as p:`` opens and closes it.
+
+        Returns
+        -------
+        Pipeline
+            This pipeline.
         """
         options = self.options
         if self._held is None and options.client is None and (options.n_threads or 1) > 1:
@@ -374,9 +408,21 @@ class Pipeline:
     def visualize(self, filename: str | None = None, format: str | None = None) -> Any:
         """Draw the node graph, grouped and coloured by how each node runs.
 
-        Returns a ``graphviz.Digraph`` (a notebook shows it); with ``filename``
-        also writes the picture there (``format`` from its suffix, or given).
-        Needs ``pip install "pypiper-dask[viz]"`` and Graphviz's ``dot``.
+        With ``filename`` also writes the picture there (``format`` from its
+        suffix, or given). Needs ``pip install ".[viz]"`` (from a checkout) and,
+        to write a file, Graphviz's ``dot`` program.
+
+        Parameters
+        ----------
+        filename : str, optional
+            Where to write the picture.
+        format : str, optional
+            ``"png"``, ``"svg"``, ...; from ``filename``'s suffix when not given.
+
+        Returns
+        -------
+        graphviz.Digraph
+            The picture (a notebook shows it).
         """
         picture = plan_picture(self.plan)
         if filename is not None:
@@ -394,6 +440,22 @@ class Pipeline:
         The source runs here, now, to cut its partitions; the rest is a task
         graph. ``dask.compute`` of it gives the ``PipelineResult`` that
         ``run()`` gives (nothing is printed); ``dask.visualize`` draws it.
+
+        Parameters
+        ----------
+        partition_size : int, optional
+            Source items per partition (one task per stage and partition);
+            the pipeline's ``partition_size``, or 1000, when not given.
+
+        Returns
+        -------
+        PipelineCollection
+            A Dask collection (it implements Dask's collection protocol:
+            ``__dask_graph__``, ``__dask_keys__``, ...). ``dask.compute(c)``
+            returns ``(PipelineResult,)``; ``c.compute()`` the
+            :class:`PipelineResult` itself; ``c.n_partitions`` is the number
+            of partitions the source was cut into. Tasks are named after the
+            nodes, as on the dashboard.
 
         Examples
         --------
