@@ -23,7 +23,7 @@ from ..log import logger
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, SeqHolder, run_state
 from ..worker.sequential import HolderAt
-from .cluster import open_client
+from .cluster import open_client, quiet_recovered_losses
 from .loop import DataLost, HolderLost
 from .worker_environment import check_workers
 
@@ -206,6 +206,7 @@ class DistributedBackend:
 
     def __enter__(self) -> DistributedBackend:
         try:
+            self._stack.enter_context(quiet_recovered_losses)
             if self.client is None:
                 self.client = open_client(
                     self._stack, self.address, self.n_workers_wanted, timeout=self.timeout, security=self.security

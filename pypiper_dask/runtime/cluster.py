@@ -22,7 +22,7 @@ from ..errors import SchedulerError
 from ..log import logger
 from .restarts import main_not_reimported_by_nannies
 
-__all__ = ["WORKER_MALLOC", "open_client"]
+__all__ = ["WORKER_MALLOC", "open_client", "quiet_recovered_losses"]
 
 #: glibc's allocator settings for the worker processes of a cluster a run starts. The nanny's
 #: default (``MALLOC_TRIM_THRESHOLD_=65536``) also fixes the mmap threshold at 128 KiB, so
@@ -270,3 +270,44 @@ def _main_not_reimported():
     finally:
         main.__dict__.pop("__spec__", None)
         main.__dict__.update(saved)
+
+
+class _RecoveredLosses(logging.Filter):
+    """Drops distributed's records of data lost with a worker: the run sends it again, and says so itself.
+
+    After a worker kill the run recovered from, the scheduler logged
+    ``Removing worker ... lost scattered data, which can't be recovered`` and
+    the client ``Couldn't gather N keys`` (11 of 12 kills), and so did a
+    Ctrl-C in ``handle.result()``. A run that cannot recover raises its own
+    error naming the node.
+    """
+
+    NOISE = ("scattered data, which can't be recovered", "Couldn't gather")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._count = 0
+        self._loggers = [logging.getLogger(n) for n in ("distributed.scheduler", "distributed.client")]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, str) else ""
+        return not any(part in message for part in self.NOISE)
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._count == 0:
+                for log in self._loggers:
+                    log.addFilter(self)
+            self._count += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._count -= 1
+            if self._count == 0:
+                for log in self._loggers:
+                    log.removeFilter(self)
+
+
+#: Entered for every run on a cluster (counted: runs from several threads at once).
+quiet_recovered_losses = _RecoveredLosses()
