@@ -88,9 +88,9 @@ def test_rounds_are_delivered_in_order_whatever_order_they_come_back_in():
     assert delivered(state) == [1, 2]
 
 
-def test_the_window_is_one_round_a_worker_until_calibrated():
-    state = machine(window=6, n_workers=2)
-    pull(state, 2)
+def test_the_window_is_two_rounds_a_worker_until_calibrated():
+    state = machine(window=8, n_workers=2)
+    pull(state, 4)
     assert not state.may_pull(calibrated=False)
     assert state.may_pull(calibrated=True)
     pull(state, 4)

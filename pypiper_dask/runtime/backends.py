@@ -411,6 +411,18 @@ class DistributedBackend:
         round_.worker = self._next_worker()
         return self._scatter(self.names.partition(task), value, round_.worker)  # named after the source
 
+    def _stage_arg(self, stage: int, task: TaskSpec) -> Any:
+        """What a task gets for a stage: its spec; a holder's address, or its future for the holder's own steps.
+
+        A holder's own steps depend on its future, so they run on its worker and
+        fail when it is lost (a step recomputed after a kill called a holder that
+        was gone and hung); the fused tasks that push to it must not, or they
+        would all be placed on its worker too.
+        """
+        if task.sequential and stage in self.where:
+            return self.refs[stage]
+        return self.args[stage]
+
     def submit(self, tasks: list[TaskSpec]) -> _Round:
         """Submit one round's tasks; the handle says which results the caller gathers."""
         round_ = _Round()
@@ -419,7 +431,7 @@ class DistributedBackend:
             args = [
                 round_.futures[a.key]
                 if isinstance(a, Ref)
-                else self.args[a.stage]
+                else self._stage_arg(a.stage, t)
                 if isinstance(a, StageRef)
                 else self._data(a, t.key, round_)
                 for a in t.args

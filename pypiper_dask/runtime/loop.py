@@ -9,7 +9,7 @@ them on real clusters.
 
 The rules:
 
-* **Window.** At most ``window`` rounds are out at once (``n_workers`` until
+* **Window.** At most ``window`` rounds are out at once (two a worker until
   the partition size is calibrated), and at most ``2 * window`` are waiting to
   be delivered: a slow round idles no worker, and memory stays bounded.
 * **Order.** Rounds are delivered in index order, whatever order they come
@@ -262,8 +262,10 @@ class RunState:
         return self.losses.get(r.index, 0)
 
     def _window(self, calibrated: bool) -> int:
-        # One small round per worker first: their cost per item sizes the partitions.
-        return self.window if calibrated else self.n_workers
+        # Small rounds first, their cost per item sizes the partitions: two a worker, so that
+        # each has its next one queued when the first comes back (one a worker left each
+        # idle for a round trip, 0.07-0.14 s of S1's first 0.3 s at 8 workers).
+        return self.window if calibrated else min(self.window, 2 * self.n_workers)
 
     def _submit(self, r: Round) -> Submit:
         r.state = RoundState.OUT
