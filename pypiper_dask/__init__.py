@@ -16,12 +16,13 @@ from .errors import (
     NodeTypeError,
     OptionError,
     PipelineError,
+    ResourceError,
     SchedulerError,
     StateLostError,
     StreamError,
     ValuePickleError,
 )
-from .model import Node, NodeGraph
+from .model import FunctionNode, Node, NodeGraph, as_node
 
 if TYPE_CHECKING:
     from .runtime import Pipeline, PipelineResult, RunHandle
@@ -44,6 +45,7 @@ except PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "CheckpointError",
+    "FunctionNode",
     "GraphError",
     "Node",
     "NodeError",
@@ -55,9 +57,11 @@ __all__ = [
     "Pipeline",
     "PipelineError",
     "PipelineResult",
+    "ResourceError",
     "RunHandle",
     "SchedulerError",
     "StateLostError",
     "StreamError",
     "ValuePickleError",
+    "as_node",
 ]

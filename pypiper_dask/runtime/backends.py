@@ -27,6 +27,7 @@ from ..model.node import Node
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, SeqHolder, run_state
 from .output import PipelineResult
+from .resources import able_workers, check_placeable
 from .restarts import main_not_reimported_by_nannies
 
 __all__ = ["Backend", "DataLost", "DistributedBackend", "HolderLost", "InProcessBackend", "SyncTaskBackend"]
@@ -285,7 +286,9 @@ class DistributedBackend(_RunsTasks):
         client = self.client
         self.plan, self.names = plan, names
         self.refs, self.where, self.live, self.lost, self.generation, self._specs = {}, {}, set(), None, 0, 0
-        workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {}))
+        info = client.scheduler_info(n_workers=-1).get("workers", {})
+        check_placeable(plan, info)  # a node asking for a resource no worker has: fail now, not hang
+        workers = sorted(info)
         self._scatter_specs()
         self._place_holders(workers, states or {}, first)
 
@@ -328,7 +331,8 @@ class DistributedBackend(_RunsTasks):
         for i, stage in enumerate(self.plan.seq_stages):
             # Holders spread over the workers; their steps are tasks that may run
             # anywhere and call the holder, which runs them on its own thread.
-            self.where[stage.id] = where = workers[i % len(workers)]
+            able = able_workers(self.client, workers, stage.resources, stage.node)
+            self.where[stage.id] = where = able[i % len(able)]
             self.refs[stage.id] = self.client.submit(
                 SeqHolder,
                 seq_spec(self.plan, stage),
@@ -339,6 +343,7 @@ class DistributedBackend(_RunsTasks):
                 key=self.names.key(stage.id, "actor", self.generation),
                 workers=[where],
                 allow_other_workers=False,
+                resources=dict(stage.resources) or None,
             )
 
     def restore(self, states: dict[int, bytes | None], start: int) -> None:
@@ -385,7 +390,9 @@ class DistributedBackend(_RunsTasks):
                 else self._data(a, t.key)
                 for a in t.args
             ]
-            future = self.client.submit(t.func, *args, key=t.key, pure=False, priority=_priority(t))
+            future = self.client.submit(
+                t.func, *args, key=t.key, pure=False, priority=_priority(t), resources=t.resources
+            )
             round_.futures[t.key] = future
             if t.fetch:
                 round_.fetch[t.stage] = future

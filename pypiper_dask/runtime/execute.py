@@ -21,6 +21,7 @@ from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, capture_stdout, freezing
 from .backends import Backend, DataLost, HolderLost
 from .checkpoint import CheckpointRun
+from .inprocess import set_up_here
 from .output import Output, PipelineResult
 from .poison import LossCount, find_poison, find_poison_in_rounds
 from .recovery import DEFAULT_SNAPSHOT_EVERY, Recovery
@@ -289,6 +290,7 @@ def iter_execute(
     keep = checkpoint
     resume = None if keep is None else keep.record
     source = SourceReader(snap.node(snap.root) if resume is None else load_node(resume["source"]), to="to the workers")
+    set_up_here(source.node, plan.scope)  # the source runs here: its setup_worker() too
     total = snap.info[snap.root].size if isinstance(snap.info[snap.root].size, int) else None
     names = TaskNames(plan)
     out = Output(plan, quiet=quiet, collect=collect, stream=stream)
