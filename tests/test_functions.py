@@ -187,3 +187,15 @@ def test_function_nodes_on_a_cluster_match_the_caller(local_client):
     here = Pipeline(g(), n_threads=1, quiet=True).run()
     there = Pipeline(g(), client=local_client, quiet=True, partition_size=5).run()
     assert dict(here) == dict(there)
+
+
+def test_the_readme_sample_runs_and_gives_the_digits_of_the_large_squares():
+    import re
+
+    text = (ROOT / "README.md").read_text().split("\n## Plain functions as nodes\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert "n_threads=2" in code
+    namespace: dict = {"__name__": "readme_sample"}
+    exec(compile(code.replace("n_threads=2", "n_threads=1, quiet=True"), "README.md", "exec"), namespace)
+    assert namespace["result"]["chars"] == [d for x in range(10) if x * x > 10 for d in str(x * x)]
+    assert namespace["square"](3) == 9

@@ -51,6 +51,8 @@ def _notes(info: NodeInfo) -> str:
         notes.append("stateful")
     if info.in_streams != "*" or info.out_streams != "*":
         notes.append(f"streams {stream_label(info.in_streams)} -> {stream_label(info.out_streams)}")
+    if info.resources:
+        notes.append(" ".join(f"{r}={a:g}" for r, a in info.resources))
     return f"{info.name} ({', '.join(notes)})"
 
 
@@ -119,13 +121,16 @@ def plan_text(plan: Plan, where: str, partition_size: int | None, in_process: bo
             crossing = [s.node for s in stage.sinks if s.kind == "cross"]
             note = f"; hands items to {', '.join(crossing)}" if crossing else ""
             what = f"{', '.join(stage.nodes)}: fused stateless," if stage.nodes else "(routing only):"
+            if stage.resources:
+                note += "; on workers with " + ", ".join(f"{r}={a:g}" for r, a in stage.resources.items())
             steps.append((f"stage {stage.id}", f"{what} one task per partition, reads {stage.above}{note}"))
         else:
             steps.append(
                 (
                     f"stage {stage.id}",
                     f"{stage.node}: sequential ({stage.role}), one holder running its steps in order, "
-                    "a step per partition",
+                    "a step per partition"
+                    + ("".join(f"; holder on a worker with {r}={a:g}" for r, a in stage.resources.items())),
                 )
             )
     label = max(len(s) for s, _ in steps) + 2

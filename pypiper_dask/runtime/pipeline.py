@@ -23,7 +23,6 @@ from ..model.node import (
     PRIVATE,
     Node,
     constructed_again,
-    has_worker_setup,
     mark_used,
     process_attributes,
     reinitialise,
@@ -144,7 +143,7 @@ class Pipeline:
         self._originals = {n.name: n for n in graph}
         self._held: Any = None  # the backend whose cluster open() keeps
         self._scope = uuid.uuid4().hex  # the per-process set-up scope of the runs on a kept cluster
-        self._worker_setup = any(has_worker_setup(n) for n in self._originals.values())
+        self._worker_setup = any(info.worker_setup for info in self._snapshot.info.values())
         if self.options.leaves_process():
             self._snapshot.with_nodes(self._originals)  # a node that cannot travel: say so now
 
