@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pypiper_dask import FunctionNode, NodeTypeError, OptionError, Pipeline, as_node
 from pypiper_dask.runtime.backends import SyncTaskBackend
 from tests import nodes as N
 from tests.conftest import ROOT
+from tests.reference import reference_run
+from tests.strategies import build, programs
 
 
 def square(x):
@@ -199,3 +205,20 @@ def test_the_readme_sample_runs_and_gives_the_digits_of_the_large_squares():
     exec(compile(code.replace("n_threads=2", "n_threads=1, quiet=True"), "README.md", "exec"), namespace)
     assert namespace["result"]["chars"] == [d for x in range(10) if x * x > 10 for d in str(x * x)]
     assert namespace["square"](3) == 9
+
+
+@pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(reuse=True, names=True, functions=True), st.sampled_from([None, 1, 3, 17]))
+def test_random_programs_with_function_nodes_match_the_sequential_reference(program, partition_size):
+    graph = build(program)
+    want_text, want_values = reference_run(graph)
+    for pipeline, run in (
+        (Pipeline(graph, n_threads=1), lambda p: p.run()),
+        (Pipeline(graph, partition_size=partition_size), lambda p: p._run_on(SyncTaskBackend())),
+    ):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            result = run(pipeline)
+        assert buf.getvalue() == want_text
+        assert dict(result) == want_values
