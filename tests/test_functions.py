@@ -222,3 +222,11 @@ def test_random_programs_with_function_nodes_match_the_sequential_reference(prog
             result = run(pipeline)
         assert buf.getvalue() == want_text
         assert dict(result) == want_values
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_function_nodes_on_an_external_cluster(external_cluster):
+    graph = N.Gen("gen", size=20) | as_node(square) | as_node(is_even, filter=True) | as_node(digits)
+    result = Pipeline(graph, client=external_cluster, quiet=True, partition_size=3).run()
+    assert result["digits"] == [d for x in range(20) if x % 2 == 0 for d in str(x * x)]

@@ -177,3 +177,46 @@ def test_a_kept_cluster_sets_up_once_across_runs_and_tears_down_at_close(tmp_pat
         assert sorted(files(tmp_path, "setup")) == sorted(str(w) for w in workers)  # not again for the 2nd run
         assert files(tmp_path, "teardown") == []
     assert sorted(files(tmp_path, "teardown")) == sorted(str(w) for w in workers)
+
+
+class SlowSetup(Node):
+    def setup(self, folder: str) -> None:
+        pass
+
+    def setup_worker(self) -> None:
+        import time
+
+        time.sleep(0.2)  # a second thread arrives while the first one is still setting up
+        self.model = Unpicklable()
+        Path(self.folder, f"setup-{os.getpid()}-{uuid.uuid4().hex}").touch()
+
+    def run(self, data: Any) -> None:
+        self.emit(data)
+
+
+def test_threads_of_one_process_share_one_set_up(tmp_path):
+    from pypiper_dask.model.pickling import dumps_node
+    from pypiper_dask.model.snapshot import load_node
+
+    blob = dumps_node(SlowSetup("slow", folder=str(tmp_path)))
+    copies = [load_node(blob) for _ in range(4)]  # one per worker thread, as a fused stage has them
+    scope = uuid.uuid4().hex
+    threads = [threading.Thread(target=set_up, args=(c, scope)) for c in copies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(files(tmp_path, "setup")) == 1
+    assert len({id(c.model) for c in copies}) == 1
+    tear_down(scope)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_on_an_external_cluster_set_up_once_per_worker_and_torn_down(external_cluster, tmp_path):
+    graph = N.Gen("gen", size=200) | Model("model", folder=str(tmp_path)) | N.Map("m")
+    result = Pipeline(graph, client=external_cluster, quiet=True, partition_size=10).run()
+    assert len(result["m"]) == 200
+    pids = files(tmp_path, "setup")
+    assert 1 <= len(pids) <= 2 and len(set(pids)) == len(pids)
+    assert files(tmp_path, "teardown") == pids

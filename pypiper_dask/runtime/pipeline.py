@@ -33,6 +33,7 @@ from ..worker.setups import tear_down
 from .backends import _outcome
 from .execute import SourceReader, drain, node_error
 from .handle import RunHandle
+from .inprocess import set_up_here
 from .options import RunOptions
 from .output import Output, PipelineResult
 from .progress import progress_callback
@@ -430,10 +431,15 @@ class Pipeline:
         snap = self._snapshot.with_nodes(self._originals)
         reader = SourceReader(snap.node(snap.root))
         chunks = []
-        while not reader.closed:
-            chunk = reader.pull(partition_size or self.partition_size or 1000)
-            if chunk.items or chunk.prints:
-                chunks.append(chunk)
+        scope = uuid.uuid4().hex
+        try:
+            set_up_here(reader.node, scope)  # the source runs here, now (the workers' nodes: see the README)
+            while not reader.closed:
+                chunk = reader.pull(partition_size or self.partition_size or 1000)
+                if chunk.items or chunk.prints:
+                    chunks.append(chunk)
+        finally:
+            tear_down(scope)
         plan = replace(self.plan, snapshot=snap)
         graph, layout = collection_graph(plan, TaskNames(plan), chunks)
         return PipelineCollection(graph, layout, partial(_finish, self.plan))
