@@ -220,3 +220,23 @@ def test_on_an_external_cluster_set_up_once_per_worker_and_torn_down(external_cl
     pids = files(tmp_path, "setup")
     assert 1 <= len(pids) <= 2 and len(set(pids)) == len(pids)
     assert files(tmp_path, "teardown") == pids
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_a_stateful_node_restored_after_its_worker_died_is_set_up_again_there(tmp_path):
+    import random
+
+    from tests.conftest import two_worker_client
+    from tests.test_recovery import Killer, wait_for_two
+
+    node = StatefulModel("model", folder=str(tmp_path))
+    graph = N.Gen("gen", size=900, pause=0.002) | node | N.Map("m")
+    with two_worker_client() as client:  # its own: a worker is killed
+        wait_for_two(client)
+        with Killer(client, 0.6, random.Random(1)) as killer:
+            result = Pipeline(graph, client=client, quiet=True, snapshot_every=(50, None), partition_size=20).run()
+    assert killer.kills, "the run ended before the kill: nothing was tested"
+    assert len(result["m"]) == 900 and node.seen == 900  # the restored copy ran with a model
+    pids = files(tmp_path, "setup")
+    assert len(pids) == 2 and len(set(pids)) == 2  # the first holder's process, then the one it was restored on
