@@ -124,3 +124,15 @@ def test_a_resource_no_worker_has_fails_at_once_naming_node_and_resource(gpu_clu
         assert time.monotonic() - start < 60  # not a hang
     with pytest.raises(ResourceError, match="GPU"):  # more than any worker has
         Pipeline(N.Gen("gen", size=10) | Where("big", resources={"GPU": 2}), client=client, quiet=True).run()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_a_gpu_node_is_set_up_only_on_the_worker_that_has_the_gpu(gpu_cluster, tmp_path):
+    from tests.test_setup_worker import Model, files
+
+    client, gpu, _ = gpu_cluster
+    graph = N.Gen("gen", size=60) | Model("model", folder=str(tmp_path), resources={"GPU": 1})
+    result = Pipeline(graph, client=client, quiet=True, partition_size=5).run()
+    assert {pid for _, pid in result["model"]} == {gpu}
+    assert files(tmp_path, "setup") == files(tmp_path, "teardown") == [str(gpu)]

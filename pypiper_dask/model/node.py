@@ -310,9 +310,10 @@ class Node(abc.ABC):
         """Prepare what this process needs to run the node (a model, a connection); override freely.
 
         Called once in each process that runs the node, before its first
-        :meth:`run` there: in the caller for a run there, on each worker that
-        runs it on a cluster (once per worker process, however many threads
-        or partitions), again on a worker a stateful node is restored on. The
+        :meth:`run` there: in the caller for a run there; on a cluster in each
+        worker process that can run it (its ``resources``), as the run starts,
+        however many threads or partitions; for a stateful node on its holder,
+        and again on a worker it is restored on. The
         attributes it sets belong to that process: they are never pickled to
         another one, never in a snapshot or a checkpoint, never reported as
         hidden state, and never copied back to your node object.

@@ -38,6 +38,7 @@ from .options import RunOptions
 from .output import Output, PipelineResult
 from .progress import progress_callback
 from .recovery import DEFAULT_SNAPSHOT_EVERY
+from .resources import prepare_workers
 from .scheduler import choose_backend
 
 __all__ = ["Pipeline"]
@@ -367,6 +368,10 @@ class Pipeline:
             try:
                 with backend:
                     try:
+                        client = getattr(backend, "client", None)
+                        if self._worker_setup and client is not None:
+                            # Every worker's setup_worker() at once, not each at its first partition.
+                            preparing = prepare_workers(client, plan)  # noqa: F841 - held for the run
                         result, final = yield from backend.iter_pipeline(
                             plan,
                             nodes=nodes,

@@ -1,4 +1,4 @@
-"""Worker resources (``resources=`` on a node): which workers can take a stage, checked before a run starts.
+"""Where a stage can run: worker resources (``resources=`` on a node), checked before a run starts; set-up ahead.
 
 Dask runs a task that asks for resources only on a worker started with them
 (``dask worker --resources GPU=1``, ``LocalCluster(resources=...)``), and
@@ -13,7 +13,7 @@ from typing import Any
 from ..compiler.plan import FusedStage, Plan, SeqStage
 from ..errors import ResourceError
 
-__all__ = ["able_workers", "check_placeable", "fits"]
+__all__ = ["able_workers", "check_placeable", "fits", "prepare_workers"]
 
 
 def fits(have: Mapping[str, float] | None, need: Mapping[str, float]) -> bool:
@@ -90,3 +90,38 @@ def able_workers(client: Any, workers: list[str], resources: Mapping[str, float]
             node, resource, f"Node {node!r} needs {dict(resources)!r}, and no live worker of the cluster has it."
         )
     return able
+
+
+def prepare_workers(client: Any, plan: Plan) -> list[Any]:
+    """Start each fused stage's ``setup_worker()`` calls on every worker that can run the stage, now, in parallel.
+
+    Returns the futures (keep them until the run ends: a released future's
+    task may be cancelled). Nothing for a plan without such nodes. A
+    stateful node is set up on its holder only, as its first step comes.
+    """
+    from ..worker.setups import prepare
+
+    info = plan.snapshot.info
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    futures = []
+    for stage in plan.stages:
+        if not isinstance(stage, FusedStage):
+            continue
+        blobs = [plan.snapshot.blobs[n] for n in stage.nodes if info[n].worker_setup]
+        if not blobs:
+            continue
+        for address, worker in workers.items():
+            if fits(worker.get("resources"), stage.resources):
+                futures.append(
+                    client.submit(
+                        prepare,
+                        blobs,
+                        plan.scope,
+                        workers=[address],
+                        allow_other_workers=False,
+                        pure=False,
+                        priority=1 << 41,  # ahead of the run's own tasks (see backends._priority)
+                        resources=dict(stage.resources) or None,
+                    )
+                )
+    return futures

@@ -23,7 +23,7 @@ from ..log import logger
 from ..model.node import PRIVATE, PROCESS, has_worker_setup
 from .values import failure
 
-__all__ = ["set_up", "set_up_count", "tear_down"]
+__all__ = ["prepare", "set_up", "set_up_count", "tear_down"]
 
 
 @dataclass
@@ -82,6 +82,26 @@ def set_up(node: Any, scope: str) -> None:
             for attr, value in entry.values.items():
                 setattr(node, attr, value)
     setattr(node, PROCESS, frozenset(entry.values))
+
+
+def prepare(blobs: list[bytes], scope: str) -> int:
+    """Set up the nodes pickled in ``blobs`` in this process now, ahead of their first task; how many ran.
+
+    The runtime sends one such task to each worker as a run starts, so the
+    workers' ``setup_worker()`` calls overlap instead of each waiting for the
+    worker's first partition. A failure is left for that task to report.
+    """
+    from ..model.snapshot import load_node
+
+    ran = 0
+    for blob in blobs:
+        node = load_node(blob)
+        try:
+            set_up(node, scope)
+            ran += 1
+        except Exception:  # the node's first task raises it again, with the run's error handling
+            pass
+    return ran
 
 
 class _SetupCall:
