@@ -178,7 +178,7 @@ def check_resources(node_name: str, resources: Any) -> dict[str, float] | None:
     for key, amount in resources.items():
         if not isinstance(key, str) or isinstance(amount, bool) or not isinstance(amount, numbers.Real):
             raise NodeTypeError(f"{expected}, not {resources!r}.")
-        if not amount > 0:
+        if not float(amount) > 0:  # NaN too
             raise OptionError(f"{expected}, not {resources!r}.")
     return dict(resources)
 
