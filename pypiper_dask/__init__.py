@@ -16,13 +16,14 @@ from .errors import (
     NodeTypeError,
     OptionError,
     PipelineError,
+    ResourceError,
     SchedulerError,
     StateLostError,
     StreamError,
     ValuePickleError,
     WorkerEnvironmentError,
 )
-from .model import Node, NodeGraph
+from .model import FunctionNode, Node, NodeGraph, as_node
 
 if TYPE_CHECKING:
     from .runtime import Pipeline, PipelineResult, RunHandle
@@ -45,6 +46,7 @@ except PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "CheckpointError",
+    "FunctionNode",
     "GraphError",
     "Node",
     "NodeError",
@@ -56,10 +58,12 @@ __all__ = [
     "Pipeline",
     "PipelineError",
     "PipelineResult",
+    "ResourceError",
     "RunHandle",
     "SchedulerError",
     "StateLostError",
     "StreamError",
     "ValuePickleError",
     "WorkerEnvironmentError",
+    "as_node",
 ]

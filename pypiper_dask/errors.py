@@ -18,6 +18,7 @@ __all__ = [
     "NodeTypeError",
     "OptionError",
     "PipelineError",
+    "ResourceError",
     "StreamError",
     "ValuePickleError",
     "WorkerEnvironmentError",
@@ -110,6 +111,21 @@ class StateLostError(PipelineError):
     def __init__(self, node: str, message: str) -> None:
         super().__init__(message)
         self.node = node
+
+
+class ResourceError(PipelineError):
+    """A node asks for a worker resource (``resources=``) that no worker of the cluster has.
+
+    ``node`` is the node's name, ``resource`` the resource's.
+    """
+
+    def __init__(self, node: str, resource: str, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.resource = resource
+
+    def __reduce__(self):
+        return (type(self), (self.node, self.resource, str(self)))
 
 
 class SchedulerError(PipelineError, ConnectionError):

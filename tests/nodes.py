@@ -377,3 +377,28 @@ class Slow(Node):
 
         time.sleep(self.seconds)
         self.emit(data)
+
+
+# -- plain functions for function nodes (as_node), drawn by tests/strategies.py ----------------
+
+
+def fn_inc(data: Any) -> int:
+    return num(data) + 1
+
+
+def fn_none(data: Any) -> None:
+    """Returns nothing: the node emits None."""
+
+
+def fn_repeat(n: int, data: Any) -> Any:
+    """A generator function: ``num(data)`` ``n`` times (bound with functools.partial)."""
+    for _ in range(n):
+        yield num(data)
+
+
+def fn_odd(data: Any) -> bool:
+    return num(data) % 2 == 1
+
+
+def fn_sum(batch: Any) -> int:
+    return sum(num(v) for v in batch)

@@ -2,16 +2,20 @@
 
 A program is ``(source params, subtree specs)``; a spec is ``(kind, params, children)``.
 ``programs()`` draws what it always drew; ``programs(reuse=True)`` adds nodes (and a
-source) that emit one reused, mutated output list, and ``programs(names=True)`` gives
-every node a name drawn from :data:`TRICKY_NAMES`, random text and names made from the
-other nodes' names (kept in ``params["name"]``, unique per program).
+source) that emit one reused, mutated output list, ``programs(functions=True)`` adds
+plain functions made nodes with ``as_node`` (return value, generator, filter and batch
+forms), and ``programs(names=True)`` gives every node a name drawn from
+:data:`TRICKY_NAMES`, random text and names made from the other nodes' names (kept in
+``params["name"]``, unique per program).
 """
 
 from __future__ import annotations
 
+import functools
+
 from hypothesis import strategies as st
 
-from pypiper_dask import Node, NodeGraph
+from pypiper_dask import Node, NodeGraph, as_node
 from tests import nodes as N
 
 # Each entry: (kind, factory(name, draw) -> Node). Kinds decide what may follow.
@@ -104,6 +108,12 @@ def node_specs(draw, depth: int = 0, kinds: tuple[str, ...] = tuple(_MIDDLE)):
         params["stateless"] = draw(st.booleans())
     elif kind in ("echo", "running", "all"):
         params["stateless"] = draw(st.booleans()) if kind == "echo" else None
+    elif kind == "function":
+        params["form"] = draw(st.sampled_from(["inc", "none", "repeat", "odd", "sum"]))
+        if params["form"] == "repeat":
+            params["n"] = draw(st.integers(0, 3))
+        if params["form"] == "sum":
+            params["batch_size"] = draw(st.sampled_from([2, 5, Node.BATCH_SIZE_ALL]))
     elif kind == "reuse":
         params["times"] = draw(st.integers(1, 2))
         params["streams"] = draw(st.booleans())  # out_streams=["a", "b"] over the reused list
@@ -126,10 +136,11 @@ def _named(specs, names) -> list:
 
 
 @st.composite
-def programs(draw, *, reuse: bool = False, names: bool = False):
+def programs(draw, *, reuse: bool = False, names: bool = False, functions: bool = False):
     """(source params, subtree specs) for a random pipeline.
 
     ``reuse``: also draw "reuse" nodes and a source that reuses its output list.
+    ``functions``: also draw function nodes (:func:`pypiper_dask.as_node`).
     ``names``: draw every node's name (see :func:`node_names`); else ``build`` numbers them.
     """
     size = draw(st.integers(0, 120))
@@ -137,6 +148,8 @@ def programs(draw, *, reuse: bool = False, names: bool = False):
     loud = draw(st.booleans())
     source: dict = {"size": size, "per_call": per_call, "loud": loud}
     kinds = (*_MIDDLE, "reuse") if reuse else tuple(_MIDDLE)
+    if functions:
+        kinds = (*kinds, "function")
     if reuse:
         source["reuse"] = draw(st.booleans())
     kids = draw(st.lists(node_specs(kinds=kinds), min_size=1, max_size=3))
@@ -213,6 +226,13 @@ def build(program, calls=None) -> NodeGraph:
             return N.Running(name, **extra)
         if kind == "split":
             return N.Split(name, out_streams=["a", "b"], **extra)
+        if kind == "function":
+            options = {k: v for k, v in extra.items() if k != "calls"}  # a function logs no calls
+            form = p.pop("form")
+            if form == "repeat":
+                return as_node(functools.partial(N.fn_repeat, p.pop("n")), name, **options)
+            fn = {"inc": N.fn_inc, "none": N.fn_none, "odd": N.fn_odd, "sum": N.fn_sum}[form]
+            return as_node(fn, name, filter=form == "odd", **p, **options)
         if kind == "reuse":
             streams = ["a", "b"] if p.pop("streams", False) else "*"
             return N.Reuse(name, out_streams=streams, **p, **extra)

@@ -131,7 +131,7 @@ def test_the_api_reference_documents_every_public_name_and_every_node_keyword():
     from pypiper_dask.model.node import RESERVED_KEYWORDS, Node
 
     api = (ROOT / "docs" / "api.rst").read_text()
-    documented = set(re.findall(r"^\.\. auto(?:class|exception):: (\w+)", api, re.M))
+    documented = set(re.findall(r"^\.\. auto(?:class|exception|function):: (\w+)", api, re.M))
     assert documented == set(pypiper_dask.__all__)
     parameters = Node.__doc__.split("Parameters\n    ----------\n", 1)[1].split("\n\n    Attributes", 1)[0]
     named = set(re.findall(r"^    (\w+) :", parameters, re.M))

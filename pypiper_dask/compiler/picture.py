@@ -51,6 +51,8 @@ def _notes(info: NodeInfo) -> str:
         notes.append("stateful")
     if info.in_streams != "*" or info.out_streams != "*":
         notes.append(f"streams {stream_label(info.in_streams)} -> {stream_label(info.out_streams)}")
+    if info.resources:
+        notes.append(" ".join(f"{r}={a:g}" for r, a in info.resources))
     return f"{info.name} ({', '.join(notes)})"
 
 
@@ -125,9 +127,12 @@ def plan_text(plan: Plan, where: str, partition_size: int | None, in_process: bo
                 text = f"{', '.join(stage.nodes)}: {'runs' if one else 'run'} in parallel, {tasks}"
                 if crossing:
                     text += f"; {'it passes' if one else 'they pass'} items on to {crossing}"
+            if stage.resources:
+                text += "; on workers with " + ", ".join(f"{r}={v:g}" for r, v in stage.resources.items())
             steps.append((f"stage {stage.id}", text))
         else:
-            steps.append((f"stage {stage.id}", f"{stage.node}: runs in one place, {stage.role}"))
+            where = "".join(f"; on a worker with {r}={v:g}" for r, v in stage.resources.items())
+            steps.append((f"stage {stage.id}", f"{stage.node}: runs in one place, {stage.role}{where}"))
     label = max(len(s) for s, _ in steps) + 2
     lines.append("Plan:")
     lines += [f"  {s:<{label}}{text}" for s, text in steps]

@@ -14,7 +14,7 @@ The plan is a tree of *stages*, in preorder:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
@@ -22,7 +22,11 @@ from ..model.node import Node
 from ..model.snapshot import NodeInfo, Snapshot
 from ..worker.fused import Edge, ToNode, ToSink
 
-__all__ = ["FusedStage", "Plan", "SeqStage", "Sink", "compile_plan", "is_sequential"]
+__all__ = ["FusedStage", "Plan", "SeqStage", "Sink", "compile_plan", "is_sequential", "stage_resources"]
+
+
+def _nothing() -> Mapping[str, float]:
+    return MappingProxyType({})
 
 
 def is_sequential(info: NodeInfo) -> bool:
@@ -49,6 +53,7 @@ class FusedStage:
     edges: tuple[Edge, ...]  # the edges leaving ``above``, each down to its sink
     sinks: tuple[Sink, ...]
     under: Mapping[str, frozenset[int]]  # node -> the sinks below it
+    resources: Mapping[str, float] = field(default_factory=_nothing)  # per resource, the most its nodes ask
     kind: Literal["fused"] = "fused"
 
     @property
@@ -74,6 +79,7 @@ class SeqStage:
     stateless: bool
     below: int | None  # the fused stage reading its output, if it has successors
     chain: tuple[int, ...] = ()  # the sequential stages at or above it, top first (their flushes reach it)
+    resources: Mapping[str, float] = field(default_factory=_nothing)  # what its holder's worker must have
     kind: Literal["seq"] = "seq"
 
     @property
@@ -97,10 +103,31 @@ class Plan:
     leaves: tuple[str, ...]
     ancestors: Mapping[str, frozenset[str]]  # node -> itself and every node above it
     seq_under: Mapping[str, tuple[int, ...]]  # node -> sequential stages at or below it
+    scope: str = ""  # the run's (or kept cluster's) per-process set-up scope; set by the runtime
 
     @property
     def seq_stages(self) -> tuple[SeqStage, ...]:
         return tuple(s for s in self.stages if isinstance(s, SeqStage))
+
+
+def stage_resources(snap: Snapshot, nodes: list[str] | tuple[str, ...]) -> Mapping[str, float]:
+    """What a stage of ``nodes`` asks of its worker: per resource, the most any of them asks.
+
+    Examples
+    --------
+    >>> from pypiper_dask.model import Node
+    >>> class N(Node):
+    ...     def run(self, data):
+    ...         self.emit(data)
+    >>> snap = Snapshot.from_graph(N("gen") | N("a", resources={"GPU": 1}) | N("b", resources={"GPU": 2, "MEM": 1}))
+    >>> dict(stage_resources(snap, ["a", "b"]))
+    {'GPU': 2, 'MEM': 1}
+    """
+    most: dict[str, float] = {}
+    for name in nodes:
+        for resource, amount in snap.info[name].resources:
+            most[resource] = max(most.get(resource, amount), amount)
+    return MappingProxyType(most)
 
 
 def compile_plan(snap: Snapshot) -> Plan:
@@ -149,7 +176,9 @@ def compile_plan(snap: Snapshot) -> Plan:
         else:  # the source alone: its items are the output
             sinks.append(Sink("leaf", above, None))
             edges = (Edge("*", "*", above, above, ToSink(0)),)
-        stages[sid] = FusedStage(sid, above, tuple(nodes), edges, tuple(sinks), MappingProxyType(under))
+        stages[sid] = FusedStage(
+            sid, above, tuple(nodes), edges, tuple(sinks), MappingProxyType(under), stage_resources(snap, nodes)
+        )
         return sid
 
     def sequential(name: str, chain: tuple[int, ...]) -> int:
@@ -158,7 +187,7 @@ def compile_plan(snap: Snapshot) -> Plan:
         chain = (*chain, sid)
         below = fused(name, children[name], chain) if children[name] else None
         i = info[name]
-        stages[sid] = SeqStage(sid, name, i.batch_size, i.stateless, below, chain)
+        stages[sid] = SeqStage(sid, name, i.batch_size, i.stateless, below, chain, stage_resources(snap, [name]))
         return sid
 
     fused(snap.root, children[snap.root], ())

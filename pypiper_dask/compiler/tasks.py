@@ -73,6 +73,7 @@ class TaskSpec:
     args: tuple
     stage: int
     fetch: bool = True  # the caller gathers its result (else a task below brings back what it needs)
+    resources: dict[str, float] | None = None  # Dask worker resources it needs (a fused stage's)
 
     @property
     def sequential(self) -> bool:
@@ -187,7 +188,7 @@ def round_tasks(
             )
             holders = tuple(StageRef(b.id) for b in below_seq)
             args = (StageRef(stage_id), upstream, sink, closed, pushes, *holders)
-            tasks.append(TaskSpec(key, worker.run_fused, args, stage_id, fetch))
+            tasks.append(TaskSpec(key, worker.run_fused, args, stage_id, fetch, dict(stage.resources) or None))
             for i in crossing:
                 below = stage.sinks[i].stage
                 assert below is not None  # a crossing always names its stage
@@ -222,9 +223,10 @@ def fused_spec(plan: Plan, stage: FusedStage, token: str) -> worker.FusedSpec:
         under=dict(stage.under),
         ends=stage.ends,
         top=not stage.above_sequential,
+        scope=plan.scope,
     )
 
 
 def seq_spec(plan: Plan, stage: SeqStage) -> worker.SeqSpec:
     """What a sequential stage's holder is built from."""
-    return worker.SeqSpec(stage.node, plan.snapshot.blobs[stage.node], stage.batch_size)
+    return worker.SeqSpec(stage.node, plan.snapshot.blobs[stage.node], stage.batch_size, plan.scope)

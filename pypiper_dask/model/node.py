@@ -16,21 +16,25 @@ __all__ = [
     "NODE_OPTIONS",
     "ON_ERROR",
     "PRIVATE",
+    "PROCESS",
     "RESERVED_KEYWORDS",
     "Node",
     "arm_setup_emits",
     "check_batch_size",
+    "check_resources",
     "check_snapshot_every",
     "constructed_again",
     "has_setup_emits",
+    "has_worker_setup",
     "mark_used",
     "near_miss",
     "normalize_streams",
+    "process_attributes",
     "reinitialise",
 ]
 
 #: Per-node options: keywords of ``Node(...)`` that win over what ``setup`` sets.
-NODE_OPTIONS = ("batch_size", "stateless", "retries", "on_error", "snapshot_every")
+NODE_OPTIONS = ("batch_size", "stateless", "retries", "on_error", "snapshot_every", "resources")
 
 #: Keywords of ``Node(...)`` the library consumes; they never reach ``setup``.
 RESERVED_KEYWORDS = ("in_streams", "out_streams", *NODE_OPTIONS)
@@ -47,8 +51,12 @@ _SETUP_EMITS = "_pypiper_dask_setup_emits"
 #: attributes left out because they cannot be pickled.
 LEFT_OUT = "_pypiper_dask_left_out"
 
+#: The names of the attributes ``setup_worker()`` set: they belong to the process
+#: (see :func:`process_attributes`).
+PROCESS = "_pypiper_dask_process"
+
 #: Attributes of a node that are the library's, not the user's state.
-PRIVATE = frozenset({_INIT, _SETUP_EMITS, LEFT_OUT, "emit", "close", "run"})
+PRIVATE = frozenset({_INIT, _SETUP_EMITS, LEFT_OUT, PROCESS, "emit", "close", "run"})
 
 # Nodes whose setup() is running in this thread: their emit() keeps the value
 # for their first call, as pyPiper delivers it.
@@ -150,6 +158,31 @@ def check_snapshot_every(owner: str, value: Any) -> tuple[int | None, float | No
     return (None if items is None else int(items), None if seconds is None else float(seconds))
 
 
+def check_resources(node_name: str, resources: Any) -> dict[str, float] | None:
+    """Validate ``resources``: ``None``, or a dict of resource names to amounts > 0.
+
+    Examples
+    --------
+    >>> check_resources("n", {"GPU": 1})
+    {'GPU': 1}
+    >>> check_resources("n", {"GPU": 0})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pypiper_dask.errors.OptionError: Node 'n': resources must be None or a dict of ... not {'GPU': 0}.
+    """
+    if resources is None:
+        return None
+    expected = f"Node {node_name!r}: resources must be None or a dict of resource names to amounts > 0 ({{'GPU': 1}})"
+    if not isinstance(resources, dict):
+        raise NodeTypeError(f"{expected}, not {type(resources).__name__} {resources!r}.")
+    for key, amount in resources.items():
+        if not isinstance(key, str) or isinstance(amount, bool) or not isinstance(amount, numbers.Real):
+            raise NodeTypeError(f"{expected}, not {resources!r}.")
+        if not float(amount) > 0:  # NaN too
+            raise OptionError(f"{expected}, not {resources!r}.")
+    return dict(resources)
+
+
 class Node(abc.ABC):
     """A step of a pipeline. Subclass it and implement :meth:`run`.
 
@@ -193,6 +226,10 @@ class Node(abc.ABC):
         For a source, pyPiper's convention: how many items it emits (your
         ``run`` reads ``self.size``). The progress bar and
         ``update_callback`` report it as the total.
+    resources : dict, optional
+        Dask worker resources each of its tasks (or, for a stateful node, its
+        holder) needs on a cluster, e.g. ``{"GPU": 1}``: they run only on
+        workers started with them. Ignored in the calling process.
     **kwargs
         Set as attributes, then passed to :meth:`setup` if its signature takes them.
 
@@ -221,6 +258,7 @@ class Node(abc.ABC):
     retries: int
     on_error: str
     snapshot_every: Any
+    resources: dict[str, float] | None
     size: Any
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
@@ -243,6 +281,7 @@ class Node(abc.ABC):
         self.retries = 0
         self.on_error = "raise"
         self.snapshot_every = None
+        self.resources = None
         self.size = None
         override = {k: kwargs.pop(k) for k in NODE_OPTIONS if k in kwargs}
         accepted = _accepted(self.setup, kwargs)
@@ -279,6 +318,7 @@ class Node(abc.ABC):
         if self.on_error not in ON_ERROR:
             raise OptionError(f"Node {name!r}: on_error must be one of {ON_ERROR!r}, not {self.on_error!r}.")
         check_snapshot_every(f"Node {name!r}", self.snapshot_every)
+        self.resources = check_resources(name, self.resources)
 
     def _setup(self, **kwargs: Any) -> None:  # noqa: B027 - optional hook, as in pyPiper
         """Prepare the node; called once by the constructor. Override freely."""
@@ -289,6 +329,35 @@ class Node(abc.ABC):
     @abc.abstractmethod
     def run(self, data: Any) -> None:
         """Handle one item (or one batch); call :meth:`emit` for each result."""
+
+    def setup_worker(self) -> None:  # noqa: B027 - optional hook
+        """Prepare what this process needs to run the node (a model, a connection); override freely.
+
+        Called once in each process that runs the node, before its first
+        :meth:`run` there: in the caller for a run there; on a cluster in each
+        worker process that can run it (its ``resources``), as the run starts,
+        however many threads or partitions; for a stateful node on its holder,
+        and again on a worker it is restored on. The
+        attributes it sets belong to that process: they are never pickled to
+        another one, never in a snapshot or a checkpoint, never reported as
+        hidden state, and never copied back to your node object.
+        """
+
+    def teardown_worker(self) -> None:  # noqa: B027 - optional hook
+        """Release what :meth:`setup_worker` made; called when the process is done with the node.
+
+        Best effort: at the end of the run (in the caller, and on the workers
+        of a cluster that is still up), or at ``Pipeline.close()`` for a
+        cluster ``Pipeline.open()`` keeps; not on a worker that died.
+        """
+
+    def __getstate__(self) -> Any:
+        # What setup_worker() set stays in its process: a pickled copy carries only the names.
+        state = self.__dict__
+        local = state.get(PROCESS)
+        if not local:
+            return state
+        return {k: v for k, v in state.items() if k not in local}
 
     def emit(self, data: Any) -> None:
         """Send ``data`` to every successor.
@@ -336,6 +405,35 @@ def _constructing() -> list:
     except AttributeError:
         _in_setup.nodes = []
         return _in_setup.nodes
+
+
+def has_worker_setup(node: Any) -> bool:
+    """Whether ``node``'s class overrides :meth:`Node.setup_worker` or :meth:`Node.teardown_worker`."""
+    cls = type(node)
+    return getattr(cls, "setup_worker", None) not in (None, Node.setup_worker) or getattr(
+        cls, "teardown_worker", None
+    ) not in (None, Node.teardown_worker)
+
+
+def process_attributes(node: Any) -> frozenset[str]:
+    """The names of the attributes ``node.setup_worker()`` set (``PROCESS`` records them), or none.
+
+    Examples
+    --------
+    >>> class Model(Node):
+    ...     def setup_worker(self):
+    ...         self.model = "heavy"
+    ...     def run(self, data):
+    ...         self.emit(self.model)
+    >>> node = Model("m")
+    >>> node.__dict__[PROCESS] = frozenset({"model"}); node.model = "heavy"
+    >>> process_attributes(node), "model" in node.__getstate__()
+    (frozenset({'model'}), False)
+    """
+    try:
+        return vars(node).get(PROCESS) or frozenset()
+    except TypeError:
+        return frozenset()
 
 
 def has_setup_emits(node: Node) -> bool:

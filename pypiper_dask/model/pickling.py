@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import cloudpickle
 
 from ..errors import NodeModuleError, NodePickleError, short_repr
+from .node import PROCESS
 
 __all__ = ["dumps", "dumps_node", "is_user_module", "load_packed", "send_by_value", "unpicklable_attributes"]
 
@@ -208,7 +209,10 @@ def unpicklable_attributes(node: Any) -> dict[str, str]:
     {'lock': 'lock <unlocked _thread.lock object at ...'}
     """
     bad = {}
+    local = vars(node).get(PROCESS) or ()  # setup_worker()'s: never pickled anyway
     for attr, value in vars(node).items():
+        if attr in local:
+            continue
         try:
             _dump(value, _Met())
         except Exception:

@@ -10,8 +10,9 @@ from typing import Any
 import cloudpickle
 
 from ..errors import NodePickleError
+from .functions import FunctionNode
 from .graph import NodeGraph
-from .node import Node, check_snapshot_every, has_setup_emits
+from .node import Node, check_resources, check_snapshot_every, has_setup_emits, has_worker_setup
 from .pickling import dumps_node
 
 __all__ = ["NodeInfo", "NodePickleError", "Snapshot", "load_node"]
@@ -51,6 +52,8 @@ class NodeInfo:
     out_streams: str | tuple[str, ...]
     size: Any
     snapshot_every: tuple[int | None, float | None] | None = None  # the node's own (see runtime.recovery)
+    resources: tuple[tuple[str, float], ...] = ()  # Dask worker resources its tasks need, sorted
+    worker_setup: bool = False  # it has setup_worker() or teardown_worker()
 
 
 def _pickle(node: Node) -> bytes:
@@ -88,7 +91,7 @@ class Snapshot:
         info = {
             n.name: NodeInfo(
                 n.name,
-                type(n).__name__,
+                n.kind if isinstance(n, FunctionNode) else type(n).__name__,
                 n.batch_size,
                 # Values a setup() emitted go out with the node's first call: one instance,
                 # in order, so it runs as a sequential stage (the source always is one).
@@ -97,6 +100,8 @@ class Snapshot:
                 n.out_streams if n.out_streams == "*" else tuple(n.out_streams),
                 getattr(n, "size", None),
                 check_snapshot_every(f"Node {n.name!r}", getattr(n, "snapshot_every", None)),
+                tuple(sorted((check_resources(n.name, getattr(n, "resources", None)) or {}).items())),
+                has_worker_setup(n),
             )
             for n in nodes
         }

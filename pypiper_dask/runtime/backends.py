@@ -25,6 +25,7 @@ from ..worker import Chunk, NodeFailure, SeqHolder, run_state
 from ..worker.sequential import HolderAt
 from .cluster import open_client, quiet_recovered_losses
 from .loop import DataLost, HolderLost
+from .resources import able_workers, check_placeable
 from .worker_environment import check_workers
 
 __all__ = ["Backend", "DistributedBackend", "InProcessBackend", "SyncTaskBackend", "TaskBackend"]
@@ -246,6 +247,8 @@ class DistributedBackend:
         self.refs, self.where, self.live, self.lost, self.generation, self._specs = {}, {}, set(), None, 0, 0
         self.args = {}
         self.workers = workers = self._first_workers()
+        # A node asking for a resource no worker has: fail now, not hang.
+        check_placeable(plan, self.client.scheduler_info(n_workers=-1).get("workers", {}))
         self._scatter_specs()
         self._place_holders(workers, states or {}, first)
 
@@ -349,7 +352,8 @@ class DistributedBackend:
         for i, stage in enumerate(self.plan.seq_stages):
             # Holders spread over the workers; their steps are tasks that may run
             # anywhere and call the holder, which runs them on its own thread.
-            self.where[stage.id] = where = workers[i % len(workers)]
+            able = able_workers(self.client, workers, stage.resources, stage.node)
+            self.where[stage.id] = where = able[i % len(able)]
             self.refs[stage.id] = self.client.submit(
                 SeqHolder,
                 seq_spec(self.plan, stage),
@@ -360,6 +364,7 @@ class DistributedBackend:
                 key=self.names.key(stage.id, "actor", self.generation),
                 workers=[where],
                 allow_other_workers=False,
+                resources=dict(stage.resources) or None,
             )
         # Tasks get each holder's address and key, not its future (nor an Actor, which is a
         # reference too): a task depending on the holder's future is placed on the holder's
@@ -436,7 +441,9 @@ class DistributedBackend:
                 else self._data(a, t.key, round_)
                 for a in t.args
             ]
-            future = self.client.submit(t.func, *args, key=t.key, pure=False, priority=_priority(t))
+            future = self.client.submit(
+                t.func, *args, key=t.key, pure=False, priority=_priority(t), resources=t.resources
+            )
             round_.futures[t.key] = future
             if t.fetch:
                 round_.fetch[t.stage] = future

@@ -21,6 +21,7 @@ from ..model.snapshot import load_node
 from ..worker import NodeFailure
 from .backends import Backend, InProcessBackend, TaskBackend
 from .checkpoint import CheckpointRun
+from .inprocess import set_up_here
 from .loop import Cancel, Deliver, Fail, Observe, Probe, Restore, Round, RunState, Submit
 from .output import Output, PipelineResult
 from .poison import find_poison, find_poison_in_rounds
@@ -155,6 +156,7 @@ class _Driver:
         resume = None if keep is None else keep.record
         node = snap.node(snap.root) if resume is None else load_node(resume["source"])
         self.source = SourceReader(node, to="to the workers")
+        set_up_here(node, plan.scope)  # the source runs here: its setup_worker() too
         self.total = snap.info[snap.root].size if isinstance(snap.info[snap.root].size, int) else None
         self.names = TaskNames(plan)
         self.out = Output(plan, quiet=quiet, collect=collect, stream=stream)

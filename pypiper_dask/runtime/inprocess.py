@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -25,10 +26,11 @@ from ..model.streams import edge_selector
 from ..ordering import ItemError
 from ..worker.fused import SettlingBuffer, call_lines, select_loop, skip
 from ..worker.guard import StateWatch
-from ..worker.values import freezing, retry_or_drop
+from ..worker.setups import set_up, tear_down
+from ..worker.values import NodeFailure, freezing, retry_or_drop
 from .output import PipelineResult
 
-__all__ = ["iter_in_process"]
+__all__ = ["iter_in_process", "set_up_here"]
 
 
 class _Nowhere:
@@ -302,6 +304,16 @@ class _Tree:
             self.end(kid)
 
 
+def set_up_here(node: Any, scope: str) -> None:
+    """:func:`~pypiper_dask.worker.setups.set_up` in the calling process: a failure is the node's ``NodeError``."""
+    from .execute import node_error
+
+    try:
+        set_up(node, scope)
+    except NodeFailure as failure:
+        raise node_error(failure) from failure.error
+
+
 def iter_in_process(
     snap: Snapshot,
     nodes: dict[str, Any],
@@ -321,13 +333,17 @@ def iter_in_process(
     collected, for the consumer to take at a pause. Closing the generator
     ends the run where it is.
     """
+    scope = uuid.uuid4().hex
     try:
+        for name in snap.order:  # this process runs every node: each is set up here, once
+            set_up_here(nodes[name], scope)
         result = yield from _run(snap, nodes, quiet, collect, callback, stream)
         return result
     finally:
         for node in nodes.values():
             for name in ("emit", "close", "run"):
                 node.__dict__.pop(name, None)
+        tear_down(scope, restore=True)  # the caller's objects: what setup_worker() set goes again
 
 
 def _run(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import uuid
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -16,16 +18,27 @@ from ..compiler.to_dask import Layout, PipelineCollection, collection_graph
 from ..errors import NodeTypeError, OptionError
 from ..log import logger
 from ..model.graph import NodeGraph
-from ..model.node import LEFT_OUT, PRIVATE, Node, constructed_again, mark_used, reinitialise
+from ..model.node import (
+    LEFT_OUT,
+    PRIVATE,
+    Node,
+    constructed_again,
+    mark_used,
+    process_attributes,
+    reinitialise,
+)
 from ..model.snapshot import Snapshot
 from ..worker import NodeFailure
+from ..worker.setups import tear_down
 from .backends import _outcome
 from .execute import drain, node_error, run_plan
 from .handle import RunHandle
+from .inprocess import set_up_here
 from .options import RunOptions
 from .output import Output, PipelineResult
 from .progress import progress_callback
 from .recovery import DEFAULT_SNAPSHOT_EVERY
+from .resources import prepare_workers
 from .scheduler import choose_backend
 from .source import SourceReader
 
@@ -137,6 +150,8 @@ class Pipeline:
         # final state goes back to (as pyPiper's nodes hold theirs).
         self._originals = {n.name: n for n in graph}
         self._held: Any = None  # the backend whose cluster open() keeps
+        self._scope = uuid.uuid4().hex  # the per-process set-up scope of the runs on a kept cluster
+        self._worker_setup = any(info.worker_setup for info in self._snapshot.info.values())
         if self.options.leaves_process():
             self._snapshot.with_nodes(self._originals)  # a node that cannot travel: say so now
 
@@ -310,7 +325,11 @@ class Pipeline:
         """Close the cluster :meth:`open` started (nothing if none)."""
         held, self._held = self._held, None
         if held is not None:
-            held.__exit__(None, None, None)
+            try:
+                if self._worker_setup:
+                    tear_down_everywhere(held.client, self._scope)
+            finally:
+                held.__exit__(None, None, None)
 
     def __enter__(self) -> Pipeline:
         return self.open()
@@ -371,27 +390,39 @@ class Pipeline:
         """One run, as a generator that pauses whenever it delivered something (see :meth:`stream`)."""
         options = self.options
         with claimed(self._originals) as nodes:
+            # Per-process set-up (setup_worker) is shared by the runs on a kept cluster
+            # and torn down at close(); else by this run's copies only, torn down at its end.
+            held = self._held is not None and getattr(backend, "client", None) is self._held.client
+            scope = self._scope if held else uuid.uuid4().hex
             if backend.in_process:
                 plan = self.plan  # the nodes themselves run
             else:
-                plan = replace(self.plan, snapshot=self._snapshot.with_nodes(nodes))
+                plan = replace(self.plan, snapshot=self._snapshot.with_nodes(nodes), scope=scope)
             callback, bar = progress_callback(options.progress, self._snapshot.root, update_callback)
             reached: dict[str, Node] = {}  # a run that ends early: the source as it got there
             try:
                 with backend:
-                    result, final = yield from run_plan(
-                        backend,
-                        plan,
-                        nodes=nodes,
-                        quiet=options.quiet,
-                        collect=collect,
-                        partition_size=options.partition_size,
-                        callback=callback,
-                        snapshot_every=options.snapshots,
-                        stream=stream,
-                        reached=reached,
-                        **({} if checkpoint is None else {"checkpoint": checkpoint}),
-                    )
+                    try:
+                        client = getattr(backend, "client", None)
+                        if self._worker_setup and client is not None:
+                            # Every worker's setup_worker() at once, not each at its first partition.
+                            preparing = prepare_workers(client, plan)  # noqa: F841 - held for the run
+                        result, final = yield from run_plan(
+                            backend,
+                            plan,
+                            nodes=nodes,
+                            quiet=options.quiet,
+                            collect=collect,
+                            partition_size=options.partition_size,
+                            callback=callback,
+                            snapshot_every=options.snapshots,
+                            stream=stream,
+                            reached=reached,
+                            **({} if checkpoint is None else {"checkpoint": checkpoint}),
+                        )
+                    finally:
+                        if not held and not backend.in_process and self._worker_setup:
+                            tear_down_everywhere(getattr(backend, "client", None), scope)
             finally:
                 if bar is not None:
                     bar.close()
@@ -469,10 +500,15 @@ class Pipeline:
         snap = self._snapshot.with_nodes(self._originals)
         reader = SourceReader(snap.node(snap.root))
         chunks = []
-        while not reader.closed:
-            chunk = reader.pull(partition_size or self.partition_size or 1000)
-            if chunk.items or chunk.prints:
-                chunks.append(chunk)
+        scope = uuid.uuid4().hex
+        try:
+            set_up_here(reader.node, scope)  # the source runs here, now (the workers' nodes: see the README)
+            while not reader.closed:
+                chunk = reader.pull(partition_size or self.partition_size or 1000)
+                if chunk.items or chunk.prints:
+                    chunks.append(chunk)
+        finally:
+            tear_down(scope)
         plan = replace(self.plan, snapshot=snap)
         graph, layout = collection_graph(plan, TaskNames(plan), chunks)
         return PipelineCollection(graph, layout, partial(_finish, self.plan))
@@ -490,6 +526,14 @@ class Pipeline:
         options = self.options
         in_process = options.n_threads == 1 and options.client is None
         return plan_text(self.plan, options.where(), options.partition_size, in_process)
+
+
+def tear_down_everywhere(client: Any, scope: str) -> None:
+    """``teardown_worker()`` for what ``scope`` set up, in this process and on ``client``'s workers (best effort)."""
+    tear_down(scope)
+    if client is not None:
+        with contextlib.suppress(Exception):  # a worker gone, or the cluster closing: nothing to tear down there
+            client.run(tear_down, scope, on_error="ignore")
 
 
 def _finish(plan: Plan, results: list, layout: Layout) -> PipelineResult:
@@ -548,9 +592,11 @@ def _adopt(original: Node, final: Node) -> None:
             original.name,
             ", ".join(f"attribute {attr!r} ({what})" for attr, what in left_out.items()),
         )
-    # Its constructor's record stays, and whatever could not come back.
-    mine = {k: v for k, v in vars(original).items() if k in PRIVATE or k in left_out}
-    state = {k: v for k, v in vars(final).items() if k not in PRIVATE}
+    # Its constructor's record stays, and whatever could not come back or belongs to the
+    # copy's process (what its setup_worker() set: the source's copy ran in this one).
+    local = process_attributes(final)
+    mine = {k: v for k, v in vars(original).items() if k in PRIVATE or k in left_out or k in local}
+    state = {k: v for k, v in vars(final).items() if k not in PRIVATE and k not in local}
     original.__dict__.clear()
     original.__dict__.update(state, **mine)
 

@@ -26,9 +26,21 @@ from ..ordering import Marks, Segment, compact_ends
 from .capture import capture_stdout
 from .guard import StateWatch
 from .sequential import push_step
+from .setups import set_up
 from .values import NodeFailure, failed_above, freezing, retry_or_drop, stage_input
 
-__all__ = ["Edge", "FusedSpec", "SettlingBuffer", "ToNode", "ToSink", "call_lines", "run_fused", "select_loop", "skip"]
+__all__ = [
+    "Edge",
+    "FusedSpec",
+    "SettlingBuffer",
+    "ToNode",
+    "ToSink",
+    "call_lines",
+    "forget",
+    "run_fused",
+    "select_loop",
+    "skip",
+]
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class FusedSpec:
     ``under[node]`` are the sinks below ``node``; ``ends``: record each input
     item's end even when no event needs it (the stage has several sinks, a
     crossing, or a sequential input); ``top``: it reads the source.
+    ``scope``: whose per-process set-up its nodes share (see :mod:`.setups`).
     """
 
     token: str
@@ -79,6 +92,7 @@ class FusedSpec:
     under: dict[str, frozenset[int]]
     ends: bool
     top: bool
+    scope: str = ""
 
     @property
     def n_sinks(self) -> int:
@@ -118,6 +132,8 @@ class _Compiled:
     def __init__(self, spec: FusedSpec) -> None:
         self.spec = spec
         self.nodes = {name: load_node(blob) for name, blob in spec.blobs.items()}
+        for node in self.nodes.values():
+            set_up(node, spec.scope)  # raises the node's failure
         self.watch = StateWatch(self.nodes)
         self.filename = f"<fused stage {spec.label}>"
         self.line_node: dict[int, str] = {}
@@ -341,6 +357,13 @@ def _compiled(spec: FusedSpec) -> _Compiled:
     return stage
 
 
+def forget(scope: str) -> None:
+    """Drop this process's instances of the stages of ``scope`` (their set-up was torn down)."""
+    with _instances_lock:
+        for key in [k for k, stage in _instances.items() if stage.spec.scope == scope]:
+            del _instances[key]
+
+
 def run_fused(
     spec: FusedSpec,
     upstream: Any,
@@ -366,7 +389,10 @@ def run_fused(
     if above is not None:  # a node above failed: pass its failure on
         return above
     items, prints, calls = stage_input(upstream, sink)
-    stage = _compiled(spec)
+    try:
+        stage = _compiled(spec)
+    except NodeFailure as failed:  # a node's setup_worker() raised
+        return failed.detached()
     seg = Segment(spec.n_sinks)
     ends: list[int] | None = [] if (spec.ends or prints or calls is not None) else None
     marks = stage.bind(seg, ends, closed, calls)

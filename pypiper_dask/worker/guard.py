@@ -14,7 +14,7 @@ import pickle
 from collections.abc import Iterable
 from typing import Any
 
-from ..model.node import PRIVATE  # the engine's bindings and the constructor's record
+from ..model.node import PRIVATE, process_attributes  # the engine's bindings and the constructor's record
 
 __all__ = ["CONTENT_LIMIT", "StateWatch"]
 
@@ -76,7 +76,12 @@ class StateWatch:
             state = vars(node)
         except TypeError:  # __slots__: nothing to watch cheaply
             return {}
-        return {attr: self._print(name, attr, value) for attr, value in state.items() if attr not in PRIVATE}
+        local = process_attributes(node)  # what setup_worker() set is the process's, not state
+        return {
+            attr: self._print(name, attr, value)
+            for attr, value in state.items()
+            if attr not in PRIVATE and attr not in local
+        }
 
     def _print(self, name: str, attr: str, value: Any) -> tuple:
         kind = type(value)

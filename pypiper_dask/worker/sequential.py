@@ -24,6 +24,7 @@ from ..model.node import Node, arm_setup_emits
 from ..model.snapshot import load_node
 from ..ordering import Marks, Segment, compact_ends, stripped
 from .capture import capture_stdout
+from .setups import set_up
 from .snapshots import final_state, load_snapshot, take_snapshot
 from .values import Items, NodeFailure, failed_above, freezing, retry_or_drop, stage_input
 
@@ -47,6 +48,7 @@ class SeqSpec:
     name: str
     blob: bytes
     batch_size: int | float
+    scope: str = ""  # whose per-process set-up it shares (see .setups)
 
     def __repr__(self) -> str:
         return f"<SeqSpec {self.name}>"
@@ -70,6 +72,8 @@ class SeqHolder:
 
     def __init__(self, spec: SeqSpec, keep: int = 64, restore: bytes | None = None, start: int = 0) -> None:
         self.name = spec.name
+        self.scope = spec.scope
+        self.ready = False  # setup_worker() is called before its first step, where a failure is reported
         self.batch_size = spec.batch_size
         self.pending: list = []
         self.closed = False  # the node called close()
@@ -117,6 +121,7 @@ class SeqHolder:
         seg = Segment(1)
         ends: list[int] = []
         seg.ends = ends
+        self._set_up()
         if self.upstream_closed or self.closed:
             if snap:
                 seg.snap = self.snapshot()
@@ -161,6 +166,7 @@ class SeqHolder:
         """The input has ended: run what is still pending (the last batch); one unit."""
         seg = Segment(1)
         out = seg.outs[0]
+        self._set_up()
         if self.pending and not self.closed:
             data = list(self.pending) if self.batch_size == Node.BATCH_SIZE_ALL else tuple(self.pending)
             self.pending.clear()
@@ -171,6 +177,11 @@ class SeqHolder:
         if snap:
             seg.snap = self.snapshot()
         return seg
+
+    def _set_up(self) -> None:
+        if not self.ready:
+            self.ready = True
+            set_up(self.node, self.scope)  # raises the node's failure
 
     def state(self) -> bytes:
         """The node as it is now, pickled without the engine's bindings (see :func:`.snapshots.final_state`)."""
