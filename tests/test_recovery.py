@@ -214,7 +214,7 @@ def trial(
 @random_in_background
 @pytest.mark.timeout(240, method="thread")  # hypothesis would swallow a signal
 @settings(
-    max_examples=7,
+    max_examples=4,  # more in `python -m bench --faults N`
     derandomize=True,
     database=None,
     phases=[Phase.generate],
@@ -236,7 +236,7 @@ def test_random_programs_survive_a_holder_kill_on_a_local_cluster(killable, prog
 @random_in_background
 @pytest.mark.timeout(240, method="thread")
 @settings(
-    max_examples=4,
+    max_examples=2,
     derandomize=True,
     database=None,
     phases=[Phase.generate],
