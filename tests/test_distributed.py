@@ -125,6 +125,10 @@ def test_every_key_a_run_sends_splits_to_node_names(local_client, monkeypatch):
         N.Batch("in-fours", batch_size=4),
         N.Map("plain", op="inc"),
     ]
+    from pypiper_dask.runtime.backends import DistributedBackend
+
+    monkeypatch.setattr(DistributedBackend, "scatter_from", 1)  # every partition sent ahead of its task
+    monkeypatch.setattr(DistributedBackend, "inline_spec", 0)  # every spec sent to the workers
     Pipeline(graph, client=local_client, quiet=True, partition_size=1000).run()
     names = {"gen-in", "square-it", "run-total", "in-fours", "plain"}
     shown = {key_split(k).replace("\u2011", "-") for k in keys}

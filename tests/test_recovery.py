@@ -164,9 +164,13 @@ def wait_for_two(client) -> None:
     client.run(os.getpid)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def killable():
-    """A local cluster of its own: these tests kill its workers (their nannies start new ones)."""
+    """A local cluster of its own for each test: these tests kill its workers.
+
+    Not one per module: a nanny slow to bring a killed worker back on a busy machine
+    failed the next test's wait for two workers (WorkerStartTimeoutError after 60 s).
+    """
     with two_worker_client() as client:
         yield client
 

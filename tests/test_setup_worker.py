@@ -237,8 +237,10 @@ def test_a_stateful_node_restored_after_its_worker_died_is_set_up_again_there(tm
     graph = N.Gen("gen", size=900, pause=0.002) | node | N.Map("m")
     with two_worker_client() as client:  # its own: a worker is killed
         wait_for_two(client)
-        with Killer(client, 0.6, random.Random(1)) as killer:
-            result = Pipeline(graph, client=client, quiet=True, snapshot_every=(50, None), partition_size=20).run()
+        with Killer(client, 360, random.Random(1)) as killer:  # after 360 of the 900 items
+            result = Pipeline(graph, client=client, quiet=True, snapshot_every=(50, None), partition_size=20).run(
+                update_callback=killer.callback
+            )
     assert killer.kills, "the run ended before the kill: nothing was tested"
     assert len(result["m"]) == 900 and node.seen == 900  # the restored copy ran with a model
     pids = files(tmp_path, "setup")

@@ -94,12 +94,13 @@ def test_an_error_in_the_loop_and_a_dropped_iterator_cancel_too(no_cluster_left)
 @pytest.mark.cluster
 def test_first_item_comes_before_the_end():
     graph = N.Gen("gen", size=40) | N.Slow("slow", seconds=0.1)  # about 4 s of work on one worker
-    start = time.monotonic()
-    stream = Pipeline(graph, n_threads=2).stream()
-    first = next(stream)
-    first_after = time.monotonic() - start
-    rest = list(stream)
-    total = time.monotonic() - start
+    with Pipeline(graph, n_threads=2) as pipeline:  # the cluster's start is not the stream's
+        start = time.monotonic()
+        stream = pipeline.stream()
+        first = next(stream)
+        first_after = time.monotonic() - start
+        rest = list(stream)
+        total = time.monotonic() - start
     assert first == ("slow", 0) and len(rest) == 39
     assert first_after < total / 2, (first_after, total)
 

@@ -24,7 +24,7 @@ from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, SeqHolder, run_state
 from ..worker.sequential import HolderAt
 from .cluster import open_client, quiet_recovered_losses
-from .loop import DataLost, HolderLost
+from .loop import DataLost, HolderLost, Killed
 from .resources import able_workers, check_placeable
 from .worker_environment import check_workers
 
@@ -507,7 +507,8 @@ class DistributedBackend:
         except Exception as exc:
             self._check_holders()  # a lost actor shows as many things; name its node
             if type(exc).__name__ == "KilledWorker":
-                raise PipelineError(f"A task of this pipeline killed its worker again and again: {exc}") from exc
+                error = PipelineError(f"A task of this pipeline killed its worker again and again: {exc}")
+                raise Killed(error) from exc
             raise
         self.live.discard(handle)
         return _outcome(dict(zip(handle.fetch, values, strict=True)))

@@ -295,8 +295,7 @@ class _Driver:
             if r.chunk is not None:
                 self.sizer.observe(len(r.chunk), r.results)
         elif isinstance(action, Cancel):
-            handles = None if action.rounds is None else [r.handle for r in action.rounds]
-            self.backend.cancel(handles)
+            self.backend.cancel(action.handles)
         elif isinstance(action, Restore):
             self.recovery.restore(self.backend, action.lost, action.n_rounds)  # cancels everything in flight
         elif isinstance(action, Probe):

@@ -45,6 +45,7 @@ __all__ = [
     "Deliver",
     "Fail",
     "HolderLost",
+    "Killed",
     "Observe",
     "Probe",
     "Restore",
@@ -63,6 +64,17 @@ class HolderLost(DataLost):
     """A sequential stage's holder went with its worker; ``error`` is raised if it cannot be restored."""
 
     def __init__(self, error: StateLostError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Killed(DataLost):
+    """A round's task killed every worker that ran it (the scheduler gave up); ``error`` says so.
+
+    Not sent again: its items are probed for the one that kills (:class:`Probe`).
+    """
+
+    def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -129,9 +141,12 @@ class Deliver:
 
 @dataclass
 class Cancel:
-    """Cancel these rounds' tasks (every round out, if ``rounds`` is ``None``)."""
+    """Cancel the tasks of the rounds these backend handles are of (every round out, if ``None``).
 
-    rounds: list[Round] | None = None
+    Handles, not rounds: a round sent again has a new one by the time this is carried out.
+    """
+
+    handles: list[Any] | None = None
 
 
 @dataclass
@@ -283,6 +298,8 @@ class RunState:
             r.state, r.failure = RoundState.FAILED, outcome
             # A replay failed where the first run did not: nothing can be delivered in its place.
             return [Fail(outcome)] if r.index < self.delivered else []
+        if isinstance(outcome, Killed):
+            return [Cancel(), Probe([r], outcome.error, outcome)]
         if isinstance(outcome, DataLost):
             return self._lost(outcome)
         if isinstance(outcome, BaseException):
@@ -321,7 +338,7 @@ class RunState:
             self.waiting.clear()  # what is not sent again was from before the restore point
             self.resend = deque(lost)
         else:
-            actions = [Cancel([r for r in lost if r.handle is not None])]
+            actions = [Cancel([r.handle for r in lost if r.handle is not None])]
             for r in lost:
                 self.waiting.pop(r.index, None)
             self.resend = deque(sorted([*lost, *self.resend], key=lambda x: x.index))
