@@ -210,3 +210,16 @@ def test_a_node_that_closed_is_skipped_by_the_rounds_after(closes_in):
     state.returned(rounds[closes_in], res)
     assert "a" not in state.closed_before(rounds[closes_in])
     assert all("a" in state.closed_before(r) for r in rounds[closes_in + 1 :])
+
+
+def test_a_round_whose_task_killed_every_worker_is_probed_not_sent_again():
+    from pypiper_dask.errors import PipelineError
+    from pypiper_dask.runtime.loop import Killed
+
+    state = machine()
+    _r0, r1 = pull(state, 2)
+    error = PipelineError("killed its worker again and again")
+    actions = state.returned(r1, Killed(error))
+    assert isinstance(actions[0], Cancel) and actions[0].handles is None
+    assert isinstance(actions[1], Probe) and actions[1].rounds == [r1] and actions[1].error is error
+    assert not state.resend
