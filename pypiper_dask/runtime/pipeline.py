@@ -30,7 +30,7 @@ from ..model.node import (
 from ..model.snapshot import Snapshot
 from ..worker import NodeFailure
 from ..worker.setups import tear_down
-from .backends import _outcome
+from .backends import DistributedBackend, _outcome
 from .execute import drain, node_error, run_plan
 from .handle import RunHandle
 from .inprocess import set_up_here
@@ -299,7 +299,7 @@ class Pipeline:
         return RunHandle(
             start,
             update_callback,
-            dashboard=lambda: getattr(getattr(backend, "client", None), "dashboard_link", None),
+            dashboard=lambda: getattr(_client_of(backend), "dashboard_link", None),
         )
 
     def open(self) -> Pipeline:
@@ -392,7 +392,7 @@ class Pipeline:
         with claimed(self._originals) as nodes:
             # Per-process set-up (setup_worker) is shared by the runs on a kept cluster
             # and torn down at close(); else by this run's copies only, torn down at its end.
-            held = self._held is not None and getattr(backend, "client", None) is self._held.client
+            held = self._held is not None and _client_of(backend) is self._held.client
             scope = self._scope if held else uuid.uuid4().hex
             if backend.in_process:
                 plan = self.plan  # the nodes themselves run
@@ -403,7 +403,7 @@ class Pipeline:
             try:
                 with backend:
                     try:
-                        client = getattr(backend, "client", None)
+                        client = _client_of(backend)
                         if self._worker_setup and client is not None:
                             # Every worker's setup_worker() at once, not each at its first partition.
                             preparing = prepare_workers(client, plan)  # noqa: F841 - held for the run
@@ -422,7 +422,7 @@ class Pipeline:
                         )
                     finally:
                         if not held and not backend.in_process and self._worker_setup:
-                            tear_down_everywhere(getattr(backend, "client", None), scope)
+                            tear_down_everywhere(_client_of(backend), scope)
             finally:
                 if bar is not None:
                     bar.close()
@@ -631,3 +631,8 @@ def claimed(originals: dict[str, Node]) -> Iterator[dict[str, Node]]:
             mark_used(node)
         with _busy_lock:
             _busy.difference_update(ids)
+
+
+def _client_of(backend: Any) -> Any:
+    """The ``distributed`` client a backend runs on (``None`` for the caller's process)."""
+    return backend.client if isinstance(backend, DistributedBackend) else None

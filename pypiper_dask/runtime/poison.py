@@ -21,6 +21,7 @@ from ..compiler.tasks import Ref, StageRef, TaskSpec, fused_spec, seq_spec
 from ..errors import PipelineError, short_repr
 from ..log import logger
 from ..worker.probe import Holder, Result, probe_partition, probe_rounds, read_probe
+from .backends import DistributedBackend
 
 __all__ = ["LossCount", "find_poison", "find_poison_in_rounds"]
 
@@ -49,9 +50,9 @@ class LossCount:
 
 def find_poison(backend: Any, rounds: list[Any], resends: int) -> PipelineError | None:
     """Probe ``rounds`` (their top stage) one at a time; the error naming what killed its worker, if found."""
-    client, names = getattr(backend, "client", None), getattr(backend, "names", None)
-    if client is None or names is None or not rounds:
-        return None
+    if not isinstance(backend, DistributedBackend) or backend.names is None or not rounds:
+        return None  # only a cluster loses workers
+    client, names = backend.client, backend.names
     plan = backend.plan
     spec = fused_spec(plan, plan.stages[0], names.token)  # the top stage, fed by the source; in the task itself
     for r in rounds:
@@ -77,9 +78,9 @@ def find_poison_in_rounds(
     For a node the top stage's probe cannot reach: a sequential node, or one
     below it, whose input depends on the state of the nodes above.
     """
-    client, names = getattr(backend, "client", None), getattr(backend, "names", None)
-    if client is None or names is None or not rounds:
-        return None
+    if not isinstance(backend, DistributedBackend) or backend.names is None or not rounds:
+        return None  # only a cluster loses workers
+    client, names = backend.client, backend.names
     plan = backend.plan
     stages = {
         s.id: fused_spec(plan, s, names.token) if isinstance(s, FusedStage) else seq_spec(plan, s) for s in plan.stages
