@@ -125,6 +125,10 @@ class PartitionSizer:
     ``least`` seconds of work. The cost per item is measured from finished
     tasks; the first partitions are small and run one per worker to measure it.
 
+    With many workers the target grows (``per_task`` seconds of the
+    scheduler's and the caller's work per task, times twice the workers), so
+    that neither keeps workers waiting: the scaling model in BENCHMARKS.md.
+
     Examples
     --------
     >>> sizer = PartitionSizer(None, n_workers=4, total=10_000)
@@ -133,9 +137,13 @@ class PartitionSizer:
     >>> sizer.per_item = 0.001  # 1 ms an item: 0.2 s is 200 items
     >>> sizer.next(0), sizer.next(9_600), sizer.next(9_990)
     (200, 50, 25)
+    >>> PartitionSizer(None, n_workers=100, total=None).seconds  # 100 workers: 0.8 s a partition
+    0.8
     """
 
     target, least = 0.2, 0.025
+    #: Seconds of scheduling and caller work per task (measured: 2-5 ms on a 2-core machine).
+    per_task = 0.004
     smallest, largest, first = 16, 100_000, 32
     #: Seconds of the source's own calls after which a partition is cut (a live source).
     source_seconds = 0.1
@@ -147,6 +155,16 @@ class PartitionSizer:
         self.per_item: float | None = None
         self._seconds = self._items = 0.0
         self._uncalibrated = 0  # partitions cut before the cost was known
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of work a partition carries: ``target``, or more where the workers are many.
+
+        A task costs the scheduler and the caller about ``per_task`` seconds;
+        kept at half their capacity, W workers need ``2 * W * per_task``
+        seconds of work per task.
+        """
+        return max(self.target, 2 * self.n_workers * self.per_task)
 
     @property
     def calibrated(self) -> bool:
@@ -162,11 +180,11 @@ class PartitionSizer:
             # fast pipelines a round trip each: measured +15% on W3).
             self._uncalibrated += 1
             return 1 if self._uncalibrated == 1 else self.first
-        want = self.target / self.per_item
+        want = self.seconds / self.per_item
         if self.total and self.n_workers > 1:
             # Not below `least`, nor so small that the caller's work per round (a few ms)
             # cannot keep up with this many workers.
-            least = max(self.least, 0.004 * self.n_workers)
+            least = max(self.least, self.per_task * self.n_workers)
             left = max(self.total - pulled, 0)
             want = min(want, max(math.ceil(left / (2 * self.n_workers)), least / self.per_item))
         return int(min(max(want, self.smallest), self.largest))
