@@ -232,6 +232,35 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     assert isinstance(exc, CheckpointError) and "not a pypiper_dask checkpoint" in str(exc)
 
 
+@pytest.mark.timeout(60)
+def test_a_truncated_checkpoint_is_refused_saying_overwrite_starts_over(tmp_path):
+    path = tmp_path / "ck"
+    run_captured(pipeline(size=40), fail_at=25, checkpoint=str(path))
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])  # a copy cut short, say
+    _, exc = run_captured(pipeline(size=40), checkpoint=str(path))
+    assert isinstance(exc, CheckpointError) and str(path) in str(exc) and "overwrite=True" in str(exc), exc
+    lines, result = run_captured(pipeline(size=40), checkpoint=str(path), overwrite=True)
+    assert result.counts == {"run": 40} and len(lines) == 40
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["under a file", "read-only folder"])
+def test_an_unwritable_checkpoint_path_is_a_checkpoint_error_naming_it(tmp_path, where):
+    if where == "under a file":
+        (tmp_path / "file").write_text("")
+        path = tmp_path / "file" / "ck"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes to a read-only folder")
+        (tmp_path / "ro").mkdir(mode=0o500)
+        path = tmp_path / "ro" / "ck"
+    lines, exc = run_captured(pipeline(size=40), checkpoint=str(path))
+    assert isinstance(exc, CheckpointError), exc
+    assert f"Cannot write the checkpoint at {path}" in str(exc) and ".tmp-" not in str(exc), exc
+    assert lines == []  # said before anything ran
+
+
 @pytest.mark.timeout(120)
 def test_n_threads_1_checkpoints_and_resumes_there_or_on_a_cluster(tmp_path, local_client):
     def public(p, fail_at=None, **kw):

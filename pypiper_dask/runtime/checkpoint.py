@@ -260,7 +260,10 @@ class Checkpoint:
             except Exception:
                 outer = None
         if not isinstance(outer, dict) or outer.get("version") != VERSION:
-            raise CheckpointError(f"{self.url} is not a pypiper_dask checkpoint this version can read.")
+            raise CheckpointError(
+                f"{self.url} is not a pypiper_dask checkpoint this version can read (truncated, of another "
+                "version, or another file). Use another checkpoint, or run(..., overwrite=True) to replace it."
+            )
         why = difference(self.identity, outer["identity"])
         if why is not None:
             raise CheckpointError(
@@ -272,8 +275,11 @@ class Checkpoint:
         pos = self.path + ".delivered"
         if not record.get("complete") and self.fs.exists(pos):
             with self.fs.open(pos, "rb") as f:
-                mark = json.loads(f.read())
-            if mark.get("run") == record["run"]:
+                try:
+                    mark = json.loads(f.read())
+                except ValueError:  # damaged: the cut's own position is a safe one (it may repeat more)
+                    mark = {}
+            if isinstance(mark, dict) and mark.get("run") == record["run"]:
                 record["delivered"] = max(record["items"], int(mark["items"]))
         return record
 
@@ -289,8 +295,40 @@ class Checkpoint:
         # what a kill takes; after a power loss a resume may repeat more than a partition).
         self._put(self.path + ".delivered", json.dumps({"run": run, "items": items}).encode(), sync=False)
 
+    def check_writable(self) -> None:
+        """Raise :class:`CheckpointError` now if nothing can be written there (not after the first cut)."""
+        probe = f"{self.path}.tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            if self.local:
+                parent = os.path.dirname(self.path)
+                if parent:
+                    os.makedirs(parent, exist_ok=True)
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                os.unlink(probe)
+            else:
+                self.fs.pipe_file(probe, b"")
+                self.fs.rm(probe)
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+
+    def _unwritable(self, exc: OSError) -> CheckpointError:
+        # Named by the user's path: the temporary file's name means nothing to them.
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        where = exc.filename if isinstance(exc.filename, str) and ".tmp-" not in exc.filename else None
+        return CheckpointError(
+            f"Cannot write the checkpoint at {self.url}: {reason}"
+            + ("" if where is None or where == self.path else f" ({where})")
+            + ". Give checkpoint= a path in a folder this process can write to."
+        )
+
     def _put(self, path: str, data: bytes, sync: bool) -> None:
         """Write ``data`` to ``path`` atomically: to a temporary name, then moved over it."""
+        try:
+            self._put_raw(path, data, sync)
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+
+    def _put_raw(self, path: str, data: bytes, sync: bool) -> None:
         self.writes += 1
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
         if self.local:
@@ -335,21 +373,17 @@ class CheckpointRun:
         self.want_source = False
         self.broken: str | None = None
         self._written = -1
-        if overwrite:
-            return
-        record = store.load()
-        if record is None:
-            return
-        if record.get("complete"):
+        record = None if overwrite else store.load()
+        if record is not None and record.get("complete") and not (collect and not record["collect"]):
             self.done = record["result"]
-            if collect and not record["collect"]:
-                self.done = None  # a full result was asked for and is not stored: run again
-                return
             logger.info(
                 "checkpoint %s is complete: printing nothing and returning its stored result "
                 "(run(..., overwrite=True) starts over)",
                 store.url,
             )
+            return
+        store.check_writable()  # this run writes there: say now if it cannot
+        if record is None or record.get("complete"):  # a complete one without the full result asked for: run again
             return
         if collect and not record["collect"]:
             raise CheckpointError(
