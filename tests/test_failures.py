@@ -102,6 +102,38 @@ def test_a_node_that_raises_stops_the_run_with_its_name(case, mode, request):
         assert f'File "{__file__}", line ' in text
 
 
+class LockedError(Exception):
+    """Cannot be pickled: it holds a lock."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class Locked(Node):
+    def run(self, data):
+        if data == 5:
+            raise LockedError("cannot go at 5")
+        self.emit(data)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["n_threads=1", "local cluster"])
+@pytest.mark.parametrize("stateless", [True, False], ids=["stateless", "stateful"])
+def test_an_exception_that_cannot_be_pickled_is_a_node_error_naming_its_type(mode, stateless, request):
+    from pypiper_dask.worker.values import StandInError
+
+    graph = N.Gen("g", size=10**9) | Locked("locked", stateless=stateless) | N.Map("m")
+    with pytest.raises(NodeError) as info:
+        Pipeline(graph, quiet=True, **options(mode, request)).run()
+    err = info.value
+    assert err.node == "locked"
+    assert "Node 'locked' raised LockedError: cannot go at 5 on input 5." in str(err), err
+    assert isinstance(err.__cause__, StandInError) and err.__cause__.type_name == "LockedError"
+    text = "".join(traceback.format_exception(err))
+    assert 'raise LockedError("cannot go at 5")' in text and "RuntimeError" not in text, text
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("policy", ["skip", "collect"])
 def test_on_error_drops_and_reports_items(policy, mode, request, capsys):

@@ -19,6 +19,7 @@ from ..model.node import Node, arm_setup_emits
 from ..model.snapshot import load_node
 from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, capture_stdout, freezing
+from ..worker.values import error_text
 from .backends import Backend, DataLost, HolderLost
 from .checkpoint import CheckpointRun
 from .output import Output, PipelineResult
@@ -217,7 +218,7 @@ def node_error(failure: NodeFailure) -> NodeError:
     if isinstance(err, ValuePickleError):  # raised by the node's emit: it says what was emitted, and where to
         message = f"{err} It was emitted on input {failure.item}."
     else:
-        message = f"Node {failure.node!r} raised {type(err).__name__}: {err} on input {failure.item}."
+        message = f"Node {failure.node!r} raised {error_text(err)} on input {failure.item}."
     error = NodeError(failure.node, failure.item, message)
     if err is not None and err.__traceback__ is not None:
         without_stub_carets(err)
