@@ -233,7 +233,8 @@ class Pipeline:
         ``result(timeout=None)``, ``cancel()`` and ``progress``; ``await``
         it from async code. What the run prints goes where this call's prints
         would (in a notebook, the cell that submitted it). ``checkpoint``/``overwrite``:
-        as for :meth:`run`.
+        as for :meth:`run`. A script that ends before the run does waits for it
+        at exit, as ``concurrent.futures`` does (Ctrl-C cancels it).
 
         Examples
         --------
