@@ -17,7 +17,8 @@ from ..errors import NodeTypeError, OptionError
 from ..log import logger
 from ..model.graph import NodeGraph
 from ..model.node import LEFT_OUT, PRIVATE, Node, constructed_again, mark_used, reinitialise
-from ..model.snapshot import Snapshot
+from ..model.pickling import dumps_node
+from ..model.snapshot import Snapshot, load_node
 from ..worker import NodeFailure
 from .backends import _outcome
 from .execute import SourceReader, drain, node_error
@@ -404,7 +405,8 @@ class Pipeline:
         """
         RunOptions(partition_size=partition_size)  # checks it
         snap = self._snapshot.with_nodes(self._originals)
-        reader = SourceReader(snap.node(snap.root))
+        # A copy of its own: the caller's source stays where it is (a run, by contrast, gives it its end state).
+        reader = SourceReader(load_node(dumps_node(snap.source)))
         chunks = []
         while not reader.closed:
             chunk = reader.pull(partition_size or self.partition_size or 1000)
