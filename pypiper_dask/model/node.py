@@ -189,6 +189,16 @@ class Node(abc.ABC):
     **kwargs
         Set as attributes, then passed to :meth:`setup` if its signature takes them.
 
+    Attributes
+    ----------
+    cache_attributes : tuple of str
+        A class attribute: names of attributes (of the node, of its class, or
+        globals its code uses) that only cache what ``run`` computes and never
+        change its output, such as a memo dict. A stateless node whose ``run``
+        keeps changing what it holds is reported as having hidden state (each
+        worker would change its own copy); these names are left out of that
+        check.
+
     Examples
     --------
     >>> class Square(Node):
@@ -196,9 +206,23 @@ class Node(abc.ABC):
     ...         self.emit(data ** 2)
     >>> Square("square", batch_size=4)
     Square('square', batch_size=4)
+
+    A memo cache, declared as one:
+
+    >>> class Slow(Node):
+    ...     cache_attributes = ("memo",)
+    ...     def setup(self):
+    ...         self.memo = {}
+    ...     def run(self, data):
+    ...         if data not in self.memo:
+    ...             self.memo[data] = data ** 2
+    ...         self.emit(self.memo[data])
     """
 
     BATCH_SIZE_ALL = float("inf")
+
+    #: Attributes that only cache (see the class docstring): not reported as hidden state.
+    cache_attributes: tuple[str, ...] = ()
 
     name: str
     in_streams: str | list[str]
