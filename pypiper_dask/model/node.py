@@ -152,9 +152,9 @@ def check_snapshot_every(owner: str, value: Any) -> tuple[int | None, float | No
         raise NodeTypeError(given + f"items must be an int >= 1 or None, not {type(items).__name__} {items!r}.")
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, numbers.Real)):
         raise NodeTypeError(given + f"seconds must be a number > 0 or None, not {type(seconds).__name__} {seconds!r}.")
-    if items is not None and items < 1:
+    if items is not None and int(items) < 1:
         raise OptionError(given + f"items must be an int >= 1 or None, not {items!r}.")
-    if seconds is not None and not seconds > 0:  # NaN too
+    if seconds is not None and not float(seconds) > 0:  # NaN too
         raise OptionError(given + f"seconds must be a number > 0 or None, not {seconds!r}.")
     if pair == (None, None):
         raise OptionError(given + "items and seconds cannot both be None (that is snapshot_every=None).")

@@ -708,7 +708,7 @@ def _sigint_ignored():
         return
     hold = hasattr(signal, "pthread_sigmask")  # not on Windows
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hold else None
-    got: list[int] = []
+    got = []  # the Ctrl-C noted while the cluster started
     previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
     try:
         yield

@@ -269,7 +269,7 @@ class StandInError(Exception):
         return f"{self.type_name}: {self.message} (an exception that could not be pickled, in its text)"
 
 
-def error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException | None) -> str:
     """``"Type: message"`` of a node's exception, or of the one a :class:`StandInError` stands in for.
 
     Examples
