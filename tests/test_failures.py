@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -259,6 +260,15 @@ Pipeline(Slow("slow") | Same("same"), n_threads=2, quiet=True).run()
 """
 
 
+def worker_processes(parent: psutil.Process) -> list[psutil.Process]:
+    found = []
+    for child in parent.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+    return found
+
+
 @pytest.mark.cluster
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
@@ -290,8 +300,9 @@ def test_ctrl_c_cancels_closes_the_cluster_and_reraises(tmp_path, when, how):
         parent = psutil.Process(proc.pid)
         deadline = time.monotonic() + 60
         if when == "while the cluster starts":
-            # The first child process exists once the cluster has begun to start.
-            while not parent.children() and time.monotonic() < deadline:
+            # The first worker process exists once the cluster has begun to start (it imports for a
+            # second or more before the cluster is up; multiprocessing's resource tracker comes first).
+            while not worker_processes(parent) and time.monotonic() < deadline:
                 time.sleep(0.01)
             children.update(parent.children(recursive=True))
             os.killpg(proc.pid, signal.SIGINT)

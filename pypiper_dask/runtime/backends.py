@@ -707,6 +707,12 @@ def _sigint_ignored():
         yield
         return
     hold = hasattr(signal, "pthread_sigmask")  # not on Windows
+    if hold:
+        # multiprocessing starts its resource tracker with the first worker, and unblocks
+        # SIGINT in the thread that does (the cluster's); started now, it leaves that alone.
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hold else None
     got = []  # the Ctrl-C noted while the cluster started
     previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
