@@ -162,7 +162,7 @@ def _shared_state(node: Any) -> Iterator[tuple[str, Any, str]]:
     own = [c for c in type(node).__mro__ if c not in Node.__mro__]  # the user's classes, mixins too
     for cls in own:
         for key, value in vars(cls).items():
-            if not key.startswith("__") and key not in PRIVATE and not isinstance(value, _CODE):
+            if not key.startswith(("__", "_abc_")) and key not in PRIVATE and not isinstance(value, _CODE):
                 yield f"its class attribute '{cls.__name__}.{key}'", vars(cls), key
     seen: set[tuple[int, str]] = set()
     for cls in own:
