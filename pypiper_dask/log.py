@@ -52,18 +52,19 @@ class HiddenStateReport:
         self.warned: set[str] = set()
 
     def saw(self, found: list[tuple[str, str]]) -> None:
-        """``(node, attribute)`` pairs a watch found changing more than once."""
-        for node, attr in found:
+        """``(node, what)`` pairs a watch (:class:`~pypiper_dask.worker.guard.StateWatch`) saw changing again."""
+        for node, what in found:
             if node in self.warned:
                 continue
             self.warned.add(node)
             logger.warning(
-                "node %r is stateless, but its run() keeps changing its attribute %r (it changed again "
-                "and again during the run). At n_threads>1 each worker changes its own copy, so the "
-                "output can differ from n_threads=1: mark the node stateless=False, or send what it "
-                "gathers on with emit() and read it from run()'s result.",
+                "node %r is stateless, but its run() keeps changing %s (it changed again and again during "
+                "the run). At n_threads>1 each worker changes its own copy, so the output can differ from "
+                "n_threads=1: mark the node stateless=False, or send what it gathers on with emit() and read "
+                "it from run()'s result. If it is a cache that never changes the output, name it in the "
+                "node's cache_attributes.",
                 node,
-                attr,
+                what,
             )
 
 

@@ -323,3 +323,39 @@ def test_a_source_holding_a_large_file_is_not_copied(tmp_path):
     count, grown_mb = map(int, proc.stdout.split())
     assert count == 800_000
     assert grown_mb < 40, f"peak RSS grew {grown_mb} MB while reading an 80 MB file line by line"
+
+
+class NeverPickled(Node):
+    """A source that must stay in the caller: pickling it raises, and is counted."""
+
+    pickled = 0
+
+    def setup(self, size):
+        self.pos = 0
+        self.handle = open(os.devnull)  # noqa: SIM115 - an open file, as a real source holds
+
+    def run(self, data):
+        if self.pos == self.size:
+            self.close()
+            return
+        self.emit(self.pos)
+        self.pos += 1
+
+    def __getstate__(self):
+        NeverPickled.pickled += 1
+        raise TypeError("the source was pickled")
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_a_source_is_never_pickled_on_a_cluster_run_without_checkpoint(local_client):
+    from tests import nodes as N
+
+    NeverPickled.pickled = 0
+    graph = NeverPickled("src", size=200) | N.Map("m", op="inc") | N.Running("total")
+    pipeline = Pipeline(graph, client=local_client, quiet=True, partition_size=20)
+    result = pipeline.run()
+    assert result["total"][-1] == (200, sum(range(1, 201)))
+    assert NeverPickled.pickled == 0
+    assert graph.root.pos == 200 and not graph.root.handle.closed  # its end state, in the caller's object
+    graph.root.handle.close()

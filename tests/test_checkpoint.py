@@ -21,6 +21,7 @@ import textwrap
 import uuid
 
 import cloudpickle
+import numpy as np
 import pytest
 
 from pypiper_dask import CheckpointError, Node, OptionError, Pipeline
@@ -152,10 +153,112 @@ def test_a_different_pipeline_is_refused_naming_the_difference(tmp_path):
     assert result.counts == {"run": 300} and len(lines) == 300
 
 
+class Weights:
+    """Default repr (``<Weights object at 0x...>``): a repr tells no two apart."""
+
+    def __init__(self, values):
+        self.values = values
+
+
+class Weighted(N.Map):
+    def setup(self, weights, op="inc"):
+        self.weights = weights
+        self.op = op
+
+
+def weighted(weights):
+    return Pipeline(N.Gen("gen", size=40) | Weighted("map", weights=weights) | N.Running("run"), partition_size=10)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("first", "other"),
+    [
+        (np.zeros(2000), np.concatenate([np.zeros(1000), [1.0], np.zeros(999)])),  # the same repr, elided
+        (Weights([1, 2, 3]), Weights([1, 2, 4])),
+        ({"a": Weights(1)}, {"a": Weights(2)}),
+    ],
+    ids=["numpy", "default-repr", "nested"],
+)
+def test_arguments_with_the_same_repr_but_other_content_are_another_pipeline(tmp_path, first, other):
+    assert repr(first) == repr(other) or "object at" in repr(first)
+    path = str(tmp_path / "ck")
+    run_captured(weighted(first), checkpoint=path)
+    _, again = run_captured(weighted(first), checkpoint=path)  # the same content: its stored result
+    assert again.counts == {"run": 40}
+    _, exc = run_captured(weighted(other), checkpoint=path)
+    assert isinstance(exc, CheckpointError), exc
+    assert "node 'map'" in str(exc) and "'weights'" in str(exc) and "overwrite=True" in str(exc)
+
+
+TOKEN = """
+import sys
+sys.path.insert(0, {root!r})
+import numpy as np
+from pypiper_dask.runtime.checkpoint import content_token
+
+class Weights:
+    def __init__(self, values):
+        self.values = values
+
+def double(x):
+    return 2 * x
+
+value = (Weights({{"b": {{3, 1}}, "a": np.arange(5)}}), frozenset({{"x", "y"}}), double, Weights)
+print(content_token(value))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_content_token_is_the_same_in_another_process(tmp_path):
+    script = tmp_path / "content_token_script.py"
+    script.write_text(TOKEN.format(root=str(ROOT)))
+    tokens = {
+        subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(tokens) == 1, tokens
+
+
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     (tmp_path / "ck").write_text("not a checkpoint")
     _, exc = run_captured(pipeline(size=10), checkpoint=str(tmp_path / "ck"))
     assert isinstance(exc, CheckpointError) and "not a pypiper_dask checkpoint" in str(exc)
+
+
+@pytest.mark.timeout(60)
+def test_a_truncated_checkpoint_is_refused_saying_overwrite_starts_over(tmp_path):
+    path = tmp_path / "ck"
+    run_captured(pipeline(size=40), fail_at=25, checkpoint=str(path))
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])  # a copy cut short, say
+    _, exc = run_captured(pipeline(size=40), checkpoint=str(path))
+    assert isinstance(exc, CheckpointError) and str(path) in str(exc) and "overwrite=True" in str(exc), exc
+    lines, result = run_captured(pipeline(size=40), checkpoint=str(path), overwrite=True)
+    assert result.counts == {"run": 40} and len(lines) == 40
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["under a file", "read-only folder"])
+def test_an_unwritable_checkpoint_path_is_a_checkpoint_error_naming_it(tmp_path, where):
+    if where == "under a file":
+        (tmp_path / "file").write_text("")
+        path = tmp_path / "file" / "ck"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes to a read-only folder")
+        (tmp_path / "ro").mkdir(mode=0o500)
+        path = tmp_path / "ro" / "ck"
+    lines, exc = run_captured(pipeline(size=40), checkpoint=str(path))
+    assert isinstance(exc, CheckpointError), exc
+    assert f"Cannot write the checkpoint at {path}" in str(exc) and ".tmp-" not in str(exc), exc
+    assert lines == []  # said before anything ran
 
 
 @pytest.mark.timeout(120)

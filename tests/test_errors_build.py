@@ -34,6 +34,30 @@ def test_bad_batch_size_type(bad):
     assert isinstance(e.value, TypeError)
 
 
+@pytest.mark.parametrize(
+    ("bad", "kind", "part"),
+    [
+        (0, OptionError, "items must be an int >= 1 or None, not 0"),
+        ((10, 0), OptionError, "seconds must be a number > 0 or None, not 0"),
+        ((10, float("nan")), OptionError, "seconds must be a number > 0 or None, not nan"),
+        ((None, None), OptionError, "cannot both be None"),
+        (("10", 1), NodeTypeError, "items must be an int >= 1 or None, not str '10'"),
+        ((1, 2, 3), NodeTypeError, "a tuple must be (items, seconds), not 3 values"),
+        ("5000", NodeTypeError, "not str"),
+    ],
+)
+@pytest.mark.parametrize("where", ["Pipeline", "Node"])
+def test_a_bad_snapshot_every_is_refused_naming_the_value_and_its_wrong_part(bad, kind, part, where):
+    with pytest.raises(kind) as e:
+        if where == "Pipeline":
+            Pipeline(Gen("g", size=3) | Map("m"), snapshot_every=bad)
+        else:
+            Map("m", snapshot_every=bad)
+    owner = "Pipeline" if where == "Pipeline" else "Node 'm'"
+    assert str(e.value).startswith(f"{owner}: snapshot_every={bad!r} is not valid: "), e.value
+    assert part in str(e.value)
+
+
 def test_batch_size_set_in_setup_is_checked_too():
     class Bad(Node):
         def setup(self):

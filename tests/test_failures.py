@@ -103,6 +103,38 @@ def test_a_node_that_raises_stops_the_run_with_its_name(case, mode, request):
         assert f'File "{__file__}", line ' in text
 
 
+class LockedError(Exception):
+    """Cannot be pickled: it holds a lock."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class Locked(Node):
+    def run(self, data):
+        if data == 5:
+            raise LockedError("cannot go at 5")
+        self.emit(data)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["n_threads=1", "local cluster"])
+@pytest.mark.parametrize("stateless", [True, False], ids=["stateless", "stateful"])
+def test_an_exception_that_cannot_be_pickled_is_a_node_error_naming_its_type(mode, stateless, request):
+    from pypiper_dask.worker.values import StandInError
+
+    graph = N.Gen("g", size=10**9) | Locked("locked", stateless=stateless) | N.Map("m")
+    with pytest.raises(NodeError) as info:
+        Pipeline(graph, quiet=True, **options(mode, request)).run()
+    err = info.value
+    assert err.node == "locked"
+    assert "Node 'locked' raised LockedError: cannot go at 5 on input 5." in str(err), err
+    assert isinstance(err.__cause__, StandInError) and err.__cause__.type_name == "LockedError"
+    text = "".join(traceback.format_exception(err))
+    assert 'raise LockedError("cannot go at 5")' in text and "RuntimeError" not in text, text
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("policy", ["skip", "collect"])
 def test_on_error_drops_and_reports_items(policy, mode, request, capsys):
@@ -229,16 +261,34 @@ Pipeline(Slow("slow") | Same("same"), n_threads=2, quiet=True).run()
 """
 
 
+def worker_processes(parent: psutil.Process) -> list[psutil.Process]:
+    found = []
+    for child in parent.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+    return found
+
+
 @pytest.mark.cluster
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("when", ["while it runs", "while the cluster starts"])
-def test_ctrl_c_cancels_closes_the_cluster_and_reraises(tmp_path, when):
+@pytest.mark.parametrize(
+    ("when", "how"),
+    [("while it runs", "script"), ("while the cluster starts", "script"), ("while the cluster starts", "cli")],
+)
+def test_ctrl_c_cancels_closes_the_cluster_and_reraises(tmp_path, when, how):
     script = tmp_path / "interrupted.py"
-    script.write_text(textwrap.dedent(INTERRUPTED))
+    if how == "script":
+        script.write_text(textwrap.dedent(INTERRUPTED))
+        command = [sys.executable, str(script)]
+    else:
+        text = textwrap.dedent(INTERRUPTED).replace("Pipeline(Slow", "pipeline = Pipeline(Slow").replace(".run()", "")
+        script.write_text(text)
+        command = [sys.executable, "-m", "pypiper_dask.cli", "run", f"{script}:pipeline", "--n-threads", "2", "--quiet"]
     # A session of its own: Ctrl-C in a terminal signals the whole foreground process group,
     # the cluster's worker processes too, and so does os.killpg here.
     proc = subprocess.Popen(
-        [sys.executable, str(script)],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -251,26 +301,30 @@ def test_ctrl_c_cancels_closes_the_cluster_and_reraises(tmp_path, when):
         parent = psutil.Process(proc.pid)
         deadline = time.monotonic() + 60
         if when == "while the cluster starts":
-            # The first child process exists once the cluster has begun to start.
-            while not parent.children() and time.monotonic() < deadline:
+            # The first worker process exists once the cluster has begun to start (it imports for a
+            # second or more before the cluster is up; multiprocessing's resource tracker comes first).
+            while not worker_processes(parent) and time.monotonic() < deadline:
                 time.sleep(0.01)
             children.update(parent.children(recursive=True))
             os.killpg(proc.pid, signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(3)  # it may stop here, or (as now) drop it while its workers start
-        if proc.poll() is None:
+        else:
             assert proc.stdout is not None
             assert proc.stdout.readline() == "running\n"  # the cluster is up and the run under way
             children.update(parent.children(recursive=True))
             assert len(children) >= 2, "the cluster's worker processes never started"
             os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode != 0
-    # The caller's KeyboardInterrupt, and not the workers' tracebacks (some 70 lines for two).
-    assert err.rstrip().endswith("KeyboardInterrupt"), err
+    # Stopped: held back while the cluster started, raised once it was up (it was: it is closed).
+    assert "running" not in out, "the run went on after Ctrl-C"
+    if how == "cli":
+        assert proc.returncode == 130 and err.rstrip().endswith("pypiper-dask: interrupted"), err
+    else:
+        assert proc.returncode != 0
+        # The caller's KeyboardInterrupt, and not the workers' tracebacks (some 70 lines for two).
+        assert err.rstrip().endswith("KeyboardInterrupt"), err
     assert "Dask Worker process" not in err and "reaping stray process" not in err, err
     assert len(err.splitlines()) < 45, err  # the caller's own traceback (~30 lines), not ~70 of workers'
     _, alive = psutil.wait_procs(children, timeout=15)

@@ -6,13 +6,16 @@ import asyncio
 import concurrent.futures
 import contextlib
 import io
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
 from pypiper_dask import Pipeline
 from tests import nodes as N
-from tests.conftest import _wait_for, dask_processes
+from tests.conftest import ROOT, _wait_for, dask_processes
 
 
 def printed(fn, *args, **kwargs):
@@ -120,6 +123,50 @@ def test_submit_returns_at_once_and_its_result_equals_run(n_threads):
     assert dict(result) == dict(want)
     assert handle.progress == (30, 30)
     assert "finished" in handle._repr_html_()
+
+
+SUBMITTED = """
+import time
+from pypiper_dask import Node, Pipeline
+
+class Gen(Node):
+    def setup(self, size):
+        self.pos = 0
+    def run(self, data):
+        if self.pos == self.size:
+            self.close()
+            return
+        self.emit(self.pos)
+        self.pos += 1
+
+class Slow(Node):
+    def run(self, data):
+        time.sleep(0.002)
+        self.emit(data)
+
+if __name__ == "__main__":
+    Pipeline(Gen("gen", size=300) | Slow("slow"), n_threads={n_threads}).submit()
+    print("submitted", flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n_threads", [1, pytest.param(2, marks=pytest.mark.cluster)])
+def test_a_script_that_ends_after_submit_waits_for_the_run(tmp_path, n_threads):
+    script = tmp_path / "submitted.py"
+    script.write_text(SUBMITTED.format(n_threads=n_threads))
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "submitted" and lines[1:] == [str(i) for i in range(300)], done.stdout[-500:]
+    assert "waiting for 1 submitted run(s) to finish" in done.stderr
 
 
 @pytest.mark.timeout(120)

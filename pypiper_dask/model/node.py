@@ -128,33 +128,44 @@ def check_snapshot_every(owner: str, value: Any) -> tuple[int | None, float | No
 
     Returns ``(items, seconds)`` (either may be ``None``: no limit of that
     kind), or ``None`` when ``value`` is ``None``. ``owner`` starts the error
-    message (``"Node 'n'"`` or ``"Pipeline"``).
+    message (``"Node 'n'"`` or ``"Pipeline"``), which names the value given
+    and the part of it that is wrong.
 
     Examples
     --------
     >>> check_snapshot_every("Node 'n'", 5000), check_snapshot_every("Node 'n'", (None, 2))
     ((5000, None), (None, 2.0))
-    >>> check_snapshot_every("Node 'n'", 0)  # doctest: +ELLIPSIS
+    >>> check_snapshot_every("Node 'n'", 0)
     Traceback (most recent call last):
     ...
-    pypiper_dask.errors.OptionError: Node 'n': snapshot_every must be None, a number of items ... not 0.
+    pypiper_dask.errors.OptionError: Node 'n': snapshot_every=0 is not valid: items must be an int >= 1 or None, not 0.
+    >>> check_snapshot_every("Pipeline", (100, float("nan")))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pypiper_dask.errors.OptionError: Pipeline: snapshot_every=(100, nan) is not valid: seconds must be ... not nan.
     """
     if value is None:
         return None
-    expected = (
-        f"{owner}: snapshot_every must be None, a number of items (an int >= 1) or a tuple (items, seconds) "
-        "with items an int >= 1 or None and seconds a number > 0 or None"
-    )
+    given = f"{owner}: snapshot_every={value!r} is not valid: "
+    if not isinstance(value, (tuple, list, numbers.Number)) or isinstance(value, bool):
+        raise NodeTypeError(
+            given + "it must be None, a number of items (an int >= 1) or a tuple (items, seconds)"
+            f"{' or False' if owner == 'Pipeline' else ''}, not {type(value).__name__}."
+        )
     pair = value if isinstance(value, (tuple, list)) else (value, None)
     if len(pair) != 2:
-        raise NodeTypeError(f"{expected}, not {value!r}.")
+        raise NodeTypeError(given + f"a tuple must be (items, seconds), not {len(pair)} values.")
     items, seconds = pair
     if items is not None and (isinstance(items, bool) or not isinstance(items, numbers.Integral)):
-        raise NodeTypeError(f"{expected}, not {value!r}.")
+        raise NodeTypeError(given + f"items must be an int >= 1 or None, not {type(items).__name__} {items!r}.")
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, numbers.Real)):
-        raise NodeTypeError(f"{expected}, not {value!r}.")
-    if (items is not None and items < 1) or (seconds is not None and seconds <= 0) or pair == (None, None):
-        raise OptionError(f"{expected}, not {value!r}.")
+        raise NodeTypeError(given + f"seconds must be a number > 0 or None, not {type(seconds).__name__} {seconds!r}.")
+    if items is not None and int(items) < 1:
+        raise OptionError(given + f"items must be an int >= 1 or None, not {items!r}.")
+    if seconds is not None and not float(seconds) > 0:  # NaN too
+        raise OptionError(given + f"seconds must be a number > 0 or None, not {seconds!r}.")
+    if pair == (None, None):
+        raise OptionError(given + "items and seconds cannot both be None (that is snapshot_every=None).")
     return (None if items is None else int(items), None if seconds is None else float(seconds))
 
 
@@ -238,6 +249,13 @@ class Node(abc.ABC):
     BATCH_SIZE_ALL : float
         The ``batch_size`` of a node that is called once with every item
         (a barrier).
+    cache_attributes : tuple of str
+        A class attribute: names of attributes (of the node, of its class, or
+        globals its code uses) that only cache what ``run`` computes and never
+        change its output, such as a memo dict. A stateless node whose ``run``
+        keeps changing what it holds is reported as having hidden state (each
+        worker would change its own copy); these names are left out of that
+        check.
 
     Examples
     --------
@@ -246,9 +264,23 @@ class Node(abc.ABC):
     ...         self.emit(data ** 2)
     >>> Square("square", batch_size=4)
     Square('square', batch_size=4)
+
+    A memo cache, declared as one:
+
+    >>> class Slow(Node):
+    ...     cache_attributes = ("memo",)
+    ...     def setup(self):
+    ...         self.memo = {}
+    ...     def run(self, data):
+    ...         if data not in self.memo:
+    ...             self.memo[data] = data ** 2
+    ...         self.emit(self.memo[data])
     """
 
     BATCH_SIZE_ALL = float("inf")
+
+    #: Attributes that only cache (see the class docstring): not reported as hidden state.
+    cache_attributes: tuple[str, ...] = ()
 
     name: str
     in_streams: str | list[str]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -28,11 +29,15 @@ def load_node(blob: bytes) -> Any:
     one by one on a new instance instead (measured: a W1 source's calls took
     1.6x as long on the plain unpickled copy).
     """
-    node = cloudpickle.loads(blob)
+    return _rebuilt(cloudpickle.loads(blob))
+
+
+def _rebuilt(node: Any) -> Any:
+    """A new instance of ``node``'s class holding the same attribute values, set one by one."""
     try:
         state = vars(node)
     except TypeError:  # __slots__: nothing to gain
-        return node
+        return copy.copy(node)
     cls: Any = type(node)
     fresh = cls.__new__(cls)
     for key, value in state.items():
@@ -64,6 +69,11 @@ def _pickle(node: Node) -> bytes:
 class Snapshot:
     """The graph's structure and each node pickled as it was after ``setup``.
 
+    The source is the exception: it runs in the caller, so it is never
+    pickled (it may hold an open file, which cloudpickle would read whole).
+    ``source`` is the caller's object and :meth:`node` gives a shallow copy;
+    only a checkpoint pickles it (through its own ``__getstate__``).
+
     Examples
     --------
     >>> class N(Node):
@@ -80,7 +90,11 @@ class Snapshot:
     order: tuple[str, ...]
     children: Mapping[str, tuple[str, ...]]
     info: Mapping[str, NodeInfo]
-    blobs: Mapping[str, bytes]
+    blobs: Mapping[str, bytes]  # every node but the source
+    source: Any = field(default=None, compare=False, repr=False)  # the caller's source object
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "source": None}  # a snapshot that travels leaves the source behind
 
     @classmethod
     def from_graph(cls, graph: NodeGraph, pickle: bool = True) -> Snapshot:
@@ -110,13 +124,19 @@ class Snapshot:
             order=tuple(n.name for n in nodes),
             children=MappingProxyType(children),
             info=MappingProxyType(info),
-            blobs=MappingProxyType({n.name: _pickle(n) for n in nodes} if pickle else {}),
+            blobs=MappingProxyType({n.name: _pickle(n) for n in nodes if n is not root} if pickle else {}),
+            source=root if pickle else None,
         )
 
     def with_nodes(self, nodes: Mapping[str, Node]) -> Snapshot:
-        """This structure with ``nodes`` pickled as they are now (raises :class:`NodePickleError`)."""
-        return replace(self, blobs=MappingProxyType({name: _pickle(nodes[name]) for name in self.order}))
+        """This structure with ``nodes`` pickled as they are now, the source kept (raises :class:`NodePickleError`)."""
+        blobs = {name: _pickle(nodes[name]) for name in self.order if name != self.root}
+        return replace(self, blobs=MappingProxyType(blobs), source=nodes[self.root])
 
     def node(self, name: str) -> Node:
-        """A fresh copy of the node as it was after ``setup``."""
+        """A fresh copy of the node as it was after ``setup`` (of the source: a shallow one)."""
+        if name == self.root:
+            if self.source is None:
+                raise ValueError(f"This snapshot of {self.root!r} holds its structure only.")
+            return _rebuilt(self.source)
         return load_node(self.blobs[name])

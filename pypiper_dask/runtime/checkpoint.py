@@ -22,36 +22,39 @@ most one partition repeats at the seam and nothing is lost.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pickle
 import re
 import sys
+import types
 import uuid
 from typing import Any
 
 import cloudpickle
+import dask
 
 from ..errors import CheckpointError
 from ..log import logger
 from ..model.node import _INIT, Node
 from ..model.snapshot import Snapshot
 
-__all__ = ["Checkpoint", "CheckpointRun", "identity"]
+__all__ = ["Checkpoint", "CheckpointRun", "content_token", "identity"]
 
-VERSION = 1
+VERSION = 2  # 2: constructor arguments compared by content token, not repr
 
 
 def identity(snap: Snapshot, nodes: dict[str, Node]) -> dict[str, dict[str, Any]]:
     """What identifies a pipeline: per node its class, children, options, streams and constructor arguments.
 
     Not ``n_threads``, ``client`` or ``partition_size``: a run may resume elsewhere.
+    Each argument is compared by a token of its content (:func:`content_token`).
     """
     out: dict[str, dict[str, Any]] = {}
     for name in snap.order:
         info = snap.info[name]
         cls = type(nodes[name])
-        record = getattr(nodes[name], _INIT, None)
         out[name] = {
             "class": f"{cls.__module__}.{cls.__qualname__}",
             "children": list(snap.children[name]),
@@ -59,10 +62,132 @@ def identity(snap: Snapshot, nodes: dict[str, Node]) -> dict[str, dict[str, Any]
             "stateful": not info.stateless,
             "in_streams": repr(info.in_streams),
             "out_streams": repr(info.out_streams),
-            "arguments": "" if record is None else stable_repr((record.args, dict(record.kwargs))),
+            "arguments": {arg: _argument_token(name, arg, value) for arg, value in _arguments(nodes[name]).items()},
         }
     out[""] = {"root": snap.root, "order": list(snap.order)}
     return out
+
+
+def _arguments(node: Node) -> dict[str, Any]:
+    """The arguments ``node`` was constructed with, by the names its ``__init__`` gives them."""
+    record = getattr(node, _INIT, None)
+    if record is None:
+        return {}
+    args, kwargs = record.args, dict(record.kwargs)
+    try:
+        sig = inspect.signature(type(node).__init__)
+        bound = sig.bind(node, *args, **kwargs).arguments
+    except (TypeError, ValueError):  # no signature to read: by position and keyword
+        return {**{f"argument {i}": a for i, a in enumerate(args)}, **kwargs}
+    named: dict[str, Any] = {}
+    for i, (param, value) in enumerate(bound.items()):
+        kind = sig.parameters[param].kind
+        if i == 0:
+            continue  # self
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            named.update({f"{param}[{j}]": v for j, v in enumerate(value)})
+        else:
+            named[param] = value
+    return named
+
+
+def _argument_token(node: str, arg: str, value: Any) -> str:
+    try:
+        return content_token(value)
+    except Exception as exc:  # not picklable, say (a lock): its repr is what there is to compare
+        logger.warning(
+            "node %r: argument %r cannot be compared by content (%s); the checkpoint compares its repr",
+            node,
+            arg,
+            exc,
+        )
+        return "repr " + stable_repr(value)
+
+
+def content_token(value: Any) -> str:
+    """A token of ``value``'s content, the same in any process: two values with the same token are equal.
+
+    :func:`dask.base.tokenize` does this for what it knows (numpy arrays by
+    their data, dicts and sets whatever their order, functions) and is
+    deterministic across processes for those; for any other object it
+    pickles it, which for a class of ``__main__`` (or another module pickled
+    by value) writes a random per-process id of the class, so such a token
+    never matches in another process. Those objects are taken apart here
+    first, as pickle sees them (``__reduce_ex__``: class by name, then
+    state), so they compare by content too. Raises where no deterministic
+    token exists (an object pickle cannot handle).
+
+    Examples
+    --------
+    >>> class Weights:  # the default repr: <Weights object at 0x...>
+    ...     def __init__(self, w):
+    ...         self.w = w
+    >>> content_token(Weights([1, 2])) == content_token(Weights([1, 2]))
+    True
+    >>> content_token(Weights([1, 2])) == content_token(Weights([1, 3]))
+    False
+    >>> content_token({"b": 1, "a": {2, 1}}) == content_token({"a": {1, 2}, "b": 1})
+    True
+    """
+    from dask.base import tokenize
+
+    with dask.config.set({"tokenize.ensure-deterministic": True}):
+        return tokenize(_plain(value, set()))
+
+
+_SCALARS = (int, float, complex, bool, str, bytes, type(None))
+
+
+def _plain(value: Any, active: set[int]) -> Any:
+    """``value`` as something :func:`dask.base.tokenize` tokenizes the same in every process."""
+    from dask.base import normalize_token, tokenize
+    from dask.tokenize import normalize_object
+
+    if type(value) in _SCALARS:
+        return value
+    if isinstance(value, type):
+        return ("class", value.__module__, value.__qualname__)
+    if id(value) in active:
+        return ("cycle",)
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    active.add(id(value))
+    try:
+        if isinstance(value, types.FunctionType):
+            defaults = (value.__defaults__, value.__kwdefaults__)
+            cells = tuple(c.cell_contents for c in value.__closure__ or () if c.cell_contents is not value)
+            code = _code(value.__code__, active)
+            return ("function", value.__module__, value.__qualname__, code, _plain((defaults, cells), active))
+        if isinstance(value, (list, tuple)):
+            return (kind, [_plain(v, active) for v in value])
+        if isinstance(value, (set, frozenset)):
+            return (kind, sorted(tokenize(_plain(v, active)) for v in value))
+        if isinstance(value, dict):
+            pairs = [(tokenize(_plain(k, active)), _plain(v, active)) for k, v in value.items()]
+            return (kind, sorted(pairs, key=lambda pair: pair[0]))
+        if normalize_token.dispatch(type(value)) is not normalize_object or hasattr(value, "__dask_tokenize__"):
+            return value  # dask has a deterministic normalizer for it (numpy, pandas, ...)
+        reduced = value.__reduce_ex__(4)
+        if isinstance(reduced, str):  # a module-level singleton, by name
+            return ("global", kind, reduced)
+        func, args, state, items, pairs_ = (*reduced, None, None, None)[:5]
+        return (
+            "object",
+            kind,
+            _plain(func, active),
+            _plain(args, active),
+            _plain(state, active),
+            _plain(list(items or ()), active),
+            _plain(dict(pairs_ or ()), active),
+        )
+    finally:
+        active.discard(id(value))
+
+
+def _code(code: types.CodeType, active: set[int]) -> tuple:
+    consts = tuple(_code(c, active) if isinstance(c, types.CodeType) else _plain(c, active) for c in code.co_consts)
+    return (code.co_name, code.co_code, consts, code.co_names)
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -97,8 +222,14 @@ def difference(mine: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]
         return f"its nodes are {b.get('order')} (root {b.get('root')!r}), the checkpoint's {a.get('order')}"
     for name, fields in mine.items():
         for key, value in fields.items():
-            if theirs.get(name, {}).get(key) != value:
-                return f"node {name!r}: {key} is {value} here, {theirs.get(name, {}).get(key)} in the checkpoint"
+            stored = theirs.get(name, {}).get(key)
+            if stored == value:
+                continue
+            if key == "arguments" and isinstance(stored, dict):
+                differ = sorted(a for a in value.keys() | stored.keys() if value.get(a) != stored.get(a))
+                names = ", ".join(map(repr, differ))
+                return f"node {name!r}: its constructor arguments differ from the checkpoint's in {names}"
+            return f"node {name!r}: {key} is {value} here, {stored} in the checkpoint"
     return "the pipelines differ"
 
 
@@ -129,7 +260,10 @@ class Checkpoint:
             except Exception:
                 outer = None
         if not isinstance(outer, dict) or outer.get("version") != VERSION:
-            raise CheckpointError(f"{self.url} is not a pypiper_dask checkpoint this version can read.")
+            raise CheckpointError(
+                f"{self.url} is not a pypiper_dask checkpoint this version can read (truncated, of another "
+                "version, or another file). Use another checkpoint, or run(..., overwrite=True) to replace it."
+            )
         why = difference(self.identity, outer["identity"])
         if why is not None:
             raise CheckpointError(
@@ -141,8 +275,11 @@ class Checkpoint:
         pos = self.path + ".delivered"
         if not record.get("complete") and self.fs.exists(pos):
             with self.fs.open(pos, "rb") as f:
-                mark = json.loads(f.read())
-            if mark.get("run") == record["run"]:
+                try:
+                    mark = json.loads(f.read())
+                except ValueError:  # damaged: the cut's own position is a safe one (it may repeat more)
+                    mark = {}
+            if isinstance(mark, dict) and mark.get("run") == record["run"]:
                 record["delivered"] = max(record["items"], int(mark["items"]))
         return record
 
@@ -158,8 +295,40 @@ class Checkpoint:
         # what a kill takes; after a power loss a resume may repeat more than a partition).
         self._put(self.path + ".delivered", json.dumps({"run": run, "items": items}).encode(), sync=False)
 
+    def check_writable(self) -> None:
+        """Raise :class:`CheckpointError` now if nothing can be written there (not after the first cut)."""
+        probe = f"{self.path}.tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            if self.local:
+                parent = os.path.dirname(self.path)
+                if parent:
+                    os.makedirs(parent, exist_ok=True)
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                os.unlink(probe)
+            else:
+                self.fs.pipe_file(probe, b"")
+                self.fs.rm(probe)
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+
+    def _unwritable(self, exc: OSError) -> CheckpointError:
+        # Named by the user's path: the temporary file's name means nothing to them.
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        where = exc.filename if isinstance(exc.filename, str) and ".tmp-" not in exc.filename else None
+        return CheckpointError(
+            f"Cannot write the checkpoint at {self.url}: {reason}"
+            + ("" if where is None or where == self.path else f" ({where})")
+            + ". Give checkpoint= a path in a folder this process can write to."
+        )
+
     def _put(self, path: str, data: bytes, sync: bool) -> None:
         """Write ``data`` to ``path`` atomically: to a temporary name, then moved over it."""
+        try:
+            self._put_raw(path, data, sync)
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+
+    def _put_raw(self, path: str, data: bytes, sync: bool) -> None:
         self.writes += 1
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
         if self.local:
@@ -204,21 +373,17 @@ class CheckpointRun:
         self.want_source = False
         self.broken: str | None = None
         self._written = -1
-        if overwrite:
-            return
-        record = store.load()
-        if record is None:
-            return
-        if record.get("complete"):
+        record = None if overwrite else store.load()
+        if record is not None and record.get("complete") and not (collect and not record["collect"]):
             self.done = record["result"]
-            if collect and not record["collect"]:
-                self.done = None  # a full result was asked for and is not stored: run again
-                return
             logger.info(
                 "checkpoint %s is complete: printing nothing and returning its stored result "
                 "(run(..., overwrite=True) starts over)",
                 store.url,
             )
+            return
+        store.check_writable()  # this run writes there: say now if it cannot
+        if record is None or record.get("complete"):  # a complete one without the full result asked for: run again
             return
         if collect and not record["collect"]:
             raise CheckpointError(

@@ -228,24 +228,40 @@ _WORKER_SETUP = "pypiper_dask.worker.process"
 
 @contextlib.contextmanager
 def _sigint_ignored():
-    """Ignore Ctrl-C in this process while a cluster's worker processes start.
+    """Keep Ctrl-C from the worker processes a cluster starts; in this process, raise it once they are up.
 
-    A new process inherits an ignored signal, so the workers ignore it from
-    their first instruction; their preload (:mod:`pypiper_dask.worker.process`)
-    comes too late for a Ctrl-C while they import, which printed their
-    tracebacks, and one in the caller then left the half-started cluster's
-    processes to be reaped at exit. A Ctrl-C in that second or so is dropped;
-    the next one stops the run. Only the main thread can set a handler: a run
-    started from another thread does without.
+    SIGINT is blocked in this thread, so the cluster's threads (started now)
+    and the worker processes they start have it blocked from their first
+    instruction, until their preload (:mod:`pypiper_dask.worker.process`)
+    ignores it: a Ctrl-C while they import printed their tracebacks. Here a
+    handler notes a Ctrl-C of that time, and it is raised (the previous
+    handler called: ``KeyboardInterrupt``) once the cluster has started, which
+    then closes it. Only the main thread can set a handler: a run started from
+    another thread does without.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    hold = hasattr(signal, "pthread_sigmask")  # not on Windows
+    if hold:
+        # multiprocessing starts its resource tracker with the first worker, and unblocks
+        # SIGINT in the thread that does (the cluster's); started now, it leaves that alone.
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hold else None
+    got = []  # the Ctrl-C noted while the cluster started
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
     try:
         yield
     finally:
+        if hold:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending Ctrl-C reaches the handler here
         signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    if got and callable(previous):
+        previous(signal.SIGINT, None)  # Python's own raises KeyboardInterrupt
+    elif got and previous != signal.SIG_IGN:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from ..log import HiddenStateReport
 from ..model.node import Node
 from ..model.snapshot import load_node
 from ..worker import NodeFailure
+from ..worker.values import error_text
 from .backends import Backend, InProcessBackend, TaskBackend
 from .checkpoint import CheckpointRun
 from .inprocess import set_up_here
@@ -51,7 +52,7 @@ def node_error(failure: NodeFailure) -> NodeError:
     if isinstance(err, ValuePickleError):  # raised by the node's emit: it says what was emitted, and where to
         message = f"{err} It was emitted on input {failure.item}."
     else:
-        message = f"Node {failure.node!r} raised {type(err).__name__}: {err} on input {failure.item}."
+        message = f"Node {failure.node!r} raised {error_text(err)} on input {failure.item}."
     error = NodeError(failure.node, failure.item, message)
     if err is not None and err.__traceback__ is not None:
         without_stub_carets(err)

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
+from ..log import logger
 from .output import PipelineResult
 
 __all__ = ["RunHandle"]
@@ -24,6 +25,10 @@ class RunHandle:
     the pipeline runs (here, or on a cluster); this thread drives it, as
     ``run()`` would in the foreground. ``await handle`` gives the result in
     async code; in a notebook the handle shows its state and the dashboard link.
+
+    A script that ends while a submitted run goes on waits for the run at
+    exit, as ``concurrent.futures`` waits for its pending work; Ctrl-C there
+    cancels it (and closes a cluster it started).
 
     Examples
     --------
@@ -48,6 +53,8 @@ class RunHandle:
         self._dashboard = dashboard or (lambda: None)
         self._parent = _notebook_parent()
         self._thread = threading.Thread(target=self._drive, args=(start,), name="pypiper_dask-run", daemon=True)
+        with _running_lock:
+            _running.add(self)
         self._thread.start()
 
     # -- the background thread -----------------------------------------------------------
@@ -73,6 +80,9 @@ class RunHandle:
                 self._future.set_result(stop.value)
         except BaseException as exc:  # the run's own error, for result()
             self._future.set_exception(exc)
+        finally:
+            with _running_lock:
+                _running.discard(self)
 
     # -- the caller's side ---------------------------------------------------------------
 
@@ -132,6 +142,35 @@ class RunHandle:
         dash = f' — <a href="{html.escape(link)}" target="_blank">dashboard</a>' if link else ""
         count = f"{done}" if total is None else f"{done} of {total}"
         return f"<div><b>RunHandle</b>: {self.state}, {count} source items delivered{dash}</div>"
+
+
+# The runs going on, waited for at interpreter exit. Their threads are daemons: a plain
+# exit would drop them mid-run (and what they had not yet printed) without a word.
+_running: set[RunHandle] = set()
+_running_lock = threading.Lock()
+
+
+def _wait_at_exit() -> None:
+    """At interpreter exit: wait for the submitted runs to end; Ctrl-C cancels them."""
+    with _running_lock:
+        running = list(_running)
+    if not running:
+        return
+    logger.info("waiting for %d submitted run(s) to finish before exiting (Ctrl-C cancels)", len(running))
+    try:
+        for handle in running:
+            handle._thread.join()
+    except KeyboardInterrupt:
+        for handle in running:
+            handle._cancel.set()
+        for handle in running:
+            handle._thread.join()
+        raise
+
+
+# What concurrent.futures.thread does: called before the interpreter joins its threads, so
+# that a cluster the run started (and its atexit hooks) is still there.
+threading._register_atexit(_wait_at_exit)  # type: ignore[attr-defined]
 
 
 def _notebook_parent() -> Any:

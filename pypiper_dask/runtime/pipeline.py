@@ -27,7 +27,8 @@ from ..model.node import (
     process_attributes,
     reinitialise,
 )
-from ..model.snapshot import Snapshot
+from ..model.pickling import dumps_node
+from ..model.snapshot import Snapshot, load_node
 from ..worker import NodeFailure
 from ..worker.setups import tear_down
 from .backends import DistributedBackend, _outcome
@@ -272,7 +273,8 @@ class Pipeline:
         ``result(timeout=None)``, ``cancel()`` and ``progress``; ``await``
         it from async code. What the run prints goes where this call's prints
         would (in a notebook, the cell that submitted it). ``checkpoint``/``overwrite``:
-        as for :meth:`run`.
+        as for :meth:`run`. A script that ends before the run does waits for it
+        at exit, as ``concurrent.futures`` does (Ctrl-C cancels it).
 
         Returns
         -------
@@ -498,7 +500,8 @@ class Pipeline:
         """
         RunOptions(partition_size=partition_size)  # checks it
         snap = self._snapshot.with_nodes(self._originals)
-        reader = SourceReader(snap.node(snap.root))
+        # A copy of its own: the caller's source stays where it is (a run, by contrast, gives it its end state).
+        reader = SourceReader(load_node(dumps_node(snap.source)))
         chunks = []
         scope = uuid.uuid4().hex
         try:

@@ -23,6 +23,8 @@ __all__ = [
     "Chunk",
     "Items",
     "NodeFailure",
+    "StandInError",
+    "error_text",
     "failed_above",
     "failure",
     "freeze",
@@ -257,6 +259,37 @@ class NodeFailure(Exception):
         return self
 
 
+class StandInError(Exception):
+    """In place of a node's exception that cannot be pickled: its type's name and its message.
+
+    ``type_name`` is the original class's name, ``message`` its ``str``; it
+    keeps the traceback where the node raised it.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(type_name, message)
+        self.type_name, self.message = type_name, message
+
+    def __reduce__(self):
+        return (StandInError, (self.type_name, self.message))
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message} (an exception that could not be pickled, in its text)"
+
+
+def error_text(exc: BaseException | None) -> str:
+    """``"Type: message"`` of a node's exception, or of the one a :class:`StandInError` stands in for.
+
+    Examples
+    --------
+    >>> error_text(ValueError("bad")), error_text(StandInError("LockedError", "bad"))
+    ('ValueError: bad', 'LockedError: bad')
+    """
+    if isinstance(exc, StandInError):
+        return f"{exc.type_name}: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def failure(node: str, data: Any, exc: BaseException) -> NodeFailure:
     """A :class:`NodeFailure` for ``exc``, raised by ``node`` on ``data``, that survives pickling.
 
@@ -264,7 +297,8 @@ def failure(node: str, data: Any, exc: BaseException) -> NodeFailure:
     (tblib) where it pickles, so the caller shows the user's file and source
     line. A traceback that cannot be pickled (a ``RecursionError``'s is too
     deep) and the exceptions chained to ``exc`` are dropped from it: the
-    caller then got a bare ``Exception`` in its place.
+    caller then got a bare ``Exception`` in its place. An exception that
+    cannot be pickled itself goes as a :class:`StandInError` naming its type.
     """
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__cause__ = exc.__context__ = None
@@ -275,8 +309,8 @@ def failure(node: str, data: Any, exc: BaseException) -> NodeFailure:
     if not _travels(exc):
         exc.__traceback__ = None  # too deep a traceback to pickle (a RecursionError's): `tb` keeps it
         if not _travels(exc):
-            # Unpicklable itself (it holds a lock, say): its text, and where it was raised.
-            exc = RuntimeError(f"{type(exc).__name__}: {exc}").with_traceback(frames)
+            # Unpicklable itself (it holds a lock, say): its type's name, its text, and where it was raised.
+            exc = StandInError(type(exc).__name__, str(exc)).with_traceback(frames)
             if not _travels(exc):
                 exc.__traceback__ = None
     return NodeFailure(node, short_repr(data), exc, tb)
