@@ -67,35 +67,44 @@ def local_client():
         yield client
 
 
+def start_scheduler(folder: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """A real `dask scheduler` process on 127.0.0.1 (its files in ``folder``); it and its address."""
+    sched_file = folder / "scheduler.json"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--dashboard-address",
+            ":0",
+            "--scheduler-file",
+            str(sched_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=folder,
+    )
+    try:
+        _wait_for(lambda: sched_file.exists() and sched_file.stat().st_size > 0, 60, "the scheduler file")
+    except BaseException:
+        _kill_tree(proc)
+        raise
+    return proc, json.loads(sched_file.read_text())["address"]
+
+
 @pytest.fixture(scope="session")
 def external_cluster(tmp_path_factory):
     """Real `dask scheduler` and two `dask worker` processes on 127.0.0.1; yields the address."""
     folder = tmp_path_factory.mktemp("external")
-    sched_file = folder / "scheduler.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-    procs = [
-        subprocess.Popen(
-            [
-                *dask,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--dashboard-address",
-                ":0",
-                "--scheduler-file",
-                str(sched_file),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            cwd=folder,
-        )
-    ]
+    scheduler, address = start_scheduler(folder, env)
+    procs = [scheduler]
     try:
-        _wait_for(lambda: sched_file.exists() and sched_file.stat().st_size > 0, 30, "the scheduler file")
-        address = json.loads(sched_file.read_text())["address"]
         for _ in range(2):
             procs.append(
                 subprocess.Popen(

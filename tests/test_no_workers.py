@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from pypiper_dask import Pipeline, PipelineError
 from tests import nodes as N
-from tests.conftest import _kill_tree, _wait_for
+from tests.conftest import _kill_tree, start_scheduler
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -22,28 +19,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 @pytest.fixture
 def bare_scheduler(tmp_path):
     """A real `dask scheduler` with no worker; yields its address."""
-    sched_file = tmp_path / "scheduler.json"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "distributed.cli.dask_scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--dashboard-address",
-            ":0",
-            "--scheduler-file",
-            str(sched_file),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
+    proc, address = start_scheduler(tmp_path)
     try:
-        _wait_for(lambda: sched_file.exists() and sched_file.stat().st_size > 0, 60, "the scheduler file")
-        yield json.loads(sched_file.read_text())["address"]
+        yield address
     finally:
         _kill_tree(proc)
 
