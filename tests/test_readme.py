@@ -8,6 +8,7 @@ it prints, compared exactly. Blocks that start a cluster carry the ``cluster`` m
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import re
 import textwrap
@@ -133,8 +134,10 @@ def test_the_api_reference_documents_every_public_name_and_every_node_keyword():
     api = (ROOT / "docs" / "api.rst").read_text()
     documented = set(re.findall(r"^\.\. auto(?:class|exception|function):: (\w+)", api, re.M))
     assert documented == set(pypiper_dask.__all__)
-    parameters = Node.__doc__.split("Parameters\n    ----------\n", 1)[1].split("\n\n    Attributes", 1)[0]
-    named = set(re.findall(r"^    (\w+) :", parameters, re.M))
+    # cleandoc: Python 3.13 strips the docstring's indentation itself, earlier ones do not.
+    doc = inspect.cleandoc(Node.__doc__ or "")
+    parameters = doc.split("Parameters\n----------\n", 1)[1].split("\n\nAttributes", 1)[0]
+    named = set(re.findall(r"^(\w+) :", parameters, re.M))
     assert set(RESERVED_KEYWORDS) <= named
     signature = re.search(r"^\.\. autoclass:: Node\((.*)\)$", api, re.M)[1]
     assert all(f"{keyword}=" in signature for keyword in RESERVED_KEYWORDS)
