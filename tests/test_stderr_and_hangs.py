@@ -264,9 +264,13 @@ class _Http:
 def test_an_address_that_is_not_a_dask_scheduler_fails_within_the_time_limit():
     with _Http() as address, pytest.raises(SchedulerError) as info:
         Pipeline(N.Gen("g", size=3) | N.Map("m"), client=address, connect_timeout=2).run()
-    assert str(info.value).startswith(
-        f"Could not reach the Dask scheduler at '{address}' within 2 s "
-        "(something accepted the connection but did not answer as a Dask scheduler does)."
+    # Which of the two it says depends on whether the server's first bytes came before the wait
+    # ran out (seen on Python 3.10: read as an absurd frame length); either way no hang.
+    message = str(info.value)
+    assert message.startswith(f"Could not reach the Dask scheduler at '{address}' within 2 s (something ")
+    assert (
+        "something accepted the connection but did not answer as a Dask scheduler does" in message
+        or "something answered in another protocol than Dask's" in message
     )
 
 
