@@ -144,7 +144,10 @@ class PartitionSizer:
     target, least = 0.2, 0.025
     #: Seconds of scheduling and caller work per task (measured: 2-5 ms on a 2-core machine).
     per_task = 0.004
-    smallest, largest, first = 16, 100_000, 32
+    #: ``largest``: now that rounds run on every worker at once, more of them are back
+    #: together waiting their turn, and the caller's peak grew with the partition size
+    #: (W6: 129 MB at 1M items, 226 MB at 10M with 100,000; 124 MB at 10M with 30,000).
+    smallest, largest, first = 16, 30_000, 32
     #: Seconds of the source's own calls after which a partition is cut (a live source).
     source_seconds = 0.1
 
