@@ -23,29 +23,10 @@ from ..log import logger
 from ..worker.probe import Holder, Result, probe_partition, probe_rounds, read_probe
 from .backends import DistributedBackend
 
-__all__ = ["LossCount", "find_poison", "find_poison_in_rounds"]
+__all__ = ["find_poison", "find_poison_in_rounds"]
 
 #: Seconds a probe of one partition may take.
 PROBE_TIMEOUT = 60.0
-
-
-class LossCount:
-    """How many times each round was lost with a worker (sent again)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
-
-    def lost(self, rounds: list[Any]) -> None:
-        for r in rounds:
-            self.counts[r.index] = self.counts.get(r.index, 0) + 1
-
-    def suspects(self, rounds: list[Any]) -> list[Any]:
-        """Of ``rounds``, the source rounds lost most often, in order."""
-        top = max((self.counts.get(r.index, 0) for r in rounds), default=0)
-        return sorted(
-            (r for r in rounds if r.chunk is not None and r.origin == 0 and self.counts.get(r.index, 0) == top),
-            key=lambda r: r.index,
-        )
 
 
 def find_poison(backend: Any, rounds: list[Any], resends: int) -> PipelineError | None:
