@@ -27,7 +27,6 @@ from pypiper_dask import Node, Pipeline, StateLostError
 from pypiper_dask.model.node import PRIVATE
 from pypiper_dask.runtime.recovery import DEFAULT_SNAPSHOT_EVERY
 from tests import nodes as N
-from tests.conftest import two_worker_client
 from tests.strategies import build, has_closes, programs
 
 pytestmark = pytest.mark.cluster
@@ -158,31 +157,10 @@ class Killer:
             self._kill_one(1)
 
 
-def wait_for_two(client) -> None:
-    client.wait_for_workers(2, timeout=60)
-    # A nanny's new worker is listed before it can run tasks: one task on each.
-    client.run(os.getpid)
-
-
 @pytest.fixture
-def killable():
-    """A local cluster of its own for each test: these tests kill its workers.
-
-    Not one per module: a nanny slow to bring a killed worker back on a busy machine
-    failed the next test's wait for two workers (WorkerStartTimeoutError after 60 s).
-    """
-    with two_worker_client() as client:
-        yield client
-
-
-@pytest.fixture
-def external_client(external_cluster):
-    from distributed import Client
-
-    with Client(external_cluster, set_as_default=False) as client:
-        wait_for_two(client)
-        yield client
-        wait_for_two(client)
+def external_killable(_external):
+    """The session's external cluster (conftest.py's ReadyCluster): ``.client()`` before each run."""
+    return _external
 
 
 #: Source items of a kill trial's program.
@@ -190,14 +168,14 @@ SIZE = 900
 
 
 def trial(
-    client, program, point: float, seed: int, snapshot_every, again: bool = False, partition_size: int = 20
+    cluster, program, point: float, seed: int, snapshot_every, again: bool = False, partition_size: int = 20
 ) -> list[str]:
-    """Run ``program`` on ``client`` with a kill; assert it matches an undisturbed in-process run.
+    """Run ``program`` on ``cluster`` (a ReadyCluster) with a kill; assert it matches an undisturbed in-process run.
 
     ``point`` (0 to 1.5): the kill comes once ``point / 1.5`` of the source's items
     were delivered (at most 90%).
     """
-    wait_for_two(client)
+    client = cluster.client()  # both workers ready (after an earlier kill: the replacement, or a fresh cluster)
     want = run_all(build(paced(program, SIZE, 0.0)), n_threads=1)
     graph = build(paced(program, SIZE, PAUSE))
     at = int(min(point / 1.5, 0.9) * SIZE)
@@ -248,9 +226,9 @@ def test_random_programs_survive_a_holder_kill_on_a_local_cluster(killable, prog
     suppress_health_check=list(HealthCheck),
 )
 @given(programs(), st.floats(0.0, 1.5), st.integers(0, 2**16))
-def test_random_programs_survive_a_holder_kill_on_an_external_cluster(external_client, program, point, seed):
+def test_random_programs_survive_a_holder_kill_on_an_external_cluster(external_killable, program, point, seed):
     assume(has_sequential(program))
-    trial(external_client, program, point, seed, (200, 0.5))
+    trial(external_killable, program, point, seed, (200, 0.5))
 
 
 SHAPES = {
@@ -329,7 +307,7 @@ class Locked(Node):
 @pytest.mark.timeout(120)
 def test_a_state_that_cannot_be_pickled_warns_once_and_the_run_goes_on(killable, caplog):
     graph = N.Gen("g", size=3000) | Locked("locked", batch_size=3)
-    result = Pipeline(graph, client=killable, quiet=True, snapshot_every=(100, None)).run()
+    result = Pipeline(graph, client=killable.client(), quiet=True, snapshot_every=(100, None)).run()
     assert result["locked"] == [3] * 1000
     warned = [r for r in caplog.records if "cannot be snapshotted" in r.getMessage()]
     assert len(warned) == 1
@@ -338,11 +316,11 @@ def test_a_state_that_cannot_be_pickled_warns_once_and_the_run_goes_on(killable,
 
 @pytest.mark.timeout(120)
 def test_without_snapshots_a_holder_kill_is_state_lost(killable):
-    wait_for_two(killable)
+    client = killable.client()
     graph = N.Gen("g", size=60_000, pause=0.001) | N.Running("total")
-    killer = Killer(killable, 500, random.Random(0), node="total-")  # this run's holder, not an old one
+    killer = Killer(client, 500, random.Random(0), node="total-")  # this run's holder, not an old one
     with killer, pytest.raises(StateLostError, match=r"Node 'total' lived on"):
-        Pipeline(graph, client=killable, quiet=True, snapshot_every=False, partition_size=50).run(
+        Pipeline(graph, client=client, quiet=True, snapshot_every=False, partition_size=50).run(
             update_callback=killer.callback
         )
     assert killer.kills

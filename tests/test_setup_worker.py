@@ -227,20 +227,18 @@ def test_on_an_external_cluster_set_up_once_per_worker_and_torn_down(external_cl
 
 @pytest.mark.cluster
 @pytest.mark.timeout(180)
-def test_a_stateful_node_restored_after_its_worker_died_is_set_up_again_there(tmp_path):
+def test_a_stateful_node_restored_after_its_worker_died_is_set_up_again_there(tmp_path, killable):
     import random
 
-    from tests.conftest import two_worker_client
-    from tests.test_recovery import Killer, wait_for_two
+    from tests.test_recovery import Killer
 
     node = StatefulModel("model", folder=str(tmp_path))
     graph = N.Gen("gen", size=900, pause=0.002) | node | N.Map("m")
-    with two_worker_client() as client:  # its own: a worker is killed
-        wait_for_two(client)
-        with Killer(client, 360, random.Random(1)) as killer:  # after 360 of the 900 items
-            result = Pipeline(graph, client=client, quiet=True, snapshot_every=(50, None), partition_size=20).run(
-                update_callback=killer.callback
-            )
+    client = killable.client()  # not the shared local_client's cluster: a worker is killed
+    with Killer(client, 360, random.Random(1), node="model-") as killer:  # after 360 of the 900 items
+        result = Pipeline(graph, client=client, quiet=True, snapshot_every=(50, None), partition_size=20).run(
+            update_callback=killer.callback
+        )
     assert killer.kills, "the run ended before the kill: nothing was tested"
     assert len(result["m"]) == 900 and node.seen == 900  # the restored copy ran with a model
     pids = files(tmp_path, "setup")
