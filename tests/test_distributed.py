@@ -11,7 +11,6 @@ import textwrap
 import pytest
 from dask.utils import key_split
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from pypiper_dask import Node, Pipeline
 from pypiper_dask.compiler import key_label
@@ -32,18 +31,6 @@ def run_text(pipeline: Pipeline, **kwargs):
     with contextlib.redirect_stdout(buf):
         result = pipeline.run(**kwargs)
     return buf.getvalue(), dict(result)
-
-
-@random_in_background
-@pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-)
-@given(programs(reuse=True, names=True), st.sampled_from([None, 2, 7]))
-def test_random_pipelines_on_a_local_cluster(local_client, program, partition_size):
-    want = reference_run(build(program))
-    got = run_text(Pipeline(build(program), client=local_client, partition_size=partition_size))
-    assert got == want
 
 
 @random_in_background
