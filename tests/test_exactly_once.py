@@ -45,6 +45,21 @@ MODES = [
 @pytest.fixture(params=MODES)
 def where(request) -> dict:
     """The ``Pipeline`` keywords of one execution mode."""
+    return keywords(request)
+
+
+@pytest.fixture(params=MODES[:2])
+def where_in_caller_or_local(request) -> dict:
+    """The ``Pipeline`` keywords of the caller or a local cluster.
+
+    For the many small graphs of the reused-buffer and node-name cases: what they check
+    (values pickled at emit, names in keys) is the same on an external cluster, which the
+    other tests here and tests/test_distributed.py run on.
+    """
+    return keywords(request)
+
+
+def keywords(request) -> dict:
     if request.param == "local cluster":
         return {"client": request.getfixturevalue("local_client")}
     if request.param == "external cluster":
@@ -310,8 +325,8 @@ REUSED = {
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", list(REUSED))
-def test_a_reused_buffer_reaches_every_consumer_as_it_was_at_emit(where, tmp_path, case):
-    check_graph(REUSED[case], tmp_path, where)
+def test_a_reused_buffer_reaches_every_consumer_as_it_was_at_emit(where_in_caller_or_local, tmp_path, case):
+    check_graph(REUSED[case], tmp_path, where_in_caller_or_local)
 
 
 # -- any string is a node name ----------------------------------------------------------
@@ -348,8 +363,8 @@ NAMED = {
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", list(NAMED))
-def test_any_string_is_a_node_name(where, tmp_path, case):
-    check_graph(NAMED[case], tmp_path, where)
+def test_any_string_is_a_node_name(where_in_caller_or_local, tmp_path, case):
+    check_graph(NAMED[case], tmp_path, where_in_caller_or_local)
 
 
 @pytest.mark.cluster
