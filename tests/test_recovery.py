@@ -27,6 +27,7 @@ from pypiper_dask import Node, Pipeline, StateLostError
 from pypiper_dask.model.node import PRIVATE
 from pypiper_dask.runtime.recovery import DEFAULT_SNAPSHOT_EVERY
 from tests import nodes as N
+from tests.conftest import ReadyCluster
 from tests.strategies import build, has_closes, programs
 
 pytestmark = pytest.mark.cluster
@@ -170,12 +171,14 @@ SIZE = 900
 def trial(
     cluster, program, point: float, seed: int, snapshot_every, again: bool = False, partition_size: int = 20
 ) -> list[str]:
-    """Run ``program`` on ``cluster`` (a ReadyCluster) with a kill; assert it matches an undisturbed in-process run.
+    """Run ``program`` on ``cluster`` with a kill; assert it matches an undisturbed in-process run.
 
+    ``cluster``: a ReadyCluster (conftest.py), whose client comes with both workers ready
+    (after an earlier kill: the replacement, or a fresh cluster), or a client of a fresh cluster.
     ``point`` (0 to 1.5): the kill comes once ``point / 1.5`` of the source's items
     were delivered (at most 90%).
     """
-    client = cluster.client()  # both workers ready (after an earlier kill: the replacement, or a fresh cluster)
+    client = cluster.client() if isinstance(cluster, ReadyCluster) else cluster
     want = run_all(build(paced(program, SIZE, 0.0)), n_threads=1)
     graph = build(paced(program, SIZE, PAUSE))
     at = int(min(point / 1.5, 0.9) * SIZE)

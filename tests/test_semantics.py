@@ -307,7 +307,10 @@ def test_prints_from_nodes_and_source_keep_sequential_order():
 
 
 @pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 75, not 150 (the suite's costliest test): the in-process output of such programs is also
+# checked by tests/test_exactly_once.py (60 examples, with calls) and tests/test_functions.py
+# (60, both paths); each run draws new programs.
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs(reuse=True, names=True), st.sampled_from([None, 1, 3, 17]))
 def test_random_pipelines_match_the_sequential_reference(program, partition_size):
     check_against_reference(build(program), partition_size=partition_size)
