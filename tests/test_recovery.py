@@ -197,7 +197,7 @@ def trial(
 
 
 @random_in_background
-@pytest.mark.timeout(240, method="thread")  # hypothesis would swallow a signal
+@pytest.mark.timeout(360, method="thread")  # hypothesis would swallow a signal; room for fresh clusters
 @settings(
     max_examples=4,  # more in `python -m bench --faults N`
     derandomize=True,
@@ -219,7 +219,7 @@ def test_random_programs_survive_a_holder_kill_on_a_local_cluster(killable, prog
 
 
 @random_in_background
-@pytest.mark.timeout(240, method="thread")
+@pytest.mark.timeout(360, method="thread")
 @settings(
     max_examples=2,
     derandomize=True,
@@ -241,7 +241,7 @@ SHAPES = {
 }
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)  # room for a fresh cluster when a replacement worker is late
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_each_kind_of_sequential_node_survives_a_kill(killable, shape):
     kind, params = SHAPES[shape]
@@ -253,7 +253,7 @@ def test_each_kind_of_sequential_node_survives_a_kill(killable, shape):
     assert kills, "the run ended before the kill: nothing was tested"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)  # room for a fresh cluster when a replacement worker is late
 def test_a_kill_during_the_replay(killable, caplog):
     program = (
         {"size": 0, "per_call": 1, "loud": False},
@@ -265,7 +265,7 @@ def test_a_kill_during_the_replay(killable, caplog):
     assert caplog.text.count("restored every sequential node") == 2
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)  # room for a fresh cluster when a replacement worker is late
 def test_a_long_replay_is_sent_within_the_window(killable, caplog, monkeypatch):
     """A kill late in a run without cuts replays ~80 rounds: sent as the window allows, not at once.
 
@@ -307,7 +307,7 @@ class Locked(Node):
         self.emit(len(data))
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)  # room for a fresh cluster when a replacement worker is late
 def test_a_state_that_cannot_be_pickled_warns_once_and_the_run_goes_on(killable, caplog):
     graph = N.Gen("g", size=3000) | Locked("locked", batch_size=3)
     result = Pipeline(graph, client=killable.client(), quiet=True, snapshot_every=(100, None)).run()
@@ -317,7 +317,7 @@ def test_a_state_that_cannot_be_pickled_warns_once_and_the_run_goes_on(killable,
     assert "Node 'locked' cannot be snapshotted: its attribute 'lock' holds lock" in warned[0].getMessage()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)  # room for a fresh cluster when a replacement worker is late
 def test_without_snapshots_a_holder_kill_is_state_lost(killable):
     client = killable.client()
     graph = N.Gen("g", size=60_000, pause=0.001) | N.Running("total")

@@ -226,7 +226,7 @@ def test_on_an_external_cluster_set_up_once_per_worker_and_torn_down(external_cl
 
 
 @pytest.mark.cluster
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)  # room for a fresh cluster when a replacement worker is late
 def test_a_stateful_node_restored_after_its_worker_died_is_set_up_again_there(tmp_path, killable):
     import random
 
