@@ -167,12 +167,15 @@ def local_client(_local_cluster):
     return _local_cluster.client()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def killable():
     """A 2-worker LocalCluster for the tests that kill its workers: call ``.client()`` for each run.
 
     Not the cluster of ``local_client``: a replacement worker must not arrive during another
-    test. One for the session: ``.client()`` waits for the workers (or starts a fresh cluster).
+    test. One per module: ``.client()`` waits for the workers (or starts a fresh cluster); not
+    one per session: closed after its module, a cluster that lost workers makes no background
+    noise (distributed's threads drawing from `random`) while a later module's hypothesis test
+    draws its examples.
     """
     cluster = ReadyCluster("the LocalCluster whose workers are killed", _start_local)
     try:

@@ -306,6 +306,8 @@ def test_prints_from_nodes_and_source_keep_sequential_order():
     check_against_reference(graph, partition_size=2)
 
 
+# The session's clusters' threads may draw from `random` while hypothesis draws a program.
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 @pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
 # 75, not 150 (the suite's costliest test): the in-process output of such programs is also
 # checked by tests/test_exactly_once.py (60 examples, with calls) and tests/test_functions.py
