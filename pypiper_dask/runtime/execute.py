@@ -80,7 +80,7 @@ def run_plan(backend: Backend, plan: Plan, nodes: dict[str, Node] | None = None,
     if isinstance(backend, InProcessBackend):
         from .inprocess import iter_in_process
 
-        for option in ("partition_size", "snapshot_every", "reached"):
+        for option in ("partition_size", "snapshot_every", "reached", "ordered"):
             options.pop(option, None)  # nothing is cut into partitions, nor lost; the caller's own nodes
         if nodes is None:
             nodes = {name: plan.snapshot.node(name) for name in plan.snapshot.order}
@@ -105,6 +105,7 @@ def iter_execute(
     stream: list | None = None,
     reached: dict[str, Node] | None = None,
     checkpoint: CheckpointRun | None = None,
+    ordered: bool = True,
 ) -> Run:
     """Run ``plan`` on an entered task backend, round by round, pausing after each delivery.
 
@@ -120,8 +121,12 @@ def iter_execute(
     With ``checkpoint`` each cut is also written there, with the delivered
     position after every partition, and a run resumes from the cut it holds
     (see :mod:`~pypiper_dask.runtime.checkpoint`).
+    ``ordered=False``: each round is delivered as soon as it is back (see
+    :mod:`.loop`); not with ``checkpoint``.
     """
-    driver = _Driver(plan, backend, quiet, collect, partition_size, callback, snapshot_every, stream, checkpoint)
+    driver = _Driver(
+        plan, backend, quiet, collect, partition_size, callback, snapshot_every, stream, checkpoint, ordered
+    )
     try:
         yield from driver.run()
     except BaseException as exc:
@@ -151,6 +156,7 @@ class _Driver:
         snapshot_every: tuple[int | None, float | None] | None,
         stream: list | None,
         keep: CheckpointRun | None,
+        ordered: bool = True,
     ) -> None:
         snap = plan.snapshot
         self.plan, self.backend, self.callback, self.stream, self.keep = plan, backend, callback, stream, keep
@@ -181,6 +187,7 @@ class _Driver:
             start=start,
             max_items_out=MAX_ITEMS_OUT,
             max_resends=MAX_RESENDS,
+            ordered=ordered or keep is not None,  # a checkpoint's position counts items in order
         )
         if resume is not None:
             self.source.emitted = resume["emitted"]

@@ -15,6 +15,15 @@ The rules:
 * **Order.** Rounds are delivered in index order, whatever order they come
   back in. A round a node failed in is raised when its turn comes, so the rounds
   before it are delivered first, as the sequential run's output was.
+* **Unordered** (``ordered=False``). A round is delivered as soon as it is back
+  (the rounds back at once in index order; a failed one raised when it is seen);
+  a sequential stage's holder still runs its steps in index order, so a stateful
+  node sees its items in source order. Delivered rounds stay *ahead* until every
+  round before them is delivered: the restore point and the rounds kept for
+  replay move in index order, as in the ordered run. New rounds go at most
+  ``4 * window`` past the first round not delivered (the holders keep
+  ``4 * window + 8`` steps' results for a round sent again). Once a node has
+  closed, delivery is in order again: the rounds after a close must not go out.
 * **Resend.** A round lost with its worker (its partition, or a task's result)
   is sent again from the chunk the caller kept, ahead of new source rounds and
   within the window. After ``max_resends`` losses of one round the driver probes
@@ -196,8 +205,10 @@ class RunState:
     start: int = 0
     max_items_out: int = 300_000
     max_resends: int = 5
+    ordered: bool = True
     index: int = field(init=False)  # the next new round's
     delivered: int = field(init=False)  # rounds before this one were delivered
+    ahead: dict[int, Round] = field(default_factory=dict, init=False)  # delivered, a round before is not
     n_source: int | None = field(default=None, init=False)  # source rounds, once input ended
     waiting: dict[int, Round] = field(default_factory=dict, init=False)  # submitted, not delivered
     resend: deque[Round] = field(default_factory=deque, init=False)  # to submit again, in order
@@ -219,7 +230,8 @@ class RunState:
 
     @property
     def items_out(self) -> int:
-        return sum(r.size for r in self.waiting.values())
+        # Delivered rounds ahead keep their partition too, until the rounds before them are delivered.
+        return sum(r.size for r in self.waiting.values()) + sum(r.size for r in self.ahead.values())
 
     @property
     def finished(self) -> bool:
@@ -241,6 +253,7 @@ class RunState:
             not self.resend
             and len(self.out) < self._window(calibrated)
             and len(self.waiting) < 2 * self.window
+            and self.index - self.delivered < 4 * self.window  # unordered: within the holders' kept steps
             and not self.failed
             and self.n_source is None
             and self.items_out < self.max_items_out
@@ -297,7 +310,7 @@ class RunState:
         if isinstance(outcome, NodeFailure):
             r.state, r.failure = RoundState.FAILED, outcome
             # A replay failed where the first run did not: nothing can be delivered in its place.
-            return [Fail(outcome)] if r.index < self.delivered else []
+            return [Fail(outcome)] if self._went_out(r.index) else []
         if isinstance(outcome, Killed):
             return [Cancel(), Probe([r], outcome.error, outcome)]
         if isinstance(outcome, DataLost):
@@ -306,8 +319,9 @@ class RunState:
             return [Fail(outcome)]
         r.state, r.results = RoundState.BACK, outcome
         self.recovery.saw(r.index, r.origin, outcome)
-        if r.index < self.delivered:  # a replayed round: its output went out the first time
+        if self._went_out(r.index):  # a replayed round: its output went out the first time
             r.results, r.handle = {}, None
+            self._advance()  # unordered: it may have held the rounds before it back from the replay's record
             return []
         for res in outcome.values():
             for node in res.closed:
@@ -315,7 +329,7 @@ class RunState:
         return [Observe(r)]
 
     def _lost(self, exc: DataLost) -> list[Action]:
-        pending = [*self.waiting.values(), *self.resend]
+        pending = [*self.waiting.values(), *self.ahead.values(), *self.resend]
         if isinstance(exc, HolderLost):
             # Every holder comes back from its last snapshot; the rounds since go again.
             try:
@@ -358,15 +372,28 @@ class RunState:
     # -- delivering ------------------------------------------------------------------
 
     def deliverable(self) -> list[Action]:
-        """The rounds whose turn it is, in order; a failed one's error ends the list."""
+        """The rounds to deliver now: in order (or, unordered, every round back); a failed one's error ends the list."""
         # Replayed rounds leave in order too: while one lags, the rounds after it count
         # against the window, so a holder never runs more steps ahead than it keeps.
-        while self.waiting and (first := min(self.waiting)) < self.delivered and self.waiting[first].back:
+        while self.waiting and self._went_out(first := min(self.waiting)) and self.waiting[first].back:
             del self.waiting[first]
+        if self.ordered or self.closed_at:
+            turn = self.delivered
+            ready = []
+            while True:
+                if turn in self.ahead:
+                    turn += 1
+                    continue
+                r = self.waiting.get(turn)
+                if r is None or not r.back:
+                    break
+                ready.append(r)
+                turn += 1
+        else:
+            ready = [r for i, r in sorted(self.waiting.items()) if r.back and not self._went_out(i)]
         actions: list[Action] = []
-        while (r := self.waiting.get(self.delivered)) is not None and r.back:
-            del self.waiting[self.delivered]
-            self.delivered += 1
+        for r in ready:
+            del self.waiting[r.index]
             if r.failure is not None:
                 actions.append(Fail(r.failure))
                 break
@@ -375,6 +402,26 @@ class RunState:
         return actions
 
     def was_delivered(self, r: Round) -> bool:
-        """``r``'s output went out: it becomes the restore point or is kept for replay. Is it the point now?"""
-        self.recovery.delivered(r)
-        return self.recovery.point == r.index
+        """``r``'s output went out: is the restore point now ``r``, or a round delivered ahead of it?
+
+        Each round, once every round before it is delivered too, becomes the
+        restore point (a cut) or is kept for replay, in index order.
+        """
+        self.ahead[r.index] = r
+        return self._advance()
+
+    def _advance(self) -> bool:
+        # A round ahead being replayed joins the record once it is back.
+        point = False
+        while (x := self.ahead.get(self.delivered)) is not None and x.state in (RoundState.DELIVERED, RoundState.BACK):
+            del self.ahead[self.delivered]
+            if self.waiting.get(x.index) is x:  # its replay is back: nothing waits for it now
+                del self.waiting[x.index]
+            self.delivered += 1
+            self.recovery.delivered(x)
+            point = point or self.recovery.point == x.index
+        return point
+
+    def _went_out(self, index: int) -> bool:
+        """Was round ``index``'s output delivered (a replayed round's is not delivered again)?"""
+        return index < self.delivered or index in self.ahead
