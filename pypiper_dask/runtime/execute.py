@@ -162,7 +162,9 @@ class _Driver:
         self.plan, self.backend, self.callback, self.stream, self.keep = plan, backend, callback, stream, keep
         resume = None if keep is None else keep.record
         node = snap.node(snap.root) if resume is None else load_node(resume["source"])
-        self.source = SourceReader(node, to="to the workers")
+        # On its own thread, so that a live source's wait holds back nothing it emitted; in this
+        # one with a checkpoint, whose cuts take the source as it is after a partition's last call.
+        self.source = SourceReader(node, to="to the workers", threaded=keep is None)
         set_up_here(node, plan.scope)  # the source runs here: its setup_worker() too
         self.total = snap.info[snap.root].size if isinstance(snap.info[snap.root].size, int) else None
         self.names = TaskNames(plan)

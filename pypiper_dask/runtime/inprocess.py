@@ -151,7 +151,13 @@ class _Tree:
         else:
             lines.append(f"            OUT{self.index[root]}(v0)")
         lines += ["        count += len(ITEMS)", "        ITEMS.clear()", "        if STOP:"]
-        lines += ["            break", "    return count"]
+        lines += ["            break"]
+        if stream is not None:
+            # Items for the consumer: it takes them now, not after the next call (a live
+            # source's next call may wait long for its reading).
+            self.ns["STREAM"] = stream
+            lines += ["        if STREAM:", "            break"]
+        lines += ["    return count"]
         for name in snap.order[1:]:
             i = self.index[name]
             lines.append(f"def call{i}(v0):")
@@ -399,6 +405,9 @@ def _run(
     done, n = 0, 1
     while not ns["STOP"]:
         done = drive(n, done)
+        if stream and time.monotonic() - last[0] < 0.1:
+            yield  # a block a stream's items cut short: the consumer takes them; progress waits
+            continue
         n = progress(done)
         yield  # between blocks (about ten a second): a stream's consumer takes its items; a cancel lands here
     for kid in snap.children[root]:
