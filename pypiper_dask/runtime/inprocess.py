@@ -153,10 +153,10 @@ class _Tree:
         lines += ["        count += len(ITEMS)", "        ITEMS.clear()", "        if STOP:"]
         lines += ["            break"]
         if stream is not None:
-            # Items for the consumer: it takes them now, not after the next call (a live
-            # source's next call may wait long for its reading).
+            # A pause for the consumer to take the items now, not after the next call (a live
+            # source's next call may wait long for its reading): drive is a generator then.
             self.ns["STREAM"] = stream
-            lines += ["        if STREAM:", "            break"]
+            lines += ["        if STREAM:", "            yield"]
         lines += ["    return count"]
         for name in snap.order[1:]:
             i = self.index[name]
@@ -404,10 +404,7 @@ def _run(
     drive, ns = tree.ns["drive"], tree.ns
     done, n = 0, 1
     while not ns["STOP"]:
-        done = drive(n, done)
-        if stream and time.monotonic() - last[0] < 0.1:
-            yield  # a block a stream's items cut short: the consumer takes them; progress waits
-            continue
+        done = (yield from drive(n, done)) if stream is not None else drive(n, done)
         n = progress(done)
         yield  # between blocks (about ten a second): a stream's consumer takes its items; a cancel lands here
     for kid in snap.children[root]:
