@@ -305,3 +305,11 @@ def test_keyed_nodes_stream_submit_and_to_dask(local_client):
     assert p.submit().result()["k"] == want["k"]
     (result,) = dask.compute(Pipeline(g(), partition_size=4).to_dask(), scheduler="sync")
     assert result["k"] == want["k"]
+
+
+def test_the_plan_says_a_node_is_keyed():
+    p = Pipeline(N.Gen("gen", size=3) | N.KeyedRunning("sessions", stateless=False), n_threads=2)
+    text, page = str(p), p._repr_html_()
+    assert "sessions (KeyedRunning, keyed)" in text
+    assert "sessions: runs on one holder per worker, its keys dealt out among them, keyed by key(), 128 groups" in text
+    assert "keyed by key(), 128 groups" in page
