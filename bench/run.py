@@ -330,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         " with the workers' peak RSS; ~2 min, --quick ~40 s",
     )
     parser.add_argument(
+        "--keyed",
+        action="store_true",
+        help="only T12: S6 (a keyed node sleeping 2 ms an item) at 1-8 workers and W8 (CPU, 64 keys) at 2 against"
+        " Pool(2); ~2 min, --quick ~40 s",
+    )
+    parser.add_argument(
         "--recovery",
         action="store_true",
         help="only snapshot overhead on W4 and kill-to-moving time (bench/recovery.py): replaces that section",
@@ -343,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         "--faults", type=int, metavar="N", default=0, help="N kill trials of random programs; prints how many matched"
     )
     args = parser.parse_args(argv)
+    if args.keyed:
+        from bench import keyed
+
+        return keyed.main(args)
     if args.checkpoint:
         from bench import checkpoint
 
