@@ -92,6 +92,20 @@ class Count(Node):
         self.n += 1
 
 
+class KeyedSeen(Node):
+    """Keyed (``x % 3``): emits (the key, the items of its key it saw before, the item)."""
+
+    def setup(self):
+        self.seen = []
+
+    def key(self, data):
+        return data % 3
+
+    def run(self, data):
+        self.emit((data % 3, list(self.seen), data))
+        self.seen.append(data)
+
+
 def printed(fn):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -130,6 +144,19 @@ def test_unordered_stateful_nodes_still_see_source_order(request, fixture):
     assert sorted(result["leaf"]) == list(range(80))
     assert sorted(result["count"]) == [(x, x) for x in range(80)]  # the n-th item it saw was item n
     assert count.n == 80  # its final state came back
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("fixture", CLUSTERS)
+def test_unordered_keyed_nodes_see_each_keys_items_in_source_order(request, fixture):
+    client = client_of(request, fixture)
+    graph = Source("src", size=60) | Skew("skew") | [Leaf("leaf"), KeyedSeen("keyed", stateless=False)]
+    result = Pipeline(graph, client=client, partition_size=5, quiet=True, ordered=False).run()
+    assert sorted(result["leaf"]) == list(range(60))
+    assert sorted(x for _, _, x in result["keyed"]) == list(range(60))
+    for key, before, x in result["keyed"]:
+        assert before == list(range(key, x, 3))  # every item of its key before it, in source order
 
 
 @pytest.mark.cluster
