@@ -84,12 +84,12 @@ class SourceReader:
         The source is called at most one request (``n`` items) ahead.
         """
         if not self.threaded:
-            req = _Pull(n)
-            self._fill(req, seconds)
-            self.cut_by_time = req.cut_by_time
-            if req.error is not None:
-                raise req.error
-            return self._take(req, len(req.items), whole=True)
+            here = _Pull(n)
+            self._fill(here, seconds)
+            self.cut_by_time = here.cut_by_time
+            if here.error is not None:
+                raise here.error
+            return self._take(here, len(here.items), whole=True)
         req = self._pull
         if req is None:
             req = self._pull = _Pull(n)
