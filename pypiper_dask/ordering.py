@@ -14,7 +14,10 @@ just enough to put them back in the order a sequential run produces:
     item boundaries: a chain into one leaf, fed by a plain partition);
 ``marks``
     the rare events, each at its place: ``(unit, values emitted before it,
-    Printed | Closed)``.
+    Printed | Closed)``;
+``failure``
+    set when a node of the stage raised: the segment then holds what the
+    stage produced before the failing call, and its events end with the failure.
 
 This module holds the three sides of that encoding: the types a task writes,
 the small helpers that write them (:class:`Marks`), and the code that reads
@@ -32,6 +35,7 @@ from typing import Any, Protocol
 __all__ = [
     "END",
     "Closed",
+    "Failed",
     "ItemError",
     "Marks",
     "Printed",
@@ -83,6 +87,18 @@ class Closed:
         return f"Closed({self.node!r})"
 
 
+class Failed:
+    """Event: a node raised here (``failure``); nothing after it is output."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure = failure
+
+    def __repr__(self) -> str:
+        return f"Failed({self.failure!r})"
+
+
 class ItemError:
     """An item a node's ``run`` failed on and ``on_error`` dropped."""
 
@@ -115,6 +131,7 @@ class Segment:
         "carried",
         "ends",
         "errors",
+        "failure",
         "marks",
         "n_in",
         "order",
@@ -136,6 +153,9 @@ class Segment:
         self.carried: tuple[int, Segment] | None = None  # a stage's log brought back by this task
         self.suspects: list[tuple[str, str]] = []  # (node, attribute): hidden state (worker.guard)
         self.snap: Any = None  # a sequential stage's snapshot after this step, when asked (worker.snapshots)
+        # The failure of a node of this stage (a NodeFailure), raised where the events end: the
+        # segment holds what came before the failing call, that call's prints included.
+        self.failure: Exception | None = None
 
     def __reduce__(self):
         state = {slot: getattr(self, slot) for slot in self.__slots__}
@@ -152,6 +172,7 @@ class Segment:
 
 def _rebuild_segment(state: dict) -> Segment:
     seg = Segment.__new__(Segment)
+    seg.failure = None  # a segment pickled before segments could fail (a checkpoint's)
     for slot, value in state.items():
         setattr(seg, slot, value)
     return seg
@@ -251,6 +272,12 @@ def events(
     [(0, 10), (0, 11), None, Printed('n', 'hi\\n'), (0, 20), None]
     >>> list(events(seg, calls={2}))
     [(0, 10), (0, 11), Printed('n', 'hi\\n'), (0, 20), None]
+
+    A segment a node failed in ends with the unit it failed in, cut where it failed:
+
+    >>> seg.ends, seg.failure = [2], ValueError("at 2")
+    >>> list(events(seg))
+    [(0, 10), (0, 11), None, Printed('n', 'hi\\n'), (0, 20), Failed(ValueError('at 2'))]
     """
     outs, order, marks = seg.outs, seg.order, seg.marks
     taken = [0] * len(outs)
@@ -274,6 +301,8 @@ def events(
             pos = at
             yield entry
         yield from values(pos, total)
+        if seg.failure is not None:
+            yield Failed(seg.failure)
         return
     prints = prints or {}
     pos = mi = 0
@@ -292,8 +321,16 @@ def events(
         pos = end
         if calls is None or unit + 1 in calls:
             yield END
-    if n_units in prints:  # printed by the last call, which emitted nothing
+    if n_units in prints:  # printed by the last call, which emitted nothing (or before the failing unit)
         yield Printed(source, prints[n_units])
+    if seg.failure is not None:
+        # The unit a node failed in: what it produced up to the failing call, then the failure.
+        for _, at, entry in marks[mi:]:
+            yield from values(pos, at)
+            pos = at
+            yield entry
+        yield from values(pos, total)
+        yield Failed(seg.failure)
 
 
 class _Stage(Protocol):
@@ -349,6 +386,12 @@ class Splicer:
         self.saw(results)
         if self._done() and not self.waiting:
             return  # a sequential run would not have pulled these source items
+        if any(res.failure is not None for res in results.values()):
+            # A node failed in this round: no flush comes after it, so what waited for one
+            # goes out now, then this round up to the failure, which the walk raises.
+            self.waiting.append((0, results, chunk))
+            self.finish()
+            return
         if self.waiting or self._needs_flush(results):
             self.waiting.append((0, results, chunk))  # walked once flushes are known
             return
@@ -377,6 +420,11 @@ class Splicer:
             if stage.id not in self.flushed and stage.id in self.flush_results:
                 self.flushed.add(stage.id)
                 self._walk_round(stage.id, self.flush_results.pop(stage.id))
+
+    @property
+    def stopped(self) -> bool:
+        """Every path closed in the walk so far: a sequential run stopped here, and output nothing more."""
+        return self._done()
 
     @property
     def exhausted(self) -> bool:
@@ -453,6 +501,8 @@ class Splicer:
                     self.write(event.text)
             elif kind is Closed:
                 self._close(event.node)
+            elif kind is Failed:
+                raise event.failure  # the sequential run stops here
 
     def _close(self, node: str) -> None:
         """``node`` closed here: its subtree's input ends now, so splice in their flushes."""

@@ -14,7 +14,10 @@ The rules:
   be delivered: a slow round idles no worker, and memory stays bounded.
 * **Order.** Rounds are delivered in index order, whatever order they come
   back in. A round a node failed in is raised when its turn comes, so the rounds
-  before it are delivered first, as the sequential run's output was.
+  before it are delivered first, as the sequential run's output was; where its
+  tasks brought back what they produced before the failing call, that goes out
+  too (a :class:`Deliver` of the failed round, which the driver ends by raising
+  the failure), so the output before an error is the sequential run's.
 * **Resend.** A round lost with its worker (its partition, or a task's result)
   is sent again from the chunk the caller kept, ahead of new source rounds and
   within the window. After ``max_resends`` losses of one round the driver probes
@@ -94,7 +97,8 @@ class Round:
     """One partition of source items through the stages (``origin`` 0), or a sequential stage's flush.
 
     ``handle`` is the backend's, while the round is out. ``results`` are its
-    segments by stage once back; ``failure`` the node failure it came back with.
+    segments by stage once back; ``failure`` the node failure it came back with
+    (``results`` then hold what each stage produced before it, if known).
     """
 
     index: int
@@ -134,7 +138,11 @@ class Observe:
 
 @dataclass
 class Deliver:
-    """Print, yield or keep ``round``'s output; then tell the state it was delivered."""
+    """Print, yield or keep ``round``'s output; then tell the state it was delivered.
+
+    A failed round's (``round.failure``): its output up to the failing call, then
+    the failure is raised (unless a sequential run had stopped before it).
+    """
 
     round: Round
 
@@ -296,6 +304,7 @@ class RunState:
             return []  # sent again since (a loss earlier in the same batch): this answer is stale
         if isinstance(outcome, NodeFailure):
             r.state, r.failure = RoundState.FAILED, outcome
+            r.results = outcome.segments or None  # what came before the failing call
             # A replay failed where the first run did not: nothing can be delivered in its place.
             return [Fail(outcome)] if r.index < self.delivered else []
         if isinstance(outcome, Killed):
@@ -358,7 +367,11 @@ class RunState:
     # -- delivering ------------------------------------------------------------------
 
     def deliverable(self) -> list[Action]:
-        """The rounds whose turn it is, in order; a failed one's error ends the list."""
+        """The rounds whose turn it is, in order; a failed one ends the list.
+
+        A failed round with the output before its failure is delivered (the
+        driver raises the failure after it); without, its error is raised.
+        """
         # Replayed rounds leave in order too: while one lags, the rounds after it count
         # against the window, so a holder never runs more steps ahead than it keeps.
         while self.waiting and (first := min(self.waiting)) < self.delivered and self.waiting[first].back:
@@ -368,7 +381,7 @@ class RunState:
             del self.waiting[self.delivered]
             self.delivered += 1
             if r.failure is not None:
-                actions.append(Fail(r.failure))
+                actions.append(Deliver(r) if r.results else Fail(r.failure))
                 break
             r.state = RoundState.DELIVERED
             actions.append(Deliver(r))

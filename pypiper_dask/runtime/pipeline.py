@@ -253,6 +253,11 @@ class Pipeline:
                     next(run)
                 except StopIteration:
                     return
+                except Exception:
+                    # A node failed: what the run delivered before the failing call is yielded first.
+                    items, pending[:] = pending[:], []
+                    yield from items
+                    raise
                 if pending:
                     items, pending[:] = pending[:], []
                     yield from items
