@@ -95,3 +95,51 @@ def test_a_node_failing_in_its_first_call_delivers_nothing():
     with contextlib.redirect_stdout(buf), pytest.raises(NodeError) as info:
         Pipeline(graph, n_threads=1).run()
     assert buf.getvalue() == "" and info.value.partial.counts == {"ledger": 0}
+
+
+# -- random programs (the random-program suites call this, in every mode) -----------------------
+
+
+def check_failing_program(program, where: int, ledger: dict, make, runner=None, stream: bool = True) -> None:
+    """A random program with a node that raises at a drawn item, against the reference.
+
+    ``make(graph)`` gives the pipeline of a mode; ``runner(pipeline)`` runs it
+    (``run()`` if not given). Printed output and the error's ``partial`` (or
+    the result, where nothing raised) are the reference's output before the
+    failing call; with ``stream``, so are the items ``stream()`` yields.
+    """
+    from tests.strategies import build_failing
+
+    def graph():
+        return build_failing(program, where, ledger)
+
+    text, values, exc = reference_until_error(graph())
+    buf, error, result = io.StringIO(), None, None
+    with contextlib.redirect_stdout(buf):
+        try:
+            result = (runner or Pipeline.run)(make(graph()))
+        except NodeError as raised:
+            error = raised
+    check_error(error, exc)
+    assert buf.getvalue() == text
+    assert dict(result if error is None else error.partial) == values
+    if not stream:
+        return
+    pairs, error = [], None
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            for pair in make(graph()).stream():
+                pairs.append(pair)
+        except NodeError as raised:
+            error = raised
+    check_error(error, exc)
+    assert {leaf: [v for who, v in pairs if who == leaf] for leaf in values} == values
+
+
+def check_error(error: NodeError | None, exc: Exception | None) -> None:
+    """The run raised a ``NodeError`` where the reference raised, caused by the same exception."""
+    if exc is None:
+        assert error is None, f"the reference raised nothing, the run raised {error!r}"
+        return
+    assert error is not None, f"the reference raised {exc!r}, the run nothing"
+    assert type(error.__cause__) is type(exc) and str(error.__cause__) == str(exc)

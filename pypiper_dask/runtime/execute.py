@@ -294,7 +294,9 @@ class _Driver:
                 self._act(action)
 
     def _act(self, action: Any) -> None:
-        if isinstance(action, Observe):
+        if isinstance(action, Submit):  # flushes sent at a node's failure
+            self._submit(action)
+        elif isinstance(action, Observe):
             r = action.round
             assert r.results is not None
             self.out.splicer.saw(r.results)

@@ -276,6 +276,21 @@ class RunState:
             self.index += 1
         return flushes
 
+    def _flush_now(self) -> list[Action]:
+        """A node failed: no source round comes after those out, so each sequential stage's flush goes now.
+
+        A stage whose input a node closed before the failure was flushed there in a
+        sequential run: the failed round's output waits for these (see :meth:`deliverable`).
+        """
+        if self.n_source is not None or self.resend:
+            return []
+        self.n_source = self.index
+        flushes: list[Action] = []
+        for stage in self.seq_stages:
+            flushes.append(self._submit(Round(self.index, stage, None)))
+            self.index += 1
+        return flushes
+
     def closed_before(self, r: Round) -> frozenset[str]:
         """The nodes that closed in a round before ``r``: its tasks skip them."""
         return frozenset(n for n, i in self.closed_at.items() if i < r.index)
@@ -306,7 +321,7 @@ class RunState:
             r.state, r.failure = RoundState.FAILED, outcome
             r.results = outcome.segments or None  # what came before the failing call
             # A replay failed where the first run did not: nothing can be delivered in its place.
-            return [Fail(outcome)] if r.index < self.delivered else []
+            return [Fail(outcome)] if r.index < self.delivered else self._flush_now()
         if isinstance(outcome, Killed):
             return [Cancel(), Probe([r], outcome.error, outcome)]
         if isinstance(outcome, DataLost):
@@ -378,6 +393,19 @@ class RunState:
             del self.waiting[first]
         actions: list[Action] = []
         while (r := self.waiting.get(self.delivered)) is not None and r.back:
+            if r.failure is not None and r.results:
+                # The flushes sent at the failure first (out of turn: they are only kept until
+                # a close in the walk splices them in); one that failed has nothing to give.
+                flushes = sorted(
+                    (f for f in self.waiting.values() if f.origin != 0 and f is not r), key=lambda f: f.index
+                )
+                if not all(f.back for f in flushes):
+                    break
+                for f in flushes:
+                    del self.waiting[f.index]
+                    if f.failure is None:
+                        f.state = RoundState.DELIVERED
+                        actions.append(Deliver(f))
             del self.waiting[self.delivered]
             self.delivered += 1
             if r.failure is not None:

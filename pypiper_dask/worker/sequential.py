@@ -217,8 +217,14 @@ class SeqHolder:
         finally:
             self._bind()
 
-    def fail(self, failure: NodeFailure) -> None:
-        """A step whose input is a node's failure above: the holder is called no more."""
+    def fail(self, failure: NodeFailure) -> Segment:
+        """A step whose input is a node's failure above: the holder is called no more.
+
+        Unless its input had ended already (a node above closed): it is still
+        flushed then, as a sequential run flushed it at that close.
+        """
+        if self.upstream_closed or self.closed:
+            return Segment(1)
         raise failure
 
     def process_failed(self, items: Any, upstream_closed: bool, failure: NodeFailure) -> Segment:
@@ -278,10 +284,11 @@ class SeqHolder:
                     except Exception as exc:
                         if isinstance(exc, NodeFailure):
                             exc.detached()  # it goes back over the network
-                            # The steps after it fail with it, without this step's output.
-                            self._failed = NodeFailure(exc.node, exc.item, exc.error, exc.tb)
-                        else:
+                        if not isinstance(exc, NodeFailure) or exc.partial is None:
                             self._failed = exc
+                        elif exc.partial.failure is not None:  # its own node's: the steps after it fail with it
+                            self._failed = NodeFailure(exc.node, exc.item, exc.error, exc.tb)
+                        # else a failure above, passed on after this step's items: it may still be flushed
                         future.set_exception(exc)
                 self._next += 1
                 for old in [n for n in self._calls if n < self._next - self.keep]:
