@@ -363,6 +363,8 @@ class Splicer:
         self.flush_results: dict[int, dict[int, Segment]] = {}
         self.waiting: list[tuple[int, dict[int, Segment], Any]] = []
         self.leaf_sinks: dict[str, tuple[int, int]] = {}
+        self._ends_walked = 0  # source calls' ends walked in the last source round walked
+        self._call_ends: list[int] | None = None  # where that round's source calls ended (None: every item)
         for stage in plan.stages:
             if stage.kind == "fused":
                 for i, sink in enumerate(stage.sinks):
@@ -460,7 +462,17 @@ class Splicer:
         if values:
             self._deliver(leaf, values)
 
+    @property
+    def units_out(self) -> int:
+        """Of the source round walked last, how many source items' output all went out (its ends walked)."""
+        if self._call_ends is None:
+            return self._ends_walked
+        return self._call_ends[self._ends_walked - 1] if self._ends_walked else 0
+
     def _walk_round(self, origin: int, results: dict[int, Segment], chunk: Any = None) -> None:
+        if origin == 0:
+            self._ends_walked = 0
+            self._call_ends = sorted(chunk.calls) if chunk is not None and chunk.calls is not None else None
         for res in results.values():
             self.errors.extend(res.errors)
         iters = {}
@@ -476,6 +488,7 @@ class Splicer:
         for event in iters[sid]:
             if event is END:
                 if whole:
+                    self._ends_walked += 1
                     if self._done():
                         return  # every path closed: a sequential run pulls no more items
                     continue

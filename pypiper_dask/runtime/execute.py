@@ -333,12 +333,18 @@ class _Driver:
         call, so the run goes on as if ``r`` were delivered.
         """
         splicer = self.out.splicer
-        if r is not None and r.results:
-            if r.origin == 0:
-                splicer.round(r.results, r.chunk)  # raises the failure where it is reached
-            else:
-                splicer.flush(r.origin, r.results)
-        splicer.finish()  # no flush comes now: what waited for one goes out (r's flush is walked here)
+        try:
+            if r is not None and r.results:
+                if r.origin == 0:
+                    splicer.round(r.results, r.chunk)  # raises the failure where it is reached
+                else:
+                    splicer.flush(r.origin, r.results)
+            splicer.finish()  # no flush comes now: what waited for one goes out (r's flush is walked here)
+        except NodeFailure:
+            if self.keep is not None and self.stream is None and r is not None and r.origin == 0:
+                # Printed: a resume repeats no more than the partition that straddles this position.
+                self.keep.delivered(self.done + splicer.units_out)
+            raise
         if not splicer.stopped:
             raise failure
         if r is not None:
