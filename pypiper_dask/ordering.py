@@ -411,13 +411,15 @@ class Splicer:
         self.saw(results)
         self.flush_results[stage] = results
 
-    def finish(self) -> None:
-        """Walk what waited for flushes, then every flush not walked at a close."""
+    def finish(self, flushes: bool = True) -> None:
+        """Walk what waited for flushes, then (``flushes``) every flush not walked at a close."""
         waiting, self.waiting = self.waiting, []
         for origin, results, chunk in waiting:
             if self._done():
                 break
             self._walk_round(origin, results, chunk)
+        if not flushes:
+            return
         for stage in self.plan.seq_stages:
             if stage.id not in self.flushed and stage.id in self.flush_results:
                 self.flushed.add(stage.id)

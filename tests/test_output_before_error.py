@@ -143,3 +143,32 @@ def check_error(error: NodeError | None, exc: Exception | None) -> None:
         return
     assert error is not None, f"the reference raised {exc!r}, the run nothing"
     assert type(error.__cause__) is type(exc) and str(error.__cause__) == str(exc)
+
+
+class FailingGen(N.Gen):
+    """A source that raises in its call at position ``fail_at``, after printing."""
+
+    def setup(self, size: int, fail_at: int, per_call: int = 1) -> None:
+        super().setup(size, per_call=per_call, loud=True)
+        self.fail_at = fail_at
+
+    def run(self, data):
+        if self.pos >= self.fail_at:
+            print("source fails")
+            self.emit(-1)  # never leaves the failing call
+            raise ValueError("source fails")
+        super().run(data)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("per_call", [1, 3])
+@pytest.mark.parametrize("mode", MODES)
+def test_output_before_the_sources_error_is_the_sequential_runs(request, mode, per_call):
+    def graph():
+        return FailingGen("gen", size=SIZE, fail_at=FAIL_AT, per_call=per_call) | N.Running("running")
+
+    text, values, exc = reference_until_error(graph())
+    assert isinstance(exc, ValueError) and len(values["running"]) == -(-FAIL_AT // per_call) * per_call
+    printed, _, error = consume(lambda **o: make(mode, request, graph(), partition_size=100, **o), "run")
+    assert printed == text
+    assert error.node == "gen" and error.partial["running"] == values["running"]

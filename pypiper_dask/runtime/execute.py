@@ -220,6 +220,10 @@ class _Driver:
                     continue
                 yield from self._deliver(action.round)
             yield  # a pause point: a stream's consumer takes what was delivered; a cancel lands here
+        if source.failed is not None:
+            # Every item before the source's failing call is delivered; its input did not end.
+            out.splicer.finish(flushes=False)
+            raise source.failed
         out.splicer.finish()
         if keep is not None and self.stream is None:
             keep.complete(out.result())

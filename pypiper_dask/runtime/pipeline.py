@@ -515,6 +515,8 @@ class Pipeline:
                 chunk = reader.pull(partition_size or self.partition_size or 1000)
                 if chunk.items or chunk.prints:
                     chunks.append(chunk)
+            if reader.failed is not None:
+                raise reader.failed
         finally:
             tear_down(scope)
         plan = replace(self.plan, snapshot=snap)

@@ -32,6 +32,7 @@ class SourceReader:
         arm_setup_emits(node)
         self.silent = SilentSource(node.name)
         self.cut_by_time = False  # the last partition was cut by time, not size
+        self.failed: NodeError | None = None  # the source's run raised: the error, raised after what came before
 
     @property
     def closed(self) -> bool:
@@ -103,9 +104,13 @@ class SourceReader:
                     if isinstance(exc, ValuePickleError)
                     else f"Node {self.node.name!r} (the source) raised {type(exc).__name__}: {exc} in run(None)"
                 )
-                raise NodeError(
-                    self.node.name, "None", f"{what}, after emitting {self.emitted + len(items)} items."
-                ) from exc
+                error = NodeError(self.node.name, "None", f"{what}, after emitting {self.emitted + len(items)} items.")
+                error.__cause__ = exc
+                # Raised once the items before the failing call are delivered, as in a sequential
+                # run; what that call emitted never left it (its prints did).
+                self.failed = error
+                stop.append(True)
+                del items[k - 1 if bounds is None else start :]
         self.emitted += len(items)
         return Chunk(items, prints, bounds)
 
