@@ -51,6 +51,8 @@ def test_the_heavy_section_renders_from_figures():
     assert s["extra"] == pytest.approx(0.9) and s["extra_bytes"] == 130_000
     text = heavy.section_heavy(data)
     assert "| without `setup_worker()` | 2.10 s (2.00–2.20) | 0 (0), 0 (0), 0 (0) | 0, 0, 0 | 0.16 MiB |" in text
+    assert "| 0.48 MiB (max 0.48 MiB) | True |" in text
+    assert "Each pair (with − without, in run order): +0.90 s, +0.90 s, +0.90 s." in text
     assert "| with `setup_worker()` | 3.00 s (2.90–3.10) | 4 (4), 4 (4), 4 (4) | 4, 4, 4 | 0.29 MiB |" in text
     assert "not 40 partitions, not 2,000 items): yes." in text
     assert "+0.90 s for a set-up of 1 s on every worker at once; at most 1 s more: yes." in text
