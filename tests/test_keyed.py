@@ -313,3 +313,41 @@ def test_the_plan_says_a_node_is_keyed():
     assert "sessions (KeyedRunning, keyed)" in text
     assert "sessions: runs on one holder per worker, its keys dealt out among them, keyed by key(), 128 groups" in text
     assert "keyed by key(), 128 groups" in page
+
+
+class Loaded(Node):
+    """Keyed; loads its 'model' once per process, and skips items that fail (``on_error="collect"``)."""
+
+    def setup(self, log):
+        self.log = log
+        self.seen = 0
+
+    def setup_worker(self):
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        self.model = object()
+
+    def key(self, x):
+        return x % 5
+
+    def run(self, x):
+        assert self.model is not None
+        if x == 7:
+            raise ValueError("seven")
+        self.seen += 1
+        self.emit((x % 5, self.seen))
+
+
+@pytest.mark.parametrize("where", ["here", pytest.param("cluster", marks=pytest.mark.cluster)])
+def test_keyed_instances_share_the_process_set_up_and_keep_on_error(where, tmp_path, request):
+    log = tmp_path / "setups"
+    options = {"n_threads": 1} if where == "here" else {"client": request.getfixturevalue("local_client")}
+    g = N.Gen("gen", size=20) | Loaded("loaded", stateless=False, on_error="collect", log=str(log))
+    with contextlib.redirect_stderr(io.StringIO()):
+        result = Pipeline(g, quiet=True, partition_size=4, **options).run()
+    want = [(x % 5, x // 5 + 1 - (x % 5 == 2 and x > 7)) for x in range(20) if x != 7]
+    assert result["loaded"] == want
+    assert [e.item for e in result.errors] == [7]
+    pids = log.read_text().split()
+    assert len(pids) == len(set(pids)) <= 2  # once per process, not per key
+    assert all(not hasattr(n, "model") for n in result.keyed("loaded").values())  # the process's, not state

@@ -262,13 +262,7 @@ class KeyedHolder(SeqHolder):
         if restore is not None:
             entries, self.upstream_closed = load_keyed_snapshot(restore)
             self.keyed.load(entries, self.holds)
-        self.keep = keep
-        self._next = start
-        self._calls: dict[int, Any] = {}
-        self._pumping = False
-        self._thread = None
-        self._failed: Exception | None = None
-        self._arrivals: dict[int, Any] = {}
+        self._steps_from(start, keep)
 
     def holds(self, key: Any) -> bool:
         return key_group(key) % self.shards == self.shard

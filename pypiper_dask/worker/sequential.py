@@ -101,6 +101,10 @@ class SeqHolder:
         self._buf: list = []
         self._bind()
         arm_setup_emits(self.node)
+        self._steps_from(start, keep)
+
+    def _steps_from(self, start: int, keep: int) -> None:
+        """Take steps (see :meth:`step`) from number ``start`` on, keeping the latest ``keep`` results."""
         self.keep = keep
         self._next = start
         self._calls: dict[int, Any] = {}
