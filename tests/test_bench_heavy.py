@@ -83,3 +83,21 @@ def test_the_nodes_give_the_expected_output_and_note_their_set_up(tmp_path):
         assert dict(result) == heavy.expected(30)
     notes = [line.split()[0] for line in log.read_text().splitlines()]
     assert notes == ["setup", "teardown"]  # once in the caller's process, for the loaded node only
+
+
+@pytest.mark.timeout(30)
+def test_bench_heavy_from_json_writes_its_section(tmp_path):
+    import json
+
+    from bench import run
+
+    saved = tmp_path / "heavy.json"
+    data = figures()
+    del data["summary"]  # recomputed from the runs
+    saved.write_text(json.dumps(data))
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n<!-- heavy -->\nold\n<!-- /heavy -->\n")
+    assert run.main(["--heavy", "--from-json", str(saved), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "old" not in text and text.count("### Per-process set-up") == 1
+    assert "at most 1 s more: yes" in text
