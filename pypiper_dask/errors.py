@@ -11,6 +11,7 @@ import reprlib
 from typing import Any
 
 __all__ = [
+    "BadKeyError",
     "CheckpointError",
     "GraphError",
     "NodeError",
@@ -107,6 +108,14 @@ class ValuePickleError(PipelineError, TypeError):
     Raised by the node's ``emit`` on a cluster, so the run stops with a
     :class:`NodeError` naming the node and its input; the message says what
     pickle said.
+    """
+
+
+class BadKeyError(TypeError):
+    """A keyed node's ``key()`` returned a value that cannot be a key: unhashable, or not picklable.
+
+    Raised where the node runs; it reaches the caller inside the node's
+    :class:`NodeError`, which names the node and the item.
     """
 
 

@@ -50,6 +50,16 @@ def reference_run(
     closed: set[str] = set()
     ended: set[str] = set()
     pending: dict[str, list] = {n: [] for n in nodes}
+    # Keyed nodes (stateless=False with a key() method): one instance per key, each a copy
+    # of the node as constructed, made at its key's first item; close() ends that key only.
+    keyed = {
+        n for n, node in nodes.items() if n != root and not node.stateless and callable(getattr(node, "key", None))
+    }
+    built = {n: cloudpickle.dumps(nodes[n]) for n in keyed}
+    instances: dict[str, dict] = {n: {} for n in keyed}
+    key_pending: dict[str, dict] = {n: {} for n in keyed}
+    key_closed: dict[str, set] = {n: set() for n in keyed}
+    no_key = object()
 
     def ancestors(name: str) -> set[str]:
         found = {name}
@@ -61,8 +71,8 @@ def reference_run(
     def exhausted() -> bool:
         return bool(closed) and all(ancestors(leaf) & closed for leaf in leaves)
 
-    def call(name: str, data: Any) -> None:
-        node = nodes[name]
+    def call(name: str, data: Any, key: Any = no_key) -> None:
+        node = nodes[name] if key is no_key else instances[name][key]
         buf: list = []
 
         def emit(value: Any) -> None:
@@ -71,7 +81,10 @@ def reference_run(
         node.emit = emit
 
         def close() -> None:
-            closed.add(name)
+            if key is no_key:
+                closed.add(name)
+            else:
+                key_closed[name].add(key)
 
         node.close = close
         was_closed = name in closed
@@ -94,8 +107,27 @@ def reference_run(
             for kid in kids[name]:
                 end(kid)
 
+    def push_keyed(name: str, data: Any) -> None:
+        key = nodes[name].key(data)
+        if key in key_closed[name]:
+            return
+        if key not in instances[name]:
+            instances[name][key] = cloudpickle.loads(built[name])
+        size = nodes[name].batch_size
+        if size == 1:
+            call(name, data, key)
+            return
+        batch = key_pending[name].setdefault(key, [])
+        batch.append(data)
+        if size != Node.BATCH_SIZE_ALL and len(batch) == size:
+            key_pending[name][key] = []
+            call(name, tuple(batch), key)
+
     def push(name: str, data: Any) -> None:
         if name in closed or name in ended:
+            return
+        if name in keyed:
+            push_keyed(name, data)
             return
         size = nodes[name].batch_size
         if size == 1:
@@ -111,6 +143,10 @@ def reference_run(
         if name in ended:
             return
         ended.add(name)
+        for key in list(instances.get(name, ())):  # each key's last batch, keys in order of first item
+            batch = key_pending[name].pop(key, None)
+            if batch and key not in key_closed[name]:
+                call(name, list(batch) if nodes[name].batch_size == Node.BATCH_SIZE_ALL else tuple(batch), key)
         if name not in closed and pending[name]:
             batch = pending[name]
             pending[name] = []
@@ -122,6 +158,7 @@ def reference_run(
         call(root, None)
     for kid in kids[root]:
         end(kid)
+    reference_run.keyed = instances  # type: ignore[attr-defined] # the last run's per-key instances
     return out.getvalue(), values
 
 

@@ -117,6 +117,12 @@ def node_specs(draw, depth: int = 0, kinds: tuple[str, ...] = tuple(_MIDDLE)):
             params["n"] = draw(st.integers(0, 3))
         if params["form"] == "sum":
             params["batch_size"] = draw(st.sampled_from([2, 5, Node.BATCH_SIZE_ALL]))
+    elif kind == "keyed":
+        params["keys"] = draw(st.integers(1, 9))
+        params["batch_size"] = draw(st.sampled_from([1, 1, 2, 3, Node.BATCH_SIZE_ALL]))
+        params["close_after"] = draw(st.sampled_from([0, 0, 1, 3]))
+        params["loud"] = draw(st.booleans())
+        params["text"] = draw(st.booleans())
     elif kind == "reuse":
         params["times"] = draw(st.integers(1, 2))
         params["streams"] = draw(st.booleans())  # out_streams=["a", "b"] over the reused list
@@ -139,9 +145,10 @@ def _named(specs, names) -> list:
 
 
 @st.composite
-def programs(draw, *, reuse: bool = False, names: bool = False, functions: bool = False):
+def programs(draw, *, reuse: bool = False, names: bool = False, functions: bool = False, keyed: bool = False):
     """(source params, subtree specs) for a random pipeline.
 
+    ``keyed``: also draw keyed stateful nodes (``tests/nodes.py``'s ``KeyedRunning``).
     ``reuse``: also draw "reuse" nodes and a source that reuses its output list.
     ``functions``: also draw function nodes (:func:`pypiper_dask.as_node`).
     ``names``: draw every node's name (see :func:`node_names`); else ``build`` numbers them.
@@ -153,6 +160,8 @@ def programs(draw, *, reuse: bool = False, names: bool = False, functions: bool 
     kinds = (*_MIDDLE, "reuse") if reuse else tuple(_MIDDLE)
     if functions:
         kinds = (*kinds, "function")
+    if keyed:
+        kinds = (*kinds, "keyed", "keyed")
     if reuse:
         source["reuse"] = draw(st.booleans())
     kids = draw(st.lists(node_specs(kinds=kinds), min_size=1, max_size=3))
@@ -236,6 +245,8 @@ def build(program, calls=None) -> NodeGraph:
                 return as_node(functools.partial(N.fn_repeat, p.pop("n")), name, **options)
             fn = {"inc": N.fn_inc, "none": N.fn_none, "odd": N.fn_odd, "sum": N.fn_sum}[form]
             return as_node(fn, name, filter=form == "odd", **p, **options)
+        if kind == "keyed":
+            return N.KeyedRunning(name, stateless=False, **p, **extra)
         if kind == "reuse":
             streams = ["a", "b"] if p.pop("streams", False) else "*"
             return N.Reuse(name, out_streams=streams, **p, **extra)

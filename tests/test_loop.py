@@ -139,7 +139,7 @@ def test_a_failed_round_delivers_what_came_before_its_failure_and_nothing_after_
 def test_a_failure_flushes_the_sequential_stages_and_its_output_waits_for_the_flushes():
     """A close before the failure flushed the stages below it in a sequential run: the flushes go at once."""
     state = machine(stateful=True)
-    r0, r1 = pull(state, 2)
+    r0, _ = pull(state, 2)
     failed = failure()
     failed.segments = results(state)
     actions = state.returned(r0, failed)

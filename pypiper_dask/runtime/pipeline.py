@@ -30,6 +30,7 @@ from ..model.node import (
 from ..model.pickling import dumps_node
 from ..model.snapshot import Snapshot, load_node
 from ..worker import NodeFailure
+from ..worker.keyed import KeyedInstances
 from ..worker.setups import tear_down
 from .backends import DistributedBackend, _outcome
 from .execute import drain, node_error, run_plan
@@ -436,9 +437,12 @@ class Pipeline:
                 if nodes is self._originals:
                     for name, node in reached.items():
                         _adopt(nodes[name], node)
-            if nodes is self._originals and not backend.in_process:
+            if not backend.in_process:
                 for name, node in final.items():
-                    _adopt(nodes[name], node)
+                    if isinstance(node, KeyedInstances):  # the caller's object stays as built
+                        result.keyed_nodes[name] = node
+                    elif nodes is self._originals:
+                        _adopt(nodes[name], node)
         if result.errors:
             _report_dropped(result.errors)
         return result

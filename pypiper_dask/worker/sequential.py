@@ -32,6 +32,7 @@ __all__ = [
     "SeqHolder",
     "SeqSpec",
     "SeqStep",
+    "make_holder",
     "push_step",
     "run_flush",
     "run_seq",
@@ -49,9 +50,24 @@ class SeqSpec:
     blob: bytes
     batch_size: int | float
     scope: str = ""  # whose per-process set-up it shares (see .setups)
+    keyed: bool = False  # one instance per key (see .keyed)
 
     def __repr__(self) -> str:
         return f"<SeqSpec {self.name}>"
+
+
+def make_holder(spec: SeqSpec, keep: int = 64, restore: bytes | None = None, start: int = 0, **shard: int) -> Any:
+    """A holder for ``spec``: a :class:`SeqHolder`, or a keyed node's ``KeyedHolder`` (``shard``, ``shards``)."""
+    if spec.keyed:
+        from .keyed import KeyedHolder
+
+        return KeyedHolder(spec, keep, restore, start, **shard)
+    return SeqHolder(spec, keep, restore, start)
+
+
+def _keyed(holder: Any) -> bool:
+    """Is ``holder`` a keyed node's holders as its step tasks get them: ``(KeyRoute, holder, ...)``?"""
+    return isinstance(holder, tuple)
 
 
 class SeqHolder:
@@ -85,6 +101,10 @@ class SeqHolder:
         self._buf: list = []
         self._bind()
         arm_setup_emits(self.node)
+        self._steps_from(start, keep)
+
+    def _steps_from(self, start: int, keep: int) -> None:
+        """Take steps (see :meth:`step`) from number ``start`` on, keeping the latest ``keep`` results."""
         self.keep = keep
         self._next = start
         self._calls: dict[int, Any] = {}
@@ -377,7 +397,11 @@ def run_seq(
     """
     above = failed_above(upstream)
     if above is not None and above.partial is None:
-        if not isinstance(holder, SeqHolder):
+        if _keyed(holder):
+            for shard in holder[1:]:
+                with contextlib.suppress(NodeFailure):
+                    _remote(shard, number, "fail", above)
+        elif not isinstance(holder, SeqHolder):
             # Take the step's place in the holder's order, failed: the steps after it
             # end at once instead of waiting for this one for ever.
             with contextlib.suppress(NodeFailure):
@@ -393,11 +417,20 @@ def run_seq(
             bare = NodeFailure(above.node, above.item, above.error, above.tb)
             if isinstance(holder, SeqHolder):
                 holder.process_failed(items, closed, bare)
+            elif _keyed(holder):
+                from .keyed import keyed_step
+
+                # A keyed node's own failure comes back without its partial output (none is then delivered).
+                raise bare.with_partial(keyed_step(holder[0], holder[1:], number, items, closed, False), own=False)
             else:
                 _remote(holder, number, "process_failed", Items(items), closed, bare)
             raise AssertionError("process_failed returned")  # it always raises
         if isinstance(holder, SeqHolder):  # in the caller
             seg = holder.process(items, closed, snap)
+        elif _keyed(holder):
+            from .keyed import keyed_step
+
+            seg = keyed_step(holder[0], holder[1:], number, items, closed, snap)
         else:
             # The fused task above pushed these items to the holder as it ended: collect the
             # step's result without sending them again, unless the push never arrived.
@@ -418,6 +451,10 @@ def run_flush(holder: Any, number: int, snap: bool = False) -> Segment | NodeFai
     try:
         if isinstance(holder, SeqHolder):
             return holder.flush(snap)
+        if _keyed(holder):
+            from .keyed import keyed_flush
+
+            return keyed_flush(holder[1:], number, snap)
         return _remote(holder, number, "flush", snap)
     except NodeFailure as failed:
         return failed.detached()
@@ -427,6 +464,10 @@ def run_state(holder: Any, number: int) -> bytes:
     """The sequential node's final state, pickled, after its last step."""
     if isinstance(holder, SeqHolder):
         return holder.state()
+    if _keyed(holder):
+        from .keyed import keyed_state
+
+        return keyed_state(holder[1:], number)
     return _remote(holder, number, "state")
 
 
@@ -446,11 +487,11 @@ def step_seq(
     prev: SeqStep | SeqSpec, upstream: Segment, sink: int, carry: int | None = None, snap: bool = False
 ) -> SeqStep:
     """Feed one partition to the holder the previous step left (or a new one)."""
-    holder = prev.holder if isinstance(prev, SeqStep) else SeqHolder(prev)
+    holder = prev.holder if isinstance(prev, SeqStep) else make_holder(prev)
     return SeqStep(holder, run_seq(holder, 0, upstream, sink, carry))
 
 
 def step_flush(prev: SeqStep | SeqSpec) -> SeqStep:
     """End the input of the holder the previous step left."""
-    holder = prev.holder if isinstance(prev, SeqStep) else SeqHolder(prev)
+    holder = prev.holder if isinstance(prev, SeqStep) else make_holder(prev)
     return SeqStep(holder, run_flush(holder, 0))
