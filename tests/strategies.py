@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import math
 import os
 import tempfile
 
@@ -280,7 +281,7 @@ def failing_programs(draw, **options):
     program = draw(programs(**options))
     where = draw(st.integers(0, _count(program[1])))
     ledger = {
-        "fail_at": None,
+        "fail_at": math.nan,  # equal to nothing: it never fails
         "every": draw(st.integers(2, 9)),
         "stateless": draw(st.booleans()),
         "above": draw(st.booleans()),
@@ -298,7 +299,7 @@ def _ledger_inputs(program, where: int, ledger: dict) -> list[str]:
 
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "calls")
-        graph = build_failing(program, where, {**ledger, "fail_at": None})
+        graph = build_failing(program, where, {**ledger, "fail_at": math.nan})
         node = next(n for n in graph if isinstance(n, N.Ledger))
         node.calls = path  # only its calls are logged
         reference_run(graph, calls=path)
