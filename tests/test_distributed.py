@@ -215,7 +215,7 @@ def test_worker_prints_reach_the_caller_in_order(local_client):
 @settings(
     max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
-@given(failing_programs(reuse=True, names=True), st.sampled_from([None, 2, 7]))
+@given(failing_programs(reuse=True, names=True, keyed=True), st.sampled_from([None, 2, 7]))
 def test_random_programs_with_a_failing_node_on_a_local_cluster(local_client, failing, partition_size):
     program, where, ledger = failing
     check_failing_program(
@@ -228,7 +228,7 @@ def test_random_programs_with_a_failing_node_on_a_local_cluster(local_client, fa
 @settings(
     max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
-@given(failing_programs(reuse=True, names=True))
+@given(failing_programs(reuse=True, names=True, keyed=True))
 def test_random_programs_with_a_failing_node_on_an_external_cluster(external_cluster, failing):
     program, where, ledger = failing
     check_failing_program(program, where, ledger, lambda g: Pipeline(g, client=external_cluster, partition_size=5))

@@ -316,7 +316,7 @@ def test_random_pipelines_match_the_sequential_reference(program, partition_size
 
 @pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(failing_programs(reuse=True, names=True), st.sampled_from([None, 1, 3, 17]))
+@given(failing_programs(reuse=True, names=True, keyed=True), st.sampled_from([None, 1, 3, 17]))
 def test_random_programs_with_a_failing_node_output_what_the_reference_did_before_it(failing, partition_size):
     """Issue 19 item 2: in the caller's process, and on the task path at any partition size."""
     program, where, ledger = failing
