@@ -211,7 +211,9 @@ class Pipeline:
         Raises
         ------
         NodeError
-            A node's ``run`` raised (the original exception is its ``__cause__``).
+            A node's ``run`` raised (the original exception is its ``__cause__``),
+            after everything a sequential run output before the failing call was
+            printed; its ``partial`` holds those items (or their counts).
         PipelineError
             Any other failure of the run (see the error classes).
         """
