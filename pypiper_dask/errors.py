@@ -8,6 +8,7 @@ pyPiper that catches the builtin keeps working.
 from __future__ import annotations
 
 import reprlib
+from typing import Any
 
 __all__ = [
     "BadKeyError",
@@ -88,13 +89,17 @@ class NodeError(PipelineError):
     """A node's ``run`` raised.
 
     The original exception is the ``__cause__``; ``node`` is the node's name and
-    ``item`` a short repr of what ``run`` was given.
+    ``item`` a short repr of what ``run`` was given. ``partial`` is what the run
+    delivered before the error, as a ``PipelineResult`` (the leaves' items if
+    the run collected them, else their counts): exactly what a sequential run
+    emitted before the failing call. ``None`` where the error did not come from a run.
     """
 
     def __init__(self, node: str, item: str, message: str) -> None:
         super().__init__(message)
         self.node = node
         self.item = item
+        self.partial: Any = None
 
 
 class ValuePickleError(PipelineError, TypeError):

@@ -23,13 +23,17 @@ import cloudpickle
 from pypiper_dask.model import Node, NodeGraph, edge_selector
 
 
-def reference_run(graph: NodeGraph, calls: str | os.PathLike | None = None) -> tuple[str, dict[str, list]]:
+def reference_run(
+    graph: NodeGraph, calls: str | os.PathLike | None = None, partial: dict | None = None
+) -> tuple[str, dict[str, list]]:
     r"""Return (stdout text, leaf name -> items) of a sequential run on copies of the nodes.
 
     ``calls``, a path: for each node that logs its calls (``tests/nodes.py``'s ``calls=``),
     the reference itself appends ``f"{name}\t{data!r}\n"`` there for each ``run`` call it
     makes, in call order. The copies' own logging is switched off either way, so a graph
     whose nodes log to the engine's file can be given as it is: the reference never writes there.
+    ``partial``, a dict: given the run's ``out`` (a ``StringIO``) and ``values`` as they fill
+    (see :func:`reference_until_error`).
     """
     nodes = {n.name: cloudpickle.loads(cloudpickle.dumps(n)) for n in graph}
     logged = {name for name, node in nodes.items() if getattr(node, "calls", None) is not None}
@@ -41,6 +45,8 @@ def reference_run(graph: NodeGraph, calls: str | os.PathLike | None = None) -> t
     leaves = [n for n in kids if not kids[n]]
     out = io.StringIO()
     values: dict[str, list] = {leaf: [] for leaf in leaves}
+    if partial is not None:
+        partial.update(out=out, values=values)
     closed: set[str] = set()
     ended: set[str] = set()
     pending: dict[str, list] = {n: [] for n in nodes}
@@ -154,3 +160,18 @@ def reference_run(graph: NodeGraph, calls: str | os.PathLike | None = None) -> t
         end(kid)
     reference_run.keyed = instances  # type: ignore[attr-defined] # the last run's per-key instances
     return out.getvalue(), values
+
+
+def reference_until_error(graph: NodeGraph) -> tuple[str, dict[str, list], Exception | None]:
+    """(stdout text, leaf name -> items, the node's exception) of a sequential run that may raise.
+
+    What it printed and emitted before the failing call (that call's own prints
+    included, its emits not: they never left it), and the exception a node
+    raised; ``None`` and the whole output if none did.
+    """
+    seen: dict = {}
+    try:
+        text, values = reference_run(graph, partial=seen)
+    except Exception as exc:
+        return seen["out"].getvalue(), seen["values"], exc
+    return text, values, None

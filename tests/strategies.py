@@ -11,7 +11,11 @@ forms), and ``programs(names=True)`` gives every node a name drawn from
 
 from __future__ import annotations
 
+import ast
 import functools
+import math
+import os
+import tempfile
 
 from hypothesis import strategies as st
 
@@ -259,3 +263,70 @@ def build(program, calls=None) -> NodeGraph:
     for spec in kids:
         attach(graph.root, spec, False)
     return graph
+
+
+# -- a node that raises at a drawn item (issue 19 item 2) ---------------------------------------
+
+
+@st.composite
+def failing_programs(draw, **options):
+    """``(program, where, ledger)``: a program of :func:`programs` and where a node that raises goes in it.
+
+    ``where`` is the preorder position (0: the source) of the node it goes under;
+    ``ledger``: the keywords of :func:`build_failing`'s ledger: ``fail_at`` (the
+    item it raises at, maybe one that never comes), ``every`` (it prints at every
+    ``every``-th item), ``stateless`` and ``above`` (it goes between that node and
+    its successors, else it is one more leaf).
+    """
+    program = draw(programs(**options))
+    where = draw(st.integers(0, _count(program[1])))
+    ledger = {
+        "fail_at": math.nan,  # equal to nothing: it never fails
+        "every": draw(st.integers(2, 9)),
+        "stateless": draw(st.booleans()),
+        "above": draw(st.booleans()),
+    }
+    # Mostly an item it does receive (a dry run of the reference says which), sometimes none.
+    seen = _ledger_inputs(program, where, ledger)
+    if seen and draw(st.integers(0, 9)):
+        ledger["fail_at"] = ast.literal_eval(draw(st.sampled_from(seen)))
+    return program, where, ledger
+
+
+def _ledger_inputs(program, where: int, ledger: dict) -> list[str]:
+    """The reprs of the items the ledger of :func:`build_failing` receives in a sequential run that never fails."""
+    from tests.reference import reference_run
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "calls")
+        graph = build_failing(program, where, {**ledger, "fail_at": math.nan})
+        node = next(n for n in graph if isinstance(n, N.Ledger))
+        node.calls = path  # only its calls are logged
+        reference_run(graph, calls=path)
+        return [data for _, data in N.read_calls(path)]
+
+
+def build_failing(program, where: int, ledger: dict, calls=None) -> NodeGraph:
+    """``build(program)`` with a ``tests.nodes.Ledger`` raising at ``fail_at`` (see :func:`failing_programs`)."""
+    graph = build(program, calls)
+    nodes = list(graph)
+    target = nodes[where]
+    name = "fail"
+    while any(n.name == name for n in nodes):
+        name += "~"
+    above = ledger["above"] and target.out_streams == "*" and bool(graph.children(target))
+    extra = {} if target.out_streams == "*" else {"in_streams": [target.out_streams[0]]}
+    log = {} if calls is None else {"calls": str(calls)}
+    fail = N.Ledger(
+        name, every=ledger["every"], fail_at=ledger["fail_at"], stateless=ledger["stateless"], **extra, **log
+    )
+    out = NodeGraph(graph.root)
+    for node in nodes:
+        parent = node
+        if node is target:
+            out.add(node, fail)
+            if above:
+                parent = fail
+        for kid in graph.children(node):
+            out.add(parent, kid)
+    return out

@@ -122,6 +122,38 @@ def test_a_node_failure_is_raised_after_the_rounds_before_it_are_delivered():
     assert delivered(state) == [0, "fail"]
 
 
+def test_a_failed_round_delivers_what_came_before_its_failure_and_nothing_after_it():
+    """Issue 19 item 2: the failed round's partial output goes out in its turn; the driver raises after it."""
+    state = machine()
+    r0, r1, r2 = pull(state, 3)
+    failed = failure()
+    failed.segments = results(state)  # what each stage produced before the failing call
+    state.returned(r1, failed)
+    assert r1.state is RoundState.FAILED and r1.results is failed.segments
+    state.returned(r2, results(state))
+    state.returned(r0, results(state))
+    actions = state.deliverable()
+    assert actions == [Deliver(r0), Deliver(r1)]  # round 2, after the failure, is not delivered
+    assert actions[1].round.failure is failed
+    assert state.failed is False and 2 in state.waiting
+
+
+def test_a_failure_flushes_the_sequential_stages_and_its_output_waits_for_the_flushes():
+    """A close before the failure flushed the stages below it in a sequential run: the flushes go at once."""
+    state = machine(stateful=True)
+    r0, _ = pull(state, 2)
+    failed = failure()
+    failed.segments = results(state)
+    actions = state.returned(r0, failed)
+    assert [type(a) for a in actions] == [Submit] and actions[0].round.origin != 0  # the stage's flush
+    flush = actions[0].round
+    assert state.n_source == 2 and not state.may_pull(calibrated=True) and state.input_ended() == []
+    assert state.deliverable() == []  # the flush is not back
+    state.returned(flush, results(state))
+    assert state.deliverable() == [Deliver(flush), Deliver(r0)]  # the flush is kept, then the failed round
+    assert 1 in state.waiting  # nothing after the failure
+
+
 def test_rounds_lost_with_a_worker_go_again_before_new_source_rounds():
     state = machine()
     r0, r1, r2 = pull(state, 3)

@@ -642,12 +642,18 @@ def _outcome(results: dict[int, Any]) -> dict[int, Segment] | NodeFailure:
     """A round's fetched results: its segments by stage, or the first failure among them.
 
     A task whose node raised returns the :class:`NodeFailure` rather than
-    raising it (see ``worker.run_fused``), and the tasks below pass it on.
+    raising it (see ``worker.run_fused``), and the tasks below pass it on,
+    each with what its stage produced before the failure: those segments, by
+    stage, are the failure's ``segments`` (delivered before it is raised).
     """
-    for value in results.values():
-        if isinstance(value, NodeFailure):
-            return value
-    return _with_carried(results)
+    failures = [v for v in results.values() if isinstance(v, NodeFailure)]
+    if not failures:
+        return _with_carried(results)
+    failure = failures[0]
+    if all(f.partial is not None for f in failures):
+        segments = {s: v.partial if isinstance(v, NodeFailure) else v for s, v in results.items()}
+        failure.segments = _with_carried(segments)  # type: ignore[arg-type]
+    return failure
 
 
 def _with_carried(results: dict[int, Segment]) -> dict[int, Segment]:

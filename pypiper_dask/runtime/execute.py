@@ -42,11 +42,12 @@ __all__ = ["drain", "iter_execute", "node_error", "run_plan"]
 Run = Generator[None, None, tuple[PipelineResult, dict[str, Node]]]
 
 
-def node_error(failure: NodeFailure) -> NodeError:
+def node_error(failure: NodeFailure, partial: PipelineResult | None = None) -> NodeError:
     """The ``NodeError`` the caller raises; the node's exception is its cause, with the traceback where it ran.
 
     That traceback is printed once: as the cause's, or, where it did not come
     along with the exception (it could not be pickled), as a note.
+    ``partial``: what the run delivered before the failure (the error's ``partial``).
     """
     err = failure.error
     if isinstance(err, ValuePickleError):  # raised by the node's emit: it says what was emitted, and where to
@@ -54,6 +55,7 @@ def node_error(failure: NodeFailure) -> NodeError:
     else:
         message = f"Node {failure.node!r} raised {error_text(err)} on input {failure.item}."
     error = NodeError(failure.node, failure.item, message)
+    error.partial = partial
     if err is not None and err.__traceback__ is not None:
         without_stub_carets(err)
     else:
@@ -135,7 +137,9 @@ def iter_execute(
             driver.source.unbind()
             reached[plan.snapshot.root] = driver.source.node
         if isinstance(exc, NodeFailure):
-            raise node_error(exc) from exc.error
+            raise node_error(exc, driver.out.result()) from exc.error
+        if isinstance(exc, NodeError) and exc.partial is None:  # the source's, raised where it runs
+            exc.partial = driver.out.result()
         if isinstance(exc, NodeModuleError):  # a worker could not load a node: the message says why, its frames don't
             raise NodeModuleError(exc.module, str(exc)) from None
         raise
@@ -217,10 +221,18 @@ class _Driver:
             self._collect()
             for action in state.deliverable():
                 if isinstance(action, Fail):
-                    raise action.error
+                    self._fail(None, action.error)
+                    continue
                 assert isinstance(action, Deliver)
+                if action.round.failure is not None:
+                    self._fail(action.round, action.round.failure)
+                    continue
                 yield from self._deliver(action.round)
             yield  # a pause point: a stream's consumer takes what was delivered; a cancel lands here
+        if source.failed is not None:
+            # Every item before the source's failing call is delivered; its input did not end.
+            out.splicer.finish(flushes=False)
+            raise source.failed
         out.splicer.finish()
         if keep is not None and self.stream is None:
             keep.complete(out.result())
@@ -295,7 +307,9 @@ class _Driver:
                 self._act(action)
 
     def _act(self, action: Any) -> None:
-        if isinstance(action, Observe):
+        if isinstance(action, Submit):  # flushes sent at a node's failure
+            self._submit(action)
+        elif isinstance(action, Observe):
             r = action.round
             assert r.results is not None
             self.out.splicer.saw(r.results)
@@ -323,6 +337,32 @@ class _Driver:
             rounds = [(r.index, self._tasks(r)) for r in action.rounds]
             found = find_poison_in_rounds(self.backend, self.recovery.states, self.recovery.point + 1, rounds, deaths)
         return found if found is not None else action.error
+
+    def _fail(self, r: Round | None, failure: BaseException) -> None:
+        """A node failed in round ``r``: deliver what came before the failing call (if known), then raise.
+
+        Unless the walk of the rounds before (and of ``r``'s output) closed every
+        path first: a sequential run stopped there and never made the failing
+        call, so the run goes on as if ``r`` were delivered.
+        """
+        splicer = self.out.splicer
+        try:
+            if r is not None and r.results:
+                if r.origin == 0:
+                    splicer.round(r.results, r.chunk)  # raises the failure where it is reached
+                else:
+                    splicer.flush(r.origin, r.results)
+            splicer.finish()  # no flush comes now: what waited for one goes out (r's flush is walked here)
+        except NodeFailure:
+            if self.keep is not None and self.stream is None and r is not None and r.origin == 0:
+                # Printed: a resume repeats no more than the partition that straddles this position.
+                self.keep.delivered(self.done + splicer.units_out)
+            raise
+        if not splicer.stopped:
+            raise failure
+        if r is not None:
+            r.results = {}
+            self.state.was_delivered(r)
 
     def _deliver(self, r: Round) -> Generator[None, None, None]:
         """Print, yield or keep ``r``'s output; record it for replay, and in the checkpoint."""

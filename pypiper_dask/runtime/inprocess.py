@@ -468,27 +468,38 @@ def _run(
         tree.arm()  # values are checked again, as a fused stage does per partition
         return last[1]
 
+    def result() -> PipelineResult:
+        counts = {leaf: len(v) for leaf, v in tree.values.items()} if collect and stream is None else tree.counts
+        return PipelineResult(tree.values if collect and stream is None else {}, counts, tree.dropped.errors)
+
     def source_failed(exc: Exception, count: int) -> None:
-        raise NodeError(
+        error = NodeError(
             root,
             "None",
             f"Node {root!r} (the source) raised {type(exc).__name__}: {exc} in run(None), "
             f"after emitting {count + len(tree.items)} items.",
-        ) from exc
+        )
+        error.partial = result()
+        raise error from exc
 
     tree.ns["SOURCE_FAILED"] = source_failed
     drive, ns = tree.ns["drive"], tree.ns
     done, n = 0, 1
-    while not ns["STOP"]:
-        done = (yield from drive(n, done)) if stream is not None else drive(n, done)
-        n = progress(done)
-        yield  # between blocks (about ten a second): a stream's consumer takes its items; a cancel lands here
-    for kid in snap.children[root]:
-        tree.end(kid)
+    try:
+        while not ns["STOP"]:
+            done = (yield from drive(n, done)) if stream is not None else drive(n, done)
+            n = progress(done)
+            yield  # between blocks (about ten a second): a stream's consumer takes its items; a cancel lands here
+        for kid in snap.children[root]:
+            tree.end(kid)
+    except NodeFailure as failure:
+        # Everything before the failing call went out as it happened: the error says what that was.
+        from .execute import node_error
+
+        raise node_error(failure, result()) from failure.error
     yield
     if watch.nodes:
         hidden.saw(watch.check())
     if callback:
         callback(done, total)
-    counts = {leaf: len(v) for leaf, v in tree.values.items()} if collect and stream is None else tree.counts
-    return PipelineResult(tree.values if collect and stream is None else {}, counts, tree.dropped.errors)
+    return result()

@@ -14,14 +14,17 @@ The rules:
   be delivered: a slow round idles no worker, and memory stays bounded.
 * **Order.** Rounds are delivered in index order, whatever order they come
   back in. A round a node failed in is raised when its turn comes, so the rounds
-  before it are delivered first, as the sequential run's output was.
+  before it are delivered first, as the sequential run's output was; where its
+  tasks brought back what they produced before the failing call, that goes out
+  too (a :class:`Deliver` of the failed round, which the driver ends by raising
+  the failure), so the output before an error is the sequential run's.
 * **Unordered** (``ordered=False``). A round is delivered as soon as it is back
-  (the rounds back at once in index order; a failed one raised when it is seen);
-  a sequential stage's holder still runs its steps in index order, so a stateful
-  node sees its items in source order. Delivered rounds stay *ahead* until every
-  round before them is delivered: the restore point and the rounds kept for
-  replay move in index order, as in the ordered run. New rounds go at most
-  ``4 * window`` past the first round not delivered (the holders keep
+  (the rounds back at once in index order; a failed one ends the run when it is
+  seen); a sequential stage's holder still runs its steps in index order, so a
+  stateful node sees its items in source order. Delivered rounds stay *ahead*
+  until every round before them is delivered: the restore point and the rounds
+  kept for replay move in index order, as in the ordered run. New rounds go at
+  most ``4 * window`` past the first round not delivered (the holders keep
   ``4 * window + 8`` steps' results for a round sent again). Once a node has
   closed, delivery is in order again: the rounds after a close must not go out.
 * **Resend.** A round lost with its worker (its partition, or a task's result)
@@ -103,7 +106,8 @@ class Round:
     """One partition of source items through the stages (``origin`` 0), or a sequential stage's flush.
 
     ``handle`` is the backend's, while the round is out. ``results`` are its
-    segments by stage once back; ``failure`` the node failure it came back with.
+    segments by stage once back; ``failure`` the node failure it came back with
+    (``results`` then hold what each stage produced before it, if known).
     """
 
     index: int
@@ -143,7 +147,11 @@ class Observe:
 
 @dataclass
 class Deliver:
-    """Print, yield or keep ``round``'s output; then tell the state it was delivered."""
+    """Print, yield or keep ``round``'s output; then tell the state it was delivered.
+
+    A failed round's (``round.failure``): its output up to the failing call, then
+    the failure is raised (unless a sequential run had stopped before it).
+    """
 
     round: Round
 
@@ -281,6 +289,21 @@ class RunState:
             self.index += 1
         return flushes
 
+    def _flush_now(self) -> list[Action]:
+        """A node failed: no source round comes after those out, so each sequential stage's flush goes now.
+
+        A stage whose input a node closed before the failure was flushed there in a
+        sequential run: the failed round's output waits for these (see :meth:`deliverable`).
+        """
+        if self.n_source is not None or self.resend:
+            return []
+        self.n_source = self.index
+        flushes: list[Action] = []
+        for stage in self.seq_stages:
+            flushes.append(self._submit(Round(self.index, stage, None)))
+            self.index += 1
+        return flushes
+
     def closed_before(self, r: Round) -> frozenset[str]:
         """The nodes that closed in a round before ``r``: its tasks skip them."""
         return frozenset(n for n, i in self.closed_at.items() if i < r.index)
@@ -309,8 +332,9 @@ class RunState:
             return []  # sent again since (a loss earlier in the same batch): this answer is stale
         if isinstance(outcome, NodeFailure):
             r.state, r.failure = RoundState.FAILED, outcome
+            r.results = outcome.segments or None  # what came before the failing call
             # A replay failed where the first run did not: nothing can be delivered in its place.
-            return [Fail(outcome)] if self._went_out(r.index) else []
+            return [Fail(outcome)] if self._went_out(r.index) else self._flush_now()
         if isinstance(outcome, Killed):
             return [Cancel(), Probe([r], outcome.error, outcome)]
         if isinstance(outcome, DataLost):
@@ -372,7 +396,11 @@ class RunState:
     # -- delivering ------------------------------------------------------------------
 
     def deliverable(self) -> list[Action]:
-        """The rounds to deliver now: in order (or, unordered, every round back); a failed one's error ends the list."""
+        """The rounds to deliver now: in order (or, unordered, every round back); a failed one ends the list.
+
+        A failed round with the output before its failure is delivered (the
+        driver raises the failure after it); without, its error is raised.
+        """
         # Replayed rounds leave in order too: while one lags, the rounds after it count
         # against the window, so a holder never runs more steps ahead than it keeps.
         while self.waiting and self._went_out(first := min(self.waiting)) and self.waiting[first].back:
@@ -393,9 +421,22 @@ class RunState:
             ready = [r for i, r in sorted(self.waiting.items()) if r.back and not self._went_out(i)]
         actions: list[Action] = []
         for r in ready:
+            if r.failure is not None and r.results:
+                # The flushes sent at the failure first (out of turn: they are only kept until
+                # a close in the walk splices them in); one that failed has nothing to give.
+                flushes = sorted(
+                    (f for f in self.waiting.values() if f.origin != 0 and f is not r), key=lambda f: f.index
+                )
+                if not all(f.back for f in flushes):
+                    break
+                for f in flushes:
+                    del self.waiting[f.index]
+                    if f.failure is None:
+                        f.state = RoundState.DELIVERED
+                        actions.append(Deliver(f))
             del self.waiting[r.index]
             if r.failure is not None:
-                actions.append(Fail(r.failure))
+                actions.append(Deliver(r) if r.results else Fail(r.failure))
                 break
             r.state = RoundState.DELIVERED
             actions.append(Deliver(r))

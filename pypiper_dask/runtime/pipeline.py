@@ -222,7 +222,9 @@ class Pipeline:
         Raises
         ------
         NodeError
-            A node's ``run`` raised (the original exception is its ``__cause__``).
+            A node's ``run`` raised (the original exception is its ``__cause__``),
+            after everything a sequential run output before the failing call was
+            printed; its ``partial`` holds those items (or their counts).
         PipelineError
             Any other failure of the run (see the error classes).
         """
@@ -266,6 +268,11 @@ class Pipeline:
                     next(run)
                 except StopIteration:
                     return
+                except Exception:
+                    # A node failed: what the run delivered before the failing call is yielded first.
+                    items, pending[:] = pending[:], []
+                    yield from items
+                    raise
                 if pending:
                     items, pending[:] = pending[:], []
                     yield from items
@@ -529,6 +536,8 @@ class Pipeline:
                 chunk = reader.pull(partition_size or self.partition_size or 1000)
                 if chunk.items or chunk.prints:
                     chunks.append(chunk)
+            if reader.failed is not None:
+                raise reader.failed
         finally:
             tear_down(scope)
         plan = replace(self.plan, snapshot=snap)

@@ -30,7 +30,6 @@ class _Pull:
         self.prints: dict[int, str] = {}
         self.bounds: set[int] | None = None
         self.done = self.taken = 0
-        self.error: BaseException | None = None
         self.cut_by_time = False
         self.started = time.monotonic()
         self.finished = threading.Event()
@@ -63,6 +62,7 @@ class SourceReader:
         arm_setup_emits(node)
         self.silent = SilentSource(node.name)
         self.cut_by_time = False  # the last partition was cut by time, not size
+        self.failed: NodeError | None = None  # the source's run raised: the error, raised after what came before
 
     @property
     def closed(self) -> bool:
@@ -87,8 +87,6 @@ class SourceReader:
             here = _Pull(n)
             self._fill(here, seconds)
             self.cut_by_time = here.cut_by_time
-            if here.error is not None:
-                raise here.error
             return self._take(here, len(here.items), whole=True)
         req = self._pull
         if req is None:
@@ -100,8 +98,6 @@ class SourceReader:
         wait = max(0.0, req.started + seconds - time.monotonic()) if req.taken == 0 else seconds
         if req.finished.wait(None if math.isinf(wait) else wait):
             self._pull = None
-            if req.error is not None:
-                raise req.error
             self.cut_by_time = req.taken > 0 or time.monotonic() - req.started >= seconds
             return self._take(req, len(req.items), whole=True)
         self.cut_by_time = True
@@ -188,7 +184,11 @@ class SourceReader:
                 )
                 error = NodeError(self.node.name, "None", f"{what}, after emitting {base + len(items)} items.")
                 error.__cause__ = exc
-                req.error = error
+                # Raised once the items before the failing call are delivered, as in a sequential
+                # run; what that call emitted never left it (its prints did).
+                self.failed = error
+                stop.append(True)
+                del items[req.done :]
             finally:
                 req.finished.set()
 
