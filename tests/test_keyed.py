@@ -351,3 +351,48 @@ def test_keyed_instances_share_the_process_set_up_and_keep_on_error(where, tmp_p
     pids = log.read_text().split()
     assert len(pids) == len(set(pids)) <= 2  # once per process, not per key
     assert all(not hasattr(n, "model") for n in result.keyed("loaded").values())  # the process's, not state
+
+
+class Fragile(Node):
+    """Keyed by ``x % keys``; its instance raises at item ``at`` (``where="run"``), or ``key()`` does (``"key"``)."""
+
+    def setup(self, at, where="run", keys=3, loud=True):
+        self.at, self.where, self.keys, self.loud = at, where, keys, loud
+        self.total = 0
+
+    def key(self, x):
+        if self.where == "key" and x == self.at:
+            raise KeyError(f"no key for {x}")
+        return x % self.keys
+
+    def run(self, x):
+        if self.loud:
+            print(f"call {x}")
+        if self.where == "run" and x == self.at:
+            raise ValueError(f"broke at {x}")
+        self.total += x
+        self.emit((x % self.keys, self.total))
+
+
+@pytest.mark.parametrize("where", ["run", "key"])
+@pytest.mark.parametrize("mode", ["here", "tasks", pytest.param("cluster", marks=pytest.mark.cluster)])
+def test_output_before_a_keyed_nodes_error_is_delivered(where, mode, request):
+    from tests.reference import reference_until_error
+
+    def g():
+        return N.Gen("gen", size=60) | Fragile("fragile", stateless=False, at=37, where=where) | N.Echo("out")
+
+    want_text, want, error = reference_until_error(g())
+    assert error is not None and len(want["out"]) == 37
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(NodeError, match="37") as caught:
+        if mode == "here":
+            Pipeline(g(), n_threads=1).run()
+        elif mode == "tasks":
+            p = Pipeline(g())
+            p.partition_size = 8
+            p._run_on(SyncTaskBackend())
+        else:
+            Pipeline(g(), client=request.getfixturevalue("local_client"), partition_size=8).run()
+    assert caught.value.node == "fragile"
+    assert buf.getvalue() == want_text

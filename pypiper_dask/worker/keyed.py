@@ -133,10 +133,13 @@ class KeyedNodes:
         try:
             node.run(data)
         except Exception as exc:
-            retry_or_drop(node, self.name, data, exc, self.buf, seg)
-        finally:
-            out.extend(self.buf)
-            self.buf.clear()
+            try:
+                retry_or_drop(node, self.name, data, exc, self.buf, seg)
+            except BaseException:
+                self.buf.clear()  # what the failing call emitted goes nowhere, as in a sequential run
+                raise
+        out.extend(self.buf)
+        self.buf.clear()
         if key in self.finished:
             self.pending.pop(key, None)
 
@@ -299,10 +302,14 @@ class KeyedHolder(SeqHolder):
         keyed.rearm()
         marks = Marks(seg, lambda: (len(ends), len(out)), lambda: self.name)
         with capture_stdout(marks.printed):
-            for j, item in enumerate(items):
-                key = keys[j] if keys is not None else self.key(item)
-                keyed.feed(key, item, (number, positions[j] if positions is not None else j), out, seg)
-                ends.append(len(out))
+            try:
+                for j, item in enumerate(items):
+                    key = keys[j] if keys is not None else self.key(item)
+                    keyed.feed(key, item, (number, positions[j] if positions is not None else j), out, seg)
+                    ends.append(len(out))
+            except NodeFailure as failed:  # what came before the failing call goes with the failure
+                seg.ends, seg.n_in = ends, len(items)
+                raise failed.detached().with_partial(seg, own=True) from None
         if upstream_closed:
             self.upstream_closed = True
         seg.ends = ends
@@ -386,8 +393,8 @@ class KeyRoute:
 _templates: dict[str, Any] = {}
 
 
-def _route(route: KeyRoute, items: list, shards: int, number: int) -> tuple[list[list], list[list], list[list]]:
-    """Each holder's items, keys and positions in the partition."""
+def _route(route: KeyRoute, items: list, shards: int) -> tuple[list[list], list[list], list[list], Any]:
+    """Each holder's items, keys and positions in the partition, up to an item whose key fails (then its failure)."""
     node = _templates.get(route.token)
     if node is None:
         if len(_templates) > 16:  # earlier runs'
@@ -397,51 +404,95 @@ def _route(route: KeyRoute, items: list, shards: int, number: int) -> tuple[list
     keys: list[list] = [[] for _ in range(shards)]
     where: list[list] = [[] for _ in range(shards)]
     for j, item in enumerate(items):
-        key = key_of(node, route.name, item)
+        try:
+            key = key_of(node, route.name, item)
+        except NodeFailure as failed:  # the items before it still go, as in a sequential run
+            return parts, keys, where, failed
         h = key_group(key) % shards
         parts[h].append(item)
         keys[h].append(key)
         where[h].append(j)
-    return parts, keys, where
+    return parts, keys, where, None
 
 
 def _gather(calls: list) -> list:
+    """Each call's answer, or the node's failure it raised; waits for all of them."""
     from .sequential import _task
 
-    results = []
+    results: list = []
     for call in calls:
         try:
-            results.append(call.result(timeout=0.01))
-        except Exception as exc:
-            if isinstance(exc, NodeFailure):
+            try:
+                results.append(call.result(timeout=0.01))
+            except NodeFailure:
                 raise
-            if not getattr(_task, "seceded", False):
-                from distributed import secede
+            except Exception:
+                if not getattr(_task, "seceded", False):  # leave the worker's pool while the holders work
+                    from distributed import secede
 
-                secede()
-                _task.seceded = True
-            results.append(call.result())
+                    secede()
+                    _task.seceded = True
+                results.append(call.result())
+        except NodeFailure as failed:
+            results.append(failed)
     return results
 
 
+def _raised(answers: list) -> list:
+    """``answers``, or the first holder's failure among them raised."""
+    for answer in answers:
+        if isinstance(answer, NodeFailure):
+            raise answer
+    return answers
+
+
 def keyed_step(route: KeyRoute, shards: tuple, number: int, items: list, upstream_closed: bool, snap: bool) -> Segment:
-    """Hand a partition to a keyed node's holders (one call each) and merge their outputs in source order."""
-    parts, keys, where = _route(route, items, len(shards), number)
+    """Hand a partition to a keyed node's holders (one call each) and merge their outputs in source order.
+
+    A failure (of ``key()`` or of an instance) is raised carrying the output
+    of the items before the failing one, in order (see ``NodeFailure.partial``).
+    """
+    parts, keys, where, bad_key = _route(route, items, len(shards))
     calls = [
         _actor(h).step(number, "process", Items(p, route.name), upstream_closed, snap, k, w)
         for h, p, k, w in zip(shards, parts, keys, where, strict=True)
     ]
-    segs = _gather(calls)
-    return merge_steps(segs, where, len(items), snap)
+    answers = _gather(calls)
+    failed = [(h, a) for h, a in enumerate(answers) if isinstance(a, NodeFailure)]
+    if not failed and bad_key is None:
+        return merge_steps(answers, where, len(items), snap)
+    # The first failure in source order is the one a sequential run meets.
+    first: list[tuple[int, int, NodeFailure]] = []
+    if bad_key is not None:
+        first.append((sum(map(len, where)), -1, bad_key))
+    for h, f in failed:
+        if f.partial is None or f.partial.failure is None or f.partial.ends is None:
+            raise f  # not an instance's own failure with its output: nothing to deliver before it
+        first.append((where[h][len(f.partial.ends)], h, f))
+    at, h, failure = min(first, key=lambda c: c[0])
+    segs = [a.partial if isinstance(a, NodeFailure) else a for a in answers]
+    merged = merge_steps(segs, where, at, False)
+    if h >= 0:  # the failing call's prints and what its unit emitted before it
+        seg = segs[h]
+        j = len(seg.ends)
+        start = seg.ends[j - 1] if j else 0
+        base = len(merged.outs[0]) - start
+        merged.marks.extend((at, base + pos, event) for unit, pos, event in seg.marks if unit == j)
+        merged.outs[0].extend(seg.outs[0][start:])
+    raise failure.detached().with_partial(merged, own=True)
 
 
 def merge_steps(segs: list[Segment], where: list[list[int]], n: int, snap: bool) -> Segment:
-    """The holders' segments of one step as one, in the partition's order (each item one unit)."""
+    """The holders' segments of one step as one, in the partition's order (each item one unit).
+
+    Only the first ``n`` items' (those before a failure, when ``n`` is less than all).
+    """
     owner = [0] * n
     local = [0] * n
     for h, positions in enumerate(where):
         for j, position in enumerate(positions):
-            owner[position], local[position] = h, j
+            if position < n:
+                owner[position], local[position] = h, j
     marks_at: list[dict[int, list]] = []
     for seg in segs:
         by_unit: dict[int, list] = {}
@@ -450,7 +501,8 @@ def merge_steps(segs: list[Segment], where: list[list[int]], n: int, snap: bool)
         marks_at.append(by_unit)
     merged = Segment(1)
     out, ends = merged.outs[0], []
-    if any(seg.ends for seg in segs):  # else the holders skipped their items (input closed above)
+    whole = n == sum(map(len, where))
+    if any(seg.ends for seg in segs) or not whole:  # else the holders skipped their items (input closed above)
         for position in range(n):
             h, j = owner[position], local[position]
             seg = segs[h]
@@ -462,7 +514,7 @@ def merge_steps(segs: list[Segment], where: list[list[int]], n: int, snap: bool)
             ends.append(len(out))
         merged.ends = ends
     for h, seg in enumerate(segs):  # marks after a holder's last unit (none are expected)
-        for _, event in marks_at[h].get(len(where[h]), ()):
+        for _, event in marks_at[h].get(len(where[h]), ()) if whole else ():
             merged.marks.append((n, len(out), event))
         merged.errors.extend(seg.errors)
     merged.n_in = n
@@ -474,7 +526,7 @@ def merge_steps(segs: list[Segment], where: list[list[int]], n: int, snap: bool)
 
 def keyed_flush(shards: tuple, number: int, snap: bool) -> Segment:
     """End a keyed node's input on every holder; their last batches merged in order of each key's first item."""
-    answers = _gather([_actor(h).step(number, "flush", snap, True) for h in shards])
+    answers = _raised(_gather([_actor(h).step(number, "flush", snap, True) for h in shards]))
     chunks = []  # (first stamp, holder, start, end, first mark, end of marks)
     for h, (_, ends) in enumerate(answers):
         start = first = 0
@@ -499,5 +551,5 @@ def keyed_flush(shards: tuple, number: int, snap: bool) -> Segment:
 
 def keyed_state(shards: tuple, number: int) -> bytes:
     """Every holder's instances as one pickled :class:`KeyedInstances`."""
-    answers = _gather([_actor(h).step(number, "state", True) for h in shards])
+    answers = _raised(_gather([_actor(h).step(number, "state", True) for h in shards]))
     return instances_blob([entry for found in answers for entry in found])
