@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    BadKeyError,
     CheckpointError,
     GraphError,
     NodeError,
@@ -45,6 +46,7 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "BadKeyError",
     "CheckpointError",
     "FunctionNode",
     "GraphError",

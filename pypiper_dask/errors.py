@@ -8,8 +8,10 @@ pyPiper that catches the builtin keeps working.
 from __future__ import annotations
 
 import reprlib
+from typing import Any
 
 __all__ = [
+    "BadKeyError",
     "CheckpointError",
     "GraphError",
     "NodeError",
@@ -87,13 +89,17 @@ class NodeError(PipelineError):
     """A node's ``run`` raised.
 
     The original exception is the ``__cause__``; ``node`` is the node's name and
-    ``item`` a short repr of what ``run`` was given.
+    ``item`` a short repr of what ``run`` was given. ``partial`` is what the run
+    delivered before the error, as a ``PipelineResult`` (the leaves' items if
+    the run collected them, else their counts): exactly what a sequential run
+    emitted before the failing call. ``None`` where the error did not come from a run.
     """
 
     def __init__(self, node: str, item: str, message: str) -> None:
         super().__init__(message)
         self.node = node
         self.item = item
+        self.partial: Any = None
 
 
 class ValuePickleError(PipelineError, TypeError):
@@ -102,6 +108,14 @@ class ValuePickleError(PipelineError, TypeError):
     Raised by the node's ``emit`` on a cluster, so the run stops with a
     :class:`NodeError` naming the node and its input; the message says what
     pickle said.
+    """
+
+
+class BadKeyError(TypeError):
+    """A keyed node's ``key()`` returned a value that cannot be a key: unhashable, or not picklable.
+
+    Raised where the node runs; it reaches the caller inside the node's
+    :class:`NodeError`, which names the node and the item.
     """
 
 

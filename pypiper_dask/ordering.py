@@ -14,7 +14,10 @@ just enough to put them back in the order a sequential run produces:
     item boundaries: a chain into one leaf, fed by a plain partition);
 ``marks``
     the rare events, each at its place: ``(unit, values emitted before it,
-    Printed | Closed)``.
+    Printed | Closed)``;
+``failure``
+    set when a node of the stage raised: the segment then holds what the
+    stage produced before the failing call, and its events end with the failure.
 
 This module holds the three sides of that encoding: the types a task writes,
 the small helpers that write them (:class:`Marks`), and the code that reads
@@ -32,6 +35,7 @@ from typing import Any, Protocol
 __all__ = [
     "END",
     "Closed",
+    "Failed",
     "ItemError",
     "Marks",
     "Printed",
@@ -83,6 +87,18 @@ class Closed:
         return f"Closed({self.node!r})"
 
 
+class Failed:
+    """Event: a node raised here (``failure``); nothing after it is output."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure = failure
+
+    def __repr__(self) -> str:
+        return f"Failed({self.failure!r})"
+
+
 class ItemError:
     """An item a node's ``run`` failed on and ``on_error`` dropped."""
 
@@ -115,6 +131,7 @@ class Segment:
         "carried",
         "ends",
         "errors",
+        "failure",
         "marks",
         "n_in",
         "order",
@@ -136,6 +153,9 @@ class Segment:
         self.carried: tuple[int, Segment] | None = None  # a stage's log brought back by this task
         self.suspects: list[tuple[str, str]] = []  # (node, attribute): hidden state (worker.guard)
         self.snap: Any = None  # a sequential stage's snapshot after this step, when asked (worker.snapshots)
+        # The failure of a node of this stage (a NodeFailure), raised where the events end: the
+        # segment holds what came before the failing call, that call's prints included.
+        self.failure: Exception | None = None
 
     def __reduce__(self):
         state = {slot: getattr(self, slot) for slot in self.__slots__}
@@ -152,6 +172,7 @@ class Segment:
 
 def _rebuild_segment(state: dict) -> Segment:
     seg = Segment.__new__(Segment)
+    seg.failure = None  # a segment pickled before segments could fail (a checkpoint's)
     for slot, value in state.items():
         setattr(seg, slot, value)
     return seg
@@ -251,6 +272,12 @@ def events(
     [(0, 10), (0, 11), None, Printed('n', 'hi\\n'), (0, 20), None]
     >>> list(events(seg, calls={2}))
     [(0, 10), (0, 11), Printed('n', 'hi\\n'), (0, 20), None]
+
+    A segment a node failed in ends with the unit it failed in, cut where it failed:
+
+    >>> seg.ends, seg.failure = [2], ValueError("at 2")
+    >>> list(events(seg))
+    [(0, 10), (0, 11), None, Printed('n', 'hi\\n'), (0, 20), Failed(ValueError('at 2'))]
     """
     outs, order, marks = seg.outs, seg.order, seg.marks
     taken = [0] * len(outs)
@@ -274,6 +301,8 @@ def events(
             pos = at
             yield entry
         yield from values(pos, total)
+        if seg.failure is not None:
+            yield Failed(seg.failure)
         return
     prints = prints or {}
     pos = mi = 0
@@ -292,8 +321,16 @@ def events(
         pos = end
         if calls is None or unit + 1 in calls:
             yield END
-    if n_units in prints:  # printed by the last call, which emitted nothing
+    if n_units in prints:  # printed by the last call, which emitted nothing (or before the failing unit)
         yield Printed(source, prints[n_units])
+    if seg.failure is not None:
+        # The unit a node failed in: what it produced up to the failing call, then the failure.
+        for _, at, entry in marks[mi:]:
+            yield from values(pos, at)
+            pos = at
+            yield entry
+        yield from values(pos, total)
+        yield Failed(seg.failure)
 
 
 class _Stage(Protocol):
@@ -326,6 +363,8 @@ class Splicer:
         self.flush_results: dict[int, dict[int, Segment]] = {}
         self.waiting: list[tuple[int, dict[int, Segment], Any]] = []
         self.leaf_sinks: dict[str, tuple[int, int]] = {}
+        self._ends_walked = 0  # source calls' ends walked in the last source round walked
+        self._call_ends: list[int] | None = None  # where that round's source calls ended (None: every item)
         for stage in plan.stages:
             if stage.kind == "fused":
                 for i, sink in enumerate(stage.sinks):
@@ -349,6 +388,12 @@ class Splicer:
         self.saw(results)
         if self._done() and not self.waiting:
             return  # a sequential run would not have pulled these source items
+        if any(res.failure is not None for res in results.values()):
+            # A node failed in this round: no flush comes after it, so what waited for one
+            # goes out now, then this round up to the failure, which the walk raises.
+            self.waiting.append((0, results, chunk))
+            self.finish()
+            return
         if self.waiting or self._needs_flush(results):
             self.waiting.append((0, results, chunk))  # walked once flushes are known
             return
@@ -366,17 +411,24 @@ class Splicer:
         self.saw(results)
         self.flush_results[stage] = results
 
-    def finish(self) -> None:
-        """Walk what waited for flushes, then every flush not walked at a close."""
+    def finish(self, flushes: bool = True) -> None:
+        """Walk what waited for flushes, then (``flushes``) every flush not walked at a close."""
         waiting, self.waiting = self.waiting, []
         for origin, results, chunk in waiting:
             if self._done():
                 break
             self._walk_round(origin, results, chunk)
+        if not flushes:
+            return
         for stage in self.plan.seq_stages:
             if stage.id not in self.flushed and stage.id in self.flush_results:
                 self.flushed.add(stage.id)
                 self._walk_round(stage.id, self.flush_results.pop(stage.id))
+
+    @property
+    def stopped(self) -> bool:
+        """Every path closed in the walk so far: a sequential run stopped here, and output nothing more."""
+        return self._done()
 
     @property
     def exhausted(self) -> bool:
@@ -412,7 +464,17 @@ class Splicer:
         if values:
             self._deliver(leaf, values)
 
+    @property
+    def units_out(self) -> int:
+        """Of the source round walked last, how many source items' output all went out (its ends walked)."""
+        if self._call_ends is None:
+            return self._ends_walked
+        return self._call_ends[self._ends_walked - 1] if self._ends_walked else 0
+
     def _walk_round(self, origin: int, results: dict[int, Segment], chunk: Any = None) -> None:
+        if origin == 0:
+            self._ends_walked = 0
+            self._call_ends = sorted(chunk.calls) if chunk is not None and chunk.calls is not None else None
         for res in results.values():
             self.errors.extend(res.errors)
         iters = {}
@@ -428,6 +490,7 @@ class Splicer:
         for event in iters[sid]:
             if event is END:
                 if whole:
+                    self._ends_walked += 1
                     if self._done():
                         return  # every path closed: a sequential run pulls no more items
                     continue
@@ -453,6 +516,8 @@ class Splicer:
                     self.write(event.text)
             elif kind is Closed:
                 self._close(event.node)
+            elif kind is Failed:
+                raise event.failure  # the sequential run stops here
 
     def _close(self, node: str) -> None:
         """``node`` closed here: its subtree's input ends now, so splice in their flushes."""

@@ -182,6 +182,38 @@ class Running(Node):
         self.emit((self.count, self.total))
 
 
+class KeyedRunning(Node):
+    """Keyed (give ``stateless=False``): per key, a running count and total; emits ``(count, total)``.
+
+    The key is ``num(data) % keys`` (as text with ``text=True``). ``close_after``: a key's
+    instance closes after that many calls; ``loud``: each call prints a line.
+    """
+
+    def setup(self, keys: int = 3, close_after: int = 0, loud: bool = False, text: bool = False) -> None:
+        self.keys, self.close_after, self.loud, self.text = keys, close_after, loud, text
+        self.count = 0
+        self.total = 0
+
+    def key(self, data: Any) -> Any:
+        k = num(data) % self.keys
+        return f"k{k}" if self.text else k
+
+    def run(self, data: Any) -> None:
+        log_call(self, data)
+        batched = self.batch_size != 1
+        if batched:
+            assert len({self.key(d) for d in data}) == 1, f"a batch of one key: {data}"
+            if self.batch_size != Node.BATCH_SIZE_ALL:
+                assert len(data) <= self.batch_size, data
+        self.count += 1
+        self.total += num(data)
+        if self.loud:
+            print(f"{self.name} {self.key(data[0] if batched else data)} {self.count}")
+        self.emit((self.count, self.total))
+        if self.close_after and self.count >= self.close_after:
+            self.close()
+
+
 class InOrder(Node):
     """Stateful: asserts it sees 0, 1, 2, ... exactly once each."""
 

@@ -11,7 +11,11 @@ forms), and ``programs(names=True)`` gives every node a name drawn from
 
 from __future__ import annotations
 
+import ast
 import functools
+import math
+import os
+import tempfile
 
 from hypothesis import strategies as st
 
@@ -114,6 +118,12 @@ def node_specs(draw, depth: int = 0, kinds: tuple[str, ...] = tuple(_MIDDLE)):
             params["n"] = draw(st.integers(0, 3))
         if params["form"] == "sum":
             params["batch_size"] = draw(st.sampled_from([2, 5, Node.BATCH_SIZE_ALL]))
+    elif kind == "keyed":
+        params["keys"] = draw(st.integers(1, 9))
+        params["batch_size"] = draw(st.sampled_from([1, 1, 2, 3, Node.BATCH_SIZE_ALL]))
+        params["close_after"] = draw(st.sampled_from([0, 0, 1, 3]))
+        params["loud"] = draw(st.booleans())
+        params["text"] = draw(st.booleans())
     elif kind == "reuse":
         params["times"] = draw(st.integers(1, 2))
         params["streams"] = draw(st.booleans())  # out_streams=["a", "b"] over the reused list
@@ -136,9 +146,10 @@ def _named(specs, names) -> list:
 
 
 @st.composite
-def programs(draw, *, reuse: bool = False, names: bool = False, functions: bool = False):
+def programs(draw, *, reuse: bool = False, names: bool = False, functions: bool = False, keyed: bool = False):
     """(source params, subtree specs) for a random pipeline.
 
+    ``keyed``: also draw keyed stateful nodes (``tests/nodes.py``'s ``KeyedRunning``).
     ``reuse``: also draw "reuse" nodes and a source that reuses its output list.
     ``functions``: also draw function nodes (:func:`pypiper_dask.as_node`).
     ``names``: draw every node's name (see :func:`node_names`); else ``build`` numbers them.
@@ -150,6 +161,8 @@ def programs(draw, *, reuse: bool = False, names: bool = False, functions: bool 
     kinds = (*_MIDDLE, "reuse") if reuse else tuple(_MIDDLE)
     if functions:
         kinds = (*kinds, "function")
+    if keyed:
+        kinds = (*kinds, "keyed", "keyed")
     if reuse:
         source["reuse"] = draw(st.booleans())
     kids = draw(st.lists(node_specs(kinds=kinds), min_size=1, max_size=3))
@@ -233,6 +246,8 @@ def build(program, calls=None) -> NodeGraph:
                 return as_node(functools.partial(N.fn_repeat, p.pop("n")), name, **options)
             fn = {"inc": N.fn_inc, "none": N.fn_none, "odd": N.fn_odd, "sum": N.fn_sum}[form]
             return as_node(fn, name, filter=form == "odd", **p, **options)
+        if kind == "keyed":
+            return N.KeyedRunning(name, stateless=False, **p, **extra)
         if kind == "reuse":
             streams = ["a", "b"] if p.pop("streams", False) else "*"
             return N.Reuse(name, out_streams=streams, **p, **extra)
@@ -248,3 +263,70 @@ def build(program, calls=None) -> NodeGraph:
     for spec in kids:
         attach(graph.root, spec, False)
     return graph
+
+
+# -- a node that raises at a drawn item (issue 19 item 2) ---------------------------------------
+
+
+@st.composite
+def failing_programs(draw, **options):
+    """``(program, where, ledger)``: a program of :func:`programs` and where a node that raises goes in it.
+
+    ``where`` is the preorder position (0: the source) of the node it goes under;
+    ``ledger``: the keywords of :func:`build_failing`'s ledger: ``fail_at`` (the
+    item it raises at, maybe one that never comes), ``every`` (it prints at every
+    ``every``-th item), ``stateless`` and ``above`` (it goes between that node and
+    its successors, else it is one more leaf).
+    """
+    program = draw(programs(**options))
+    where = draw(st.integers(0, _count(program[1])))
+    ledger = {
+        "fail_at": math.nan,  # equal to nothing: it never fails
+        "every": draw(st.integers(2, 9)),
+        "stateless": draw(st.booleans()),
+        "above": draw(st.booleans()),
+    }
+    # Mostly an item it does receive (a dry run of the reference says which), sometimes none.
+    seen = _ledger_inputs(program, where, ledger)
+    if seen and draw(st.integers(0, 9)):
+        ledger["fail_at"] = ast.literal_eval(draw(st.sampled_from(seen)))
+    return program, where, ledger
+
+
+def _ledger_inputs(program, where: int, ledger: dict) -> list[str]:
+    """The reprs of the items the ledger of :func:`build_failing` receives in a sequential run that never fails."""
+    from tests.reference import reference_run
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "calls")
+        graph = build_failing(program, where, {**ledger, "fail_at": math.nan})
+        node = next(n for n in graph if isinstance(n, N.Ledger))
+        node.calls = path  # only its calls are logged
+        reference_run(graph, calls=path)
+        return [data for _, data in N.read_calls(path)]
+
+
+def build_failing(program, where: int, ledger: dict, calls=None) -> NodeGraph:
+    """``build(program)`` with a ``tests.nodes.Ledger`` raising at ``fail_at`` (see :func:`failing_programs`)."""
+    graph = build(program, calls)
+    nodes = list(graph)
+    target = nodes[where]
+    name = "fail"
+    while any(n.name == name for n in nodes):
+        name += "~"
+    above = ledger["above"] and target.out_streams == "*" and bool(graph.children(target))
+    extra = {} if target.out_streams == "*" else {"in_streams": [target.out_streams[0]]}
+    log = {} if calls is None else {"calls": str(calls)}
+    fail = N.Ledger(
+        name, every=ledger["every"], fail_at=ledger["fail_at"], stateless=ledger["stateless"], **extra, **log
+    )
+    out = NodeGraph(graph.root)
+    for node in nodes:
+        parent = node
+        if node is target:
+            out.add(node, fail)
+            if above:
+                parent = fail
+        for kid in graph.children(node):
+            out.add(parent, kid)
+    return out

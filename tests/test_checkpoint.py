@@ -23,12 +23,15 @@ import uuid
 import cloudpickle
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pypiper_dask import CheckpointError, Node, OptionError, Pipeline
 from pypiper_dask.runtime import SyncTaskBackend
 from pypiper_dask.runtime.backends import InProcessBackend
 from tests import nodes as N
 from tests.conftest import ROOT
+from tests.strategies import build, programs
 
 
 def read_cut(blob: bytes) -> dict:
@@ -506,3 +509,71 @@ def test_a_stream_left_mid_partition_resumes_with_nothing_lost(tmp_path, n_threa
                 raise ZeroDivisionError  # an exception in the loop body
     second = [item for _, item in make().stream(checkpoint=path)]
     check_seam(first, second, reference, 40)
+
+
+# -- random programs: a consumer that leaves a checkpointed stream at a drawn point (issue 19 item 1) --
+
+
+def check_stream_left_and_resumed(program, leave_at: int, make, folder) -> None:
+    """Leave ``make(graph).stream(checkpoint=...)`` after ``leave_at`` items, resume: nothing lost.
+
+    What the resumed stream yields is the rest of the sequential order, and it
+    starts at or before where the consumer left (what repeats is the seam's
+    partition: its items were taken, but the consumer left before its end).
+    """
+    reference = list(Pipeline(build(program), n_threads=1).stream())
+    path = str(folder / uuid.uuid4().hex)
+    first: list = []
+    with contextlib.redirect_stdout(io.StringIO()):
+        for pair in make(build(program)).stream(checkpoint=path):
+            if len(first) == leave_at:
+                break
+            first.append(pair)
+        second = list(make(build(program)).stream(checkpoint=path))
+    assert first == reference[: len(first)]
+    start = len(reference) - len(second)
+    assert second == reference[start:], "the resumed stream is not the rest of the sequential order"
+    assert start <= len(first), f"items {start}..{len(first) - 1} were lost"
+
+
+_random_in_background = pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+
+
+@pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(reuse=True, names=True), st.integers(0, 150), st.sampled_from([1, 3, 17]))
+def test_random_streams_left_early_resume_with_nothing_lost(tmp_path_factory, program, leave_at, partition_size):
+    folder = tmp_path_factory.mktemp("ck")
+    check_stream_left_and_resumed(
+        program, leave_at, lambda g: Pipeline(g, n_threads=1, partition_size=partition_size), folder
+    )
+
+
+@_random_in_background
+@pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(programs(reuse=True, names=True), st.integers(0, 150), st.sampled_from([2, 7]))
+def test_random_streams_left_early_resume_with_nothing_lost_on_a_local_cluster(
+    tmp_path_factory, local_client, program, leave_at, partition_size
+):
+    folder = tmp_path_factory.mktemp("ck")
+    check_stream_left_and_resumed(
+        program, leave_at, lambda g: Pipeline(g, client=local_client, partition_size=partition_size), folder
+    )
+
+
+@_random_in_background
+@pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(programs(reuse=True, names=True), st.integers(0, 150))
+def test_random_streams_left_early_resume_with_nothing_lost_on_an_external_cluster(
+    tmp_path_factory, external_cluster, program, leave_at
+):
+    folder = tmp_path_factory.mktemp("ck")
+    check_stream_left_and_resumed(
+        program, leave_at, lambda g: Pipeline(g, client=external_cluster, partition_size=5), folder
+    )

@@ -17,7 +17,8 @@ from pypiper_dask.compiler import key_label
 from tests import nodes as N
 from tests.conftest import ROOT, dask_processes
 from tests.reference import reference_run
-from tests.strategies import build, programs
+from tests.strategies import build, failing_programs, programs
+from tests.test_output_before_error import check_failing_program
 
 pytestmark = pytest.mark.cluster
 
@@ -191,3 +192,30 @@ def test_worker_prints_reach_the_caller_in_order(local_client):
 
     text, _ = run_text(Pipeline(N.Gen("gen", size=300) | Loud("loud"), client=local_client, partition_size=7))
     assert text == "".join(f"loud {i}\n{i}\n" for i in range(300))
+
+
+# -- a node that raises at a drawn item (issue 19 item 2) -----------------------------------------
+
+
+@random_in_background
+@pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(failing_programs(reuse=True, names=True, keyed=True), st.sampled_from([None, 2, 7]))
+def test_random_programs_with_a_failing_node_on_a_local_cluster(local_client, failing, partition_size):
+    program, where, ledger = failing
+    check_failing_program(
+        program, where, ledger, lambda g: Pipeline(g, client=local_client, partition_size=partition_size)
+    )
+
+
+@random_in_background
+@pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(failing_programs(reuse=True, names=True, keyed=True))
+def test_random_programs_with_a_failing_node_on_an_external_cluster(external_cluster, failing):
+    program, where, ledger = failing
+    check_failing_program(program, where, ledger, lambda g: Pipeline(g, client=external_cluster, partition_size=5))

@@ -40,11 +40,13 @@ def plan_of(stateful: bool):
     return compile_plan(Snapshot.from_graph(graph))
 
 
-def machine(stateful=False, snapshots=None, window=4, n_workers=2, max_resends=5):
+def machine(stateful=False, snapshots=None, window=4, n_workers=2, max_resends=5, ordered=True):
     plan = plan_of(stateful)
     recovery = Recovery(plan, snapshots, able=True)
     seq = tuple(s.id for s in plan.seq_stages)
-    return RunState(recovery, window=window, n_workers=n_workers, seq_stages=seq, max_resends=max_resends)
+    return RunState(
+        recovery, window=window, n_workers=n_workers, seq_stages=seq, max_resends=max_resends, ordered=ordered
+    )
 
 
 def results(state: RunState) -> dict[int, Segment]:
@@ -118,6 +120,38 @@ def test_a_node_failure_is_raised_after_the_rounds_before_it_are_delivered():
     assert delivered(state) == []  # round 0 is not back
     state.returned(r0, results(state))
     assert delivered(state) == [0, "fail"]
+
+
+def test_a_failed_round_delivers_what_came_before_its_failure_and_nothing_after_it():
+    """Issue 19 item 2: the failed round's partial output goes out in its turn; the driver raises after it."""
+    state = machine()
+    r0, r1, r2 = pull(state, 3)
+    failed = failure()
+    failed.segments = results(state)  # what each stage produced before the failing call
+    state.returned(r1, failed)
+    assert r1.state is RoundState.FAILED and r1.results is failed.segments
+    state.returned(r2, results(state))
+    state.returned(r0, results(state))
+    actions = state.deliverable()
+    assert actions == [Deliver(r0), Deliver(r1)]  # round 2, after the failure, is not delivered
+    assert actions[1].round.failure is failed
+    assert state.failed is False and 2 in state.waiting
+
+
+def test_a_failure_flushes_the_sequential_stages_and_its_output_waits_for_the_flushes():
+    """A close before the failure flushed the stages below it in a sequential run: the flushes go at once."""
+    state = machine(stateful=True)
+    r0, _ = pull(state, 2)
+    failed = failure()
+    failed.segments = results(state)
+    actions = state.returned(r0, failed)
+    assert [type(a) for a in actions] == [Submit] and actions[0].round.origin != 0  # the stage's flush
+    flush = actions[0].round
+    assert state.n_source == 2 and not state.may_pull(calibrated=True) and state.input_ended() == []
+    assert state.deliverable() == []  # the flush is not back
+    state.returned(flush, results(state))
+    assert state.deliverable() == [Deliver(flush), Deliver(r0)]  # the flush is kept, then the failed round
+    assert 1 in state.waiting  # nothing after the failure
 
 
 def test_rounds_lost_with_a_worker_go_again_before_new_source_rounds():
@@ -223,3 +257,91 @@ def test_a_round_whose_task_killed_every_worker_is_probed_not_sent_again():
     assert isinstance(actions[0], Cancel) and actions[0].handles is None
     assert isinstance(actions[1], Probe) and actions[1].rounds == [r1] and actions[1].error is error
     assert not state.resend
+
+
+# -- ordered=False ---------------------------------------------------------------------
+
+
+def test_unordered_rounds_are_delivered_as_they_come_back():
+    state = machine(ordered=False)
+    r0, r1, r2 = pull(state, 3)
+    state.returned(r2, results(state))
+    assert delivered(state) == [2]
+    assert state.delivered == 0 and set(state.ahead) == {2}  # round 0 still holds the record back
+    state.returned(r1, results(state))
+    state.returned(r0, results(state))
+    assert delivered(state) == [0, 1]  # those back at once go in index order
+    assert state.delivered == 3 and not state.ahead and not state.waiting
+
+
+def test_unordered_delivery_records_rounds_for_replay_in_index_order():
+    state = machine(stateful=True, snapshots=(10**9, None), ordered=False)
+    r0, r1, r2 = pull(state, 3)
+    state.returned(r2, results(state))
+    state.returned(r1, results(state))
+    assert delivered(state) == [1, 2]
+    assert state.recovery.kept == []  # a round is kept for replay once the rounds before it are
+    state.returned(r0, results(state))
+    assert delivered(state) == [0]
+    assert [r.index for r in state.recovery.kept] == [0, 1, 2]
+
+
+def test_unordered_a_slow_round_holds_back_no_other_round_but_the_run_stays_bounded():
+    state = machine(window=2, n_workers=2, ordered=False)
+    (slow,) = pull(state, 1)
+    n = 1
+    while state.may_pull(calibrated=True):
+        (r,) = pull(state, 1)
+        state.returned(r, results(state))
+        assert delivered(state) == [r.index]
+        n += 1
+    # Ordered, the reorder buffer stops new rounds at 2 * window waiting; here the rounds
+    # ahead of the slow one are out, and new ones stop at 4 * window past it.
+    assert n == 4 * state.window and len(state.waiting) == 1
+    state.returned(slow, results(state))
+    assert delivered(state) == [0] and state.delivered == n and state.may_pull(calibrated=True)
+
+
+def test_unordered_a_node_failure_is_raised_when_it_comes_back():
+    state = machine(ordered=False)
+    r0, r1, r2 = pull(state, 3)
+    state.returned(r2, results(state))
+    state.returned(r1, failure())
+    assert delivered(state) == ["fail"]  # round 2 is after it: not delivered
+    state = machine(ordered=False)
+    r0, r1, r2 = pull(state, 3)
+    state.returned(r1, failure())
+    state.returned(r0, results(state))
+    assert delivered(state) == [0, "fail"]
+
+
+def test_unordered_delivery_is_in_order_again_once_a_node_closed():
+    state = machine(ordered=False)
+    r0, r1, _r2, r3 = pull(state, 4)
+    res = results(state)
+    res[0].marks.append((0, 0, Closed("a")))
+    state.returned(r1, res)
+    state.returned(r3, results(state))
+    assert delivered(state) == []  # round 0 first: what comes after the close must not go out before it
+    state.returned(r0, results(state))
+    assert delivered(state) == [0, 1]
+
+
+def test_unordered_a_lost_holder_replays_the_rounds_delivered_ahead_without_delivering_them_again():
+    state = machine(stateful=True, snapshots=(10**9, None), ordered=False)
+    r0, r1, r2 = pull(state, 3)
+    state.returned(r2, results(state))
+    assert delivered(state) == [2]
+    actions = state.returned(r1, HolderLost(StateLostError("s", "gone")))
+    assert actions == [Restore(actions[0].lost, 3)]
+    assert [r.index for r in state.resend] == [0, 1, 2]  # round 2's step again: the holder needs it
+    for _ in range(3):
+        state.resubmit(calibrated=True)
+    state.returned(r0, results(state))
+    assert delivered(state) == [0]
+    assert state.returned(r2, results(state)) == []  # delivered before: only brings the state back
+    assert delivered(state) == []
+    state.returned(r1, results(state))
+    assert delivered(state) == [1]
+    assert state.delivered == 3 and not state.ahead and not state.waiting
+    assert [r.index for r in state.recovery.kept] == [0, 1, 2]

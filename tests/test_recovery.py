@@ -41,7 +41,7 @@ PAUSE = 0.002
 def has_sequential(program) -> bool:
     def walk(specs) -> bool:
         for kind, params, sub in specs:
-            if kind in ("batch", "all", "running", "take") or params.get("stateless") is False or walk(sub):
+            if kind in ("batch", "all", "running", "take", "keyed") or params.get("stateless") is False or walk(sub):
                 return True
         return False
 
@@ -53,9 +53,14 @@ def paced(program, size: int, pause: float):
     return {**source, "size": size, "pause": pause}, kids
 
 
+def state(node) -> dict:
+    """The user's attributes of a node."""
+    return {k: v for k, v in vars(node).items() if k not in PRIVATE}
+
+
 def states(graph) -> dict[str, dict]:
     """The user's attributes of every node: what a run leaves on the caller's objects."""
-    return {n.name: {k: v for k, v in vars(n).items() if k not in PRIVATE} for n in graph}
+    return {n.name: state(n) for n in graph}
 
 
 def ahead_of_closes(graph) -> set[str]:
@@ -78,7 +83,8 @@ def run_all(graph, callback=None, **options):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         result = Pipeline(graph, **options).run(update_callback=callback)
-    return buf.getvalue(), dict(result), states(graph)
+    keyed = {f"{name} (keyed)": {k: state(n) for k, n in nodes.items()} for name, nodes in result.keyed_nodes.items()}
+    return buf.getvalue(), dict(result), {**states(graph), **keyed}
 
 
 class Killer:
@@ -190,6 +196,7 @@ def trial(
     if has_closes(program):  # a cluster run pulls the source (and stateful nodes) ahead of a close
         for name in ahead_of_closes(graph):
             del got[2][name], want[2][name]
+            got[2].pop(f"{name} (keyed)", None), want[2].pop(f"{name} (keyed)", None)
     assert got[0] == want[0]
     assert got[1] == want[1]
     assert got[2] == want[2]

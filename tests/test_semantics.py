@@ -14,7 +14,8 @@ from pypiper_dask import Node, NodeGraph, Pipeline, PipelineResult
 from pypiper_dask.runtime import SyncTaskBackend
 from tests import nodes as N
 from tests.reference import reference_run
-from tests.strategies import build, programs
+from tests.strategies import build, failing_programs, programs
+from tests.test_output_before_error import check_failing_program
 
 
 def run_text(pipeline: Pipeline, **kwargs) -> tuple[str, PipelineResult]:
@@ -316,3 +317,18 @@ def test_prints_from_nodes_and_source_keep_sequential_order():
 @given(programs(reuse=True, names=True), st.sampled_from([None, 1, 3, 17]))
 def test_random_pipelines_match_the_sequential_reference(program, partition_size):
     check_against_reference(build(program), partition_size=partition_size)
+
+
+@pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(failing_programs(reuse=True, names=True, keyed=True), st.sampled_from([None, 1, 3, 17]))
+def test_random_programs_with_a_failing_node_output_what_the_reference_did_before_it(failing, partition_size):
+    """Issue 19 item 2: in the caller's process, and on the task path at any partition size."""
+    program, where, ledger = failing
+    check_failing_program(program, where, ledger, lambda g: Pipeline(g, n_threads=1))
+
+    def tasks(pipeline: Pipeline) -> PipelineResult:
+        pipeline.partition_size = partition_size
+        return pipeline._run_on(SyncTaskBackend())
+
+    check_failing_program(program, where, ledger, Pipeline, tasks, stream=False)

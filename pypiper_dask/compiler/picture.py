@@ -34,8 +34,13 @@ def _role(plan: Plan, name: str) -> tuple[str, str]:
                 kind = "barrier"
             else:
                 kind = "batch"
-            return kind, f"stage {stage.id}: runs in one place, {stage.role}"
+            return kind, f"stage {stage.id}: {_where(stage)}, {stage.role}"
     raise KeyError(name)
+
+
+def _where(stage: SeqStage) -> str:
+    """Where a sequential stage's node runs, in a newcomer's words."""
+    return "runs on one holder per worker, its keys dealt out among them" if stage.keyed else "runs in one place"
 
 
 def _batch(size: Any) -> str:
@@ -47,7 +52,9 @@ def _notes(info: NodeInfo) -> str:
     notes = [info.cls]
     if info.batch_size != 1:
         notes.append(f"batch={_batch(info.batch_size)}")
-    if not info.stateless:
+    if info.keyed:
+        notes.append("keyed")
+    elif not info.stateless:
         notes.append("stateful")
     if info.in_streams != "*" or info.out_streams != "*":
         notes.append(f"streams {stream_label(info.in_streams)} -> {stream_label(info.out_streams)}")
@@ -132,7 +139,7 @@ def plan_text(plan: Plan, where: str, partition_size: int | None, in_process: bo
             steps.append((f"stage {stage.id}", text))
         else:
             where = "".join(f"; on a worker with {r}={v:g}" for r, v in stage.resources.items())
-            steps.append((f"stage {stage.id}", f"{stage.node}: runs in one place, {stage.role}{where}"))
+            steps.append((f"stage {stage.id}", f"{stage.node}: {_where(stage)}, {stage.role}{where}"))
     label = max(len(s) for s, _ in steps) + 2
     lines.append("Plan:")
     lines += [f"  {s:<{label}}{text}" for s, text in steps]
@@ -174,7 +181,9 @@ def plan_picture(plan: Plan) -> Any:
         label = f"{name}\\n{info.cls}"
         if info.batch_size != 1:
             label += f"\\nbatch {_batch(info.batch_size)}"
-        if kind == "stateful":
+        if info.keyed:
+            label += "\\nkeyed, one holder per worker"
+        elif kind == "stateful":
             label += "\\nstateful, in one place"
         graph.node(name, label=label, fillcolor=_COLOURS[kind])
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from ..model.keys import KEY_GROUPS
 from ..model.node import Node
 from ..model.snapshot import NodeInfo, Snapshot
 from ..worker.fused import Edge, ToNode, ToSink
@@ -80,6 +81,7 @@ class SeqStage:
     below: int | None  # the fused stage reading its output, if it has successors
     chain: tuple[int, ...] = ()  # the sequential stages at or above it, top first (their flushes reach it)
     resources: Mapping[str, float] = field(default_factory=_nothing)  # what its holder's worker must have
+    keyed: bool = False  # one instance per key, its key groups spread over several holders
     kind: Literal["seq"] = "seq"
 
     @property
@@ -91,6 +93,8 @@ class SeqStage:
             role = f"called with batches of exactly {self.batch_size} items, in order"
         else:
             role = "one call per item, every item once, in order"
+        if self.keyed:
+            return f"keyed by key(), {KEY_GROUPS} groups: per key, " + role.replace("every item", "each item")
         return role if self.stateless else "stateful: " + role
 
 
@@ -187,7 +191,9 @@ def compile_plan(snap: Snapshot) -> Plan:
         chain = (*chain, sid)
         below = fused(name, children[name], chain) if children[name] else None
         i = info[name]
-        stages[sid] = SeqStage(sid, name, i.batch_size, i.stateless, below, chain, stage_resources(snap, [name]))
+        stages[sid] = SeqStage(
+            sid, name, i.batch_size, i.stateless, below, chain, stage_resources(snap, [name]), i.keyed
+        )
         return sid
 
     fused(snap.root, children[snap.root], ())

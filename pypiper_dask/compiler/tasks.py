@@ -183,10 +183,13 @@ def round_tasks(
             fetch = len(crossing) < len(stage.sinks)
             # Each sequential stage below gets its items straight from this task (see run_fused).
             below_seq = [plan.stages[s.stage] for s in stage.sinks if s.stage is not None]
+            # (Not to a keyed node's: its step's task finds each item's holder.)
             pushes = tuple(
-                (i, number(b), snap(b)) for i, b in zip(crossing, below_seq, strict=True) if isinstance(b, SeqStage)
+                (i, number(b), snap(b))
+                for i, b in zip(crossing, below_seq, strict=True)
+                if isinstance(b, SeqStage) and not b.keyed
             )
-            holders = tuple(StageRef(b.id) for b in below_seq)
+            holders = tuple(StageRef(b.id) for b in below_seq if not b.keyed)
             args = (StageRef(stage_id), upstream, sink, closed, pushes, *holders)
             tasks.append(TaskSpec(key, worker.run_fused, args, stage_id, fetch, dict(stage.resources) or None))
             for i in crossing:
@@ -229,4 +232,4 @@ def fused_spec(plan: Plan, stage: FusedStage, token: str) -> worker.FusedSpec:
 
 def seq_spec(plan: Plan, stage: SeqStage) -> worker.SeqSpec:
     """What a sequential stage's holder is built from."""
-    return worker.SeqSpec(stage.node, plan.snapshot.blobs[stage.node], stage.batch_size, plan.scope)
+    return worker.SeqSpec(stage.node, plan.snapshot.blobs[stage.node], stage.batch_size, plan.scope, stage.keyed)

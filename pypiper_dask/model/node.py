@@ -221,6 +221,11 @@ class Node(abc.ABC):
     stateless : bool, default True
         ``False`` makes one instance see every item once, in order, wherever
         it runs; on a cluster its final state comes back to this object.
+        With a ``key(self, data)`` method as well, the node is *keyed*: one
+        instance per distinct key, each a copy of this object, seeing its
+        key's items in order; the keys' instances run side by side on a
+        cluster, and ``PipelineResult.keyed(name)`` holds them at the end
+        (this object is not changed).
     retries : int, default 0
         Call ``run`` again this many times when it raises (stateless nodes only:
         a stateful node's state may already have changed).

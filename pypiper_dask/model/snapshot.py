@@ -13,6 +13,7 @@ import cloudpickle
 from ..errors import NodePickleError
 from .functions import FunctionNode
 from .graph import NodeGraph
+from .keys import is_keyed
 from .node import Node, check_resources, check_snapshot_every, has_setup_emits, has_worker_setup
 from .pickling import dumps_node
 
@@ -59,6 +60,7 @@ class NodeInfo:
     snapshot_every: tuple[int | None, float | None] | None = None  # the node's own (see runtime.recovery)
     resources: tuple[tuple[str, float], ...] = ()  # Dask worker resources its tasks need, sorted
     worker_setup: bool = False  # it has setup_worker() or teardown_worker()
+    keyed: bool = False  # stateless=False with a key() method: one instance per key (see .keys)
 
 
 def _pickle(node: Node) -> bytes:
@@ -116,6 +118,7 @@ class Snapshot:
                 check_snapshot_every(f"Node {n.name!r}", getattr(n, "snapshot_every", None)),
                 tuple(sorted((check_resources(n.name, getattr(n, "resources", None)) or {}).items())),
                 has_worker_setup(n),
+                n is not root and is_keyed(n),
             )
             for n in nodes
         }

@@ -20,9 +20,11 @@ from ..compiler.plan import FusedStage, Plan, SeqStage
 from ..compiler.tasks import Ref, StageRef, TaskNames, TaskSpec, fused_spec, seq_spec, state_step
 from ..errors import PipelineError, StateLostError
 from ..log import logger
+from ..model.keys import KEY_GROUPS
 from ..ordering import Segment
-from ..worker import Chunk, NodeFailure, SeqHolder, run_state
-from ..worker.sequential import HolderAt
+from ..worker import Chunk, NodeFailure, run_state
+from ..worker.keyed import KeyRoute
+from ..worker.sequential import HolderAt, make_holder
 from .cluster import open_client, quiet_recovered_losses
 from .loop import DataLost, HolderLost, Killed
 from .resources import able_workers, check_placeable
@@ -121,7 +123,7 @@ class SyncTaskBackend:
         self.refs = {
             s.id: fused_spec(plan, s, names.token)
             if isinstance(s, FusedStage)
-            else SeqHolder(seq_spec(plan, s), restore=states.get(s.id), start=first)
+            else make_holder(seq_spec(plan, s), restore=states.get(s.id), start=first)
             for s in plan.stages
         }
 
@@ -200,6 +202,7 @@ class DistributedBackend:
         self.args: dict[int, Any] = {}  # stage -> what its tasks get: the spec or its future, the holder's proxy
         self.workers: list[str] = []  # the workers partitions are sent to, in turn
         self.where: dict[int, str] = {}  # sequential stage -> the worker holding it
+        self.shards: dict[int, list[str]] = {}  # keyed stage -> the workers holding its key groups
         self.live: set[_Round] = set()  # rounds submitted and not fetched yet
         self.lost: HolderLost | None = None  # a holder's worker died: rounds not back report it
         self.generation = 0  # how many times the holders were re-created
@@ -357,25 +360,42 @@ class DistributedBackend:
             self._scatter_specs(lost)
 
     def _place_holders(self, workers: list[str], states: dict[int, bytes | None], start: int) -> None:
-        """Create each sequential stage's holder (from ``states`` where given), spread over ``workers``."""
+        """Create each sequential stage's holder (from ``states`` where given), spread over ``workers``.
+
+        A keyed node gets one holder per worker able to run it (its key groups
+        dealt out among them), so its keys' calls run side by side.
+        """
         assert self.plan is not None and self.names is not None  # started
+        self.shards = {}
         for i, stage in enumerate(self.plan.seq_stages):
             # Holders spread over the workers; their steps are tasks that may run
             # anywhere and call the holder, which runs them on its own thread.
             able = able_workers(self.client, workers, stage.resources, stage.node)
-            self.where[stage.id] = where = able[i % len(able)]
-            self.refs[stage.id] = self.client.submit(
-                SeqHolder,
-                seq_spec(self.plan, stage),
-                4 * self.window + 8,
-                states.get(stage.id),
-                start,
-                actor=True,
-                key=self.names.key(stage.id, "actor", self.generation),
-                workers=[where],
-                allow_other_workers=False,
-                resources=dict(stage.resources) or None,
+            n = min(len(able), KEY_GROUPS) if stage.keyed else 1
+            at = [able[(i + h) % len(able)] for h in range(n)]
+            futures = tuple(
+                self.client.submit(
+                    make_holder,
+                    seq_spec(self.plan, stage),
+                    4 * self.window + 8,
+                    states.get(stage.id),
+                    start,
+                    **({"shard": h, "shards": n} if stage.keyed else {}),
+                    actor=True,
+                    key=self.names.key(stage.id, "actor" if h == 0 else f"actor{h}", self.generation),
+                    workers=[where],
+                    allow_other_workers=False,
+                    resources=dict(stage.resources) or None,
+                )
+                for h, where in enumerate(at)
             )
+            self.where[stage.id] = at[0]
+            if stage.keyed:
+                self.shards[stage.id] = at
+                route = KeyRoute(stage.node, self.plan.snapshot.blobs[stage.node], f"{self.names.token}-{stage.id}")
+                self.refs[stage.id] = (route, *futures)
+            else:
+                self.refs[stage.id] = futures[0]
         # Tasks get each holder's address and key, not its future (nor an Actor, which is a
         # reference too): a task depending on the holder's future is placed on the holder's
         # worker, so every fused task that feeds a stateful node ran there. They may call it
@@ -383,11 +403,13 @@ class DistributedBackend:
         from distributed import wait
 
         seq = self.plan.seq_stages
+        made = [f for s in seq for f in (self.refs[s.id][1:] if s.keyed else (self.refs[s.id],))]
         # (Not the default client's: a run's client need not be the default.)
         with self.client.as_current(), contextlib.suppress(Exception):  # a holder's worker died: the probe says so
-            wait([self.refs[s.id] for s in seq], timeout=60)
+            wait(made, timeout=60)
         for stage in seq:
-            self.args[stage.id] = HolderAt(self.where[stage.id], self.refs[stage.id].key)
+            if not stage.keyed:
+                self.args[stage.id] = HolderAt(self.where[stage.id], self.refs[stage.id].key)
 
     def restore(self, states: dict[int, bytes | None], start: int) -> None:
         """Create every holder again on the live workers, from ``states``, its next step ``start``.
@@ -532,12 +554,15 @@ class DistributedBackend:
         if self.lost is not None:
             raise self.lost
         alive = self._alive()
-        if not set(self.where.values()) <= alive:
+        if not set(self.where.values()).union(*self.shards.values()) <= alive:
             # Asked again a moment later: a worker busy moving large data can be missing
             # from one answer (a false StateLostError was seen with 80 MB items).
             time.sleep(self.poll)
             alive = self._alive()
-        for stage_id, address in self.where.items():
+        holding = [(sid, a) for sid, a in self.where.items()] + [
+            (sid, a) for sid, shards in self.shards.items() for a in shards[1:]
+        ]
+        for stage_id, address in holding:
             if address not in alive:
                 stage = self.plan.stages[stage_id]
                 assert isinstance(stage, SeqStage)  # only sequential stages have a worker
@@ -617,12 +642,18 @@ def _outcome(results: dict[int, Any]) -> dict[int, Segment] | NodeFailure:
     """A round's fetched results: its segments by stage, or the first failure among them.
 
     A task whose node raised returns the :class:`NodeFailure` rather than
-    raising it (see ``worker.run_fused``), and the tasks below pass it on.
+    raising it (see ``worker.run_fused``), and the tasks below pass it on,
+    each with what its stage produced before the failure: those segments, by
+    stage, are the failure's ``segments`` (delivered before it is raised).
     """
-    for value in results.values():
-        if isinstance(value, NodeFailure):
-            return value
-    return _with_carried(results)
+    failures = [v for v in results.values() if isinstance(v, NodeFailure)]
+    if not failures:
+        return _with_carried(results)
+    failure = failures[0]
+    if all(f.partial is not None for f in failures):
+        segments = {s: v.partial if isinstance(v, NodeFailure) else v for s, v in results.items()}
+        failure.segments = _with_carried(segments)  # type: ignore[arg-type]
+    return failure
 
 
 def _with_carried(results: dict[int, Segment]) -> dict[int, Segment]:

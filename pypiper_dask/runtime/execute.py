@@ -42,11 +42,12 @@ __all__ = ["drain", "iter_execute", "node_error", "run_plan"]
 Run = Generator[None, None, tuple[PipelineResult, dict[str, Node]]]
 
 
-def node_error(failure: NodeFailure) -> NodeError:
+def node_error(failure: NodeFailure, partial: PipelineResult | None = None) -> NodeError:
     """The ``NodeError`` the caller raises; the node's exception is its cause, with the traceback where it ran.
 
     That traceback is printed once: as the cause's, or, where it did not come
     along with the exception (it could not be pickled), as a note.
+    ``partial``: what the run delivered before the failure (the error's ``partial``).
     """
     err = failure.error
     if isinstance(err, ValuePickleError):  # raised by the node's emit: it says what was emitted, and where to
@@ -54,6 +55,7 @@ def node_error(failure: NodeFailure) -> NodeError:
     else:
         message = f"Node {failure.node!r} raised {error_text(err)} on input {failure.item}."
     error = NodeError(failure.node, failure.item, message)
+    error.partial = partial
     if err is not None and err.__traceback__ is not None:
         without_stub_carets(err)
     else:
@@ -80,7 +82,7 @@ def run_plan(backend: Backend, plan: Plan, nodes: dict[str, Node] | None = None,
     if isinstance(backend, InProcessBackend):
         from .inprocess import iter_in_process
 
-        for option in ("partition_size", "snapshot_every", "reached"):
+        for option in ("partition_size", "snapshot_every", "reached", "ordered"):
             options.pop(option, None)  # nothing is cut into partitions, nor lost; the caller's own nodes
         if nodes is None:
             nodes = {name: plan.snapshot.node(name) for name in plan.snapshot.order}
@@ -105,6 +107,7 @@ def iter_execute(
     stream: list | None = None,
     reached: dict[str, Node] | None = None,
     checkpoint: CheckpointRun | None = None,
+    ordered: bool = True,
 ) -> Run:
     """Run ``plan`` on an entered task backend, round by round, pausing after each delivery.
 
@@ -120,8 +123,12 @@ def iter_execute(
     With ``checkpoint`` each cut is also written there, with the delivered
     position after every partition, and a run resumes from the cut it holds
     (see :mod:`~pypiper_dask.runtime.checkpoint`).
+    ``ordered=False``: each round is delivered as soon as it is back (see
+    :mod:`.loop`); not with ``checkpoint``.
     """
-    driver = _Driver(plan, backend, quiet, collect, partition_size, callback, snapshot_every, stream, checkpoint)
+    driver = _Driver(
+        plan, backend, quiet, collect, partition_size, callback, snapshot_every, stream, checkpoint, ordered
+    )
     try:
         yield from driver.run()
     except BaseException as exc:
@@ -130,7 +137,9 @@ def iter_execute(
             driver.source.unbind()
             reached[plan.snapshot.root] = driver.source.node
         if isinstance(exc, NodeFailure):
-            raise node_error(exc) from exc.error
+            raise node_error(exc, driver.out.result()) from exc.error
+        if isinstance(exc, NodeError) and exc.partial is None:  # the source's, raised where it runs
+            exc.partial = driver.out.result()
         if isinstance(exc, NodeModuleError):  # a worker could not load a node: the message says why, its frames don't
             raise NodeModuleError(exc.module, str(exc)) from None
         raise
@@ -151,12 +160,15 @@ class _Driver:
         snapshot_every: tuple[int | None, float | None] | None,
         stream: list | None,
         keep: CheckpointRun | None,
+        ordered: bool = True,
     ) -> None:
         snap = plan.snapshot
         self.plan, self.backend, self.callback, self.stream, self.keep = plan, backend, callback, stream, keep
         resume = None if keep is None else keep.record
         node = snap.node(snap.root) if resume is None else load_node(resume["source"])
-        self.source = SourceReader(node, to="to the workers")
+        # On its own thread, so that a live source's wait holds back nothing it emitted; in this
+        # one with a checkpoint, whose cuts take the source as it is after a partition's last call.
+        self.source = SourceReader(node, to="to the workers", threaded=keep is None)
         set_up_here(node, plan.scope)  # the source runs here: its setup_worker() too
         self.total = snap.info[snap.root].size if isinstance(snap.info[snap.root].size, int) else None
         self.names = TaskNames(plan)
@@ -181,6 +193,7 @@ class _Driver:
             start=start,
             max_items_out=MAX_ITEMS_OUT,
             max_resends=MAX_RESENDS,
+            ordered=ordered or keep is not None,  # a checkpoint's position counts items in order
         )
         if resume is not None:
             self.source.emitted = resume["emitted"]
@@ -208,10 +221,18 @@ class _Driver:
             self._collect()
             for action in state.deliverable():
                 if isinstance(action, Fail):
-                    raise action.error
+                    self._fail(None, action.error)
+                    continue
                 assert isinstance(action, Deliver)
+                if action.round.failure is not None:
+                    self._fail(action.round, action.round.failure)
+                    continue
                 yield from self._deliver(action.round)
             yield  # a pause point: a stream's consumer takes what was delivered; a cancel lands here
+        if source.failed is not None:
+            # Every item before the source's failing call is delivered; its input did not end.
+            out.splicer.finish(flushes=False)
+            raise source.failed
         out.splicer.finish()
         if keep is not None and self.stream is None:
             keep.complete(out.result())
@@ -286,7 +307,9 @@ class _Driver:
                 self._act(action)
 
     def _act(self, action: Any) -> None:
-        if isinstance(action, Observe):
+        if isinstance(action, Submit):  # flushes sent at a node's failure
+            self._submit(action)
+        elif isinstance(action, Observe):
             r = action.round
             assert r.results is not None
             self.out.splicer.saw(r.results)
@@ -314,6 +337,32 @@ class _Driver:
             rounds = [(r.index, self._tasks(r)) for r in action.rounds]
             found = find_poison_in_rounds(self.backend, self.recovery.states, self.recovery.point + 1, rounds, deaths)
         return found if found is not None else action.error
+
+    def _fail(self, r: Round | None, failure: BaseException) -> None:
+        """A node failed in round ``r``: deliver what came before the failing call (if known), then raise.
+
+        Unless the walk of the rounds before (and of ``r``'s output) closed every
+        path first: a sequential run stopped there and never made the failing
+        call, so the run goes on as if ``r`` were delivered.
+        """
+        splicer = self.out.splicer
+        try:
+            if r is not None and r.results:
+                if r.origin == 0:
+                    splicer.round(r.results, r.chunk)  # raises the failure where it is reached
+                else:
+                    splicer.flush(r.origin, r.results)
+            splicer.finish()  # no flush comes now: what waited for one goes out (r's flush is walked here)
+        except NodeFailure:
+            if self.keep is not None and self.stream is None and r is not None and r.origin == 0:
+                # Printed: a resume repeats no more than the partition that straddles this position.
+                self.keep.delivered(self.done + splicer.units_out)
+            raise
+        if not splicer.stopped:
+            raise failure
+        if r is not None:
+            r.results = {}
+            self.state.was_delivered(r)
 
     def _deliver(self, r: Round) -> Generator[None, None, None]:
         """Print, yield or keep ``r``'s output; record it for replay, and in the checkpoint."""

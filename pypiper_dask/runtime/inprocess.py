@@ -20,12 +20,15 @@ from typing import Any
 
 from ..errors import NodeError
 from ..log import HiddenStateReport, SilentSource
+from ..model.keys import is_keyed
 from ..model.node import Node, arm_setup_emits
-from ..model.snapshot import Snapshot
+from ..model.pickling import dumps_node
+from ..model.snapshot import Snapshot, load_node
 from ..model.streams import edge_selector
 from ..ordering import ItemError
 from ..worker.fused import SettlingBuffer, call_lines, select_loop, skip
 from ..worker.guard import StateWatch
+from ..worker.keyed import KeyedInstances, KeyedNodes, key_of
 from ..worker.setups import set_up, tear_down
 from ..worker.values import NodeFailure, freezing, retry_or_drop
 from .output import PipelineResult
@@ -90,11 +93,71 @@ class _Errors:
         self.errors: list[ItemError] = []
 
 
+class _LastBatch:
+    """What a keyed node's ``run`` gets when its input ended: call ``key``'s instance with its last batch."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+
+class _Keyed:
+    """A keyed node in the tree: each item to its key's instance (see :mod:`pypiper_dask.worker.keyed`).
+
+    The tree calls it as a node of ``batch_size=1``; batches are made per key
+    inside. The caller's own node object is not called: each key's instance
+    is a copy of it as constructed.
+    """
+
+    batch_size = 1
+    retries = 0
+    on_error = "raise"
+
+    def __init__(self, node: Any, scope: str, dropped: _Errors) -> None:
+        self.name = node.name
+        blob = dumps_node(node)
+        self.template = load_node(blob)
+        self.keyed = KeyedNodes(node.name, blob, node.batch_size, scope)
+        self.dropped = dropped
+        self.count = 0
+
+    def run(self, data: Any) -> None:
+        out: list = []
+        if type(data) is _LastBatch:
+            self.keyed.flush_one(data.key, out, self.dropped)
+        else:
+            key = key_of(self.template, self.name, data)
+            self.keyed.feed(key, data, (0, self.count), out, self.dropped)
+            self.count += 1
+        for value in out:
+            self.emit(value)
+
+    def emit(self, value: Any) -> None:  # bound by the tree
+        raise AssertionError("not bound")
+
+    def close(self) -> None:  # bound by the tree; a key's close() is its instance's own
+        raise AssertionError("not bound")
+
+    def instances(self) -> KeyedInstances:
+        """Copies of the per-key instances as they ended, without what is the process's or the engine's."""
+        from ..worker.snapshots import final_state
+
+        with self.keyed.unbound():
+            return KeyedInstances((k, load_node(final_state(n))) for k, n in self.keyed.nodes.items())
+
+
 class _Tree:
     """The node tree of one run, compiled; see the module's docstring."""
 
     def __init__(
-        self, snap: Snapshot, nodes: dict[str, Any], quiet: bool, collect: bool, stream: list | None = None
+        self,
+        snap: Snapshot,
+        nodes: dict[str, Any],
+        quiet: bool,
+        collect: bool,
+        stream: list | None = None,
+        dropped: _Errors | None = None,
     ) -> None:
         self.snap, self.nodes = snap, nodes
         self.stream = stream
@@ -105,7 +168,7 @@ class _Tree:
         self.counts: dict[str, int] = dict.fromkeys(self.leaves, 0)
         self.closed: set[str] = set()
         self.ended: set[str] = set()
-        self.dropped = _Errors()
+        self.dropped = dropped if dropped is not None else _Errors()
         self.parent = {kid: p for p, kids in self.kids.items() for kid in kids}
         self.ns = _Vars(STOP=False, SOURCE_FAILED=None)
         self.filename = f"<pipeline {snap.root}>"
@@ -151,7 +214,13 @@ class _Tree:
         else:
             lines.append(f"            OUT{self.index[root]}(v0)")
         lines += ["        count += len(ITEMS)", "        ITEMS.clear()", "        if STOP:"]
-        lines += ["            break", "    return count"]
+        lines += ["            break"]
+        if stream is not None:
+            # A pause for the consumer to take the items now, not after the next call (a live
+            # source's next call may wait long for its reading): drive is a generator then.
+            self.ns["STREAM"] = stream
+            lines += ["        if STREAM:", "            yield"]
+        lines += ["    return count"]
         for name in snap.order[1:]:
             i = self.index[name]
             lines.append(f"def call{i}(v0):")
@@ -204,6 +273,8 @@ class _Tree:
         node, buf = self.nodes[name], self.ns.get(f"BUF{self.index[name]}")
 
         def fail(data: Any, exc: Exception) -> None:
+            if isinstance(exc, NodeFailure):  # a keyed node's instance: its own retries were spent
+                raise exc
             retry_or_drop(node, name, data, exc, buf, self.dropped)  # type: ignore[arg-type]
 
         return fail
@@ -295,6 +366,10 @@ class _Tree:
             return
         self.ended.add(name)
         i = self.index[name]
+        node = self.nodes[name]
+        if isinstance(node, _Keyed):
+            for key in node.keyed.waiting():  # each key's last batch goes down before the next key's call
+                self.ns[f"call{i}"](_LastBatch(key))
         pending = self.ns.get(f"PEND{i}")
         if name not in self.closed and pending:
             data = list(pending) if self.nodes[name].batch_size == Node.BATCH_SIZE_ALL else tuple(pending)
@@ -334,13 +409,19 @@ def iter_in_process(
     ends the run where it is.
     """
     scope = uuid.uuid4().hex
+    originals = nodes
+    keyed = {n: node for n, node in nodes.items() if n != snap.root and is_keyed(node)}
     try:
         for name in snap.order:  # this process runs every node: each is set up here, once
-            set_up_here(nodes[name], scope)
-        result = yield from _run(snap, nodes, quiet, collect, callback, stream)
+            if name not in keyed:  # a keyed node's instances are set up as they are made
+                set_up_here(nodes[name], scope)
+        dropped = _Errors()
+        nodes = {**nodes, **{n: _Keyed(node, scope, dropped) for n, node in keyed.items()}}
+        result = yield from _run(snap, nodes, quiet, collect, callback, stream, dropped)
+        result.keyed_nodes.update({n: nodes[n].instances() for n in keyed})
         return result
     finally:
-        for node in nodes.values():
+        for node in originals.values():
             for name in ("emit", "close", "run"):
                 node.__dict__.pop(name, None)
         tear_down(scope, restore=True)  # the caller's objects: what setup_worker() set goes again
@@ -353,8 +434,9 @@ def _run(
     collect: bool,
     callback: Callable[[int, int | None], None] | None,
     stream: list | None,
+    dropped: _Errors,
 ) -> Generator[None, None, PipelineResult]:
-    tree = _Tree(snap, nodes, quiet, collect, stream)
+    tree = _Tree(snap, nodes, quiet, collect, stream, dropped)
     # The nodes a cluster runs as copies, one per worker thread: hidden state there changes
     # the output, so it is reported here too, before the user scales out.
     info = snap.info
@@ -386,27 +468,38 @@ def _run(
         tree.arm()  # values are checked again, as a fused stage does per partition
         return last[1]
 
+    def result() -> PipelineResult:
+        counts = {leaf: len(v) for leaf, v in tree.values.items()} if collect and stream is None else tree.counts
+        return PipelineResult(tree.values if collect and stream is None else {}, counts, tree.dropped.errors)
+
     def source_failed(exc: Exception, count: int) -> None:
-        raise NodeError(
+        error = NodeError(
             root,
             "None",
             f"Node {root!r} (the source) raised {type(exc).__name__}: {exc} in run(None), "
             f"after emitting {count + len(tree.items)} items.",
-        ) from exc
+        )
+        error.partial = result()
+        raise error from exc
 
     tree.ns["SOURCE_FAILED"] = source_failed
     drive, ns = tree.ns["drive"], tree.ns
     done, n = 0, 1
-    while not ns["STOP"]:
-        done = drive(n, done)
-        n = progress(done)
-        yield  # between blocks (about ten a second): a stream's consumer takes its items; a cancel lands here
-    for kid in snap.children[root]:
-        tree.end(kid)
+    try:
+        while not ns["STOP"]:
+            done = (yield from drive(n, done)) if stream is not None else drive(n, done)
+            n = progress(done)
+            yield  # between blocks (about ten a second): a stream's consumer takes its items; a cancel lands here
+        for kid in snap.children[root]:
+            tree.end(kid)
+    except NodeFailure as failure:
+        # Everything before the failing call went out as it happened: the error says what that was.
+        from .execute import node_error
+
+        raise node_error(failure, result()) from failure.error
     yield
     if watch.nodes:
         hidden.saw(watch.check())
     if callback:
         callback(done, total)
-    counts = {leaf: len(v) for leaf, v in tree.values.items()} if collect and stream is None else tree.counts
-    return PipelineResult(tree.values if collect and stream is None else {}, counts, tree.dropped.errors)
+    return result()

@@ -14,7 +14,19 @@ The rules:
   be delivered: a slow round idles no worker, and memory stays bounded.
 * **Order.** Rounds are delivered in index order, whatever order they come
   back in. A round a node failed in is raised when its turn comes, so the rounds
-  before it are delivered first, as the sequential run's output was.
+  before it are delivered first, as the sequential run's output was; where its
+  tasks brought back what they produced before the failing call, that goes out
+  too (a :class:`Deliver` of the failed round, which the driver ends by raising
+  the failure), so the output before an error is the sequential run's.
+* **Unordered** (``ordered=False``). A round is delivered as soon as it is back
+  (the rounds back at once in index order; a failed one ends the run when it is
+  seen); a sequential stage's holder still runs its steps in index order, so a
+  stateful node sees its items in source order. Delivered rounds stay *ahead*
+  until every round before them is delivered: the restore point and the rounds
+  kept for replay move in index order, as in the ordered run. New rounds go at
+  most ``4 * window`` past the first round not delivered (the holders keep
+  ``4 * window + 8`` steps' results for a round sent again). Once a node has
+  closed, delivery is in order again: the rounds after a close must not go out.
 * **Resend.** A round lost with its worker (its partition, or a task's result)
   is sent again from the chunk the caller kept, ahead of new source rounds and
   within the window. After ``max_resends`` losses of one round the driver probes
@@ -94,7 +106,8 @@ class Round:
     """One partition of source items through the stages (``origin`` 0), or a sequential stage's flush.
 
     ``handle`` is the backend's, while the round is out. ``results`` are its
-    segments by stage once back; ``failure`` the node failure it came back with.
+    segments by stage once back; ``failure`` the node failure it came back with
+    (``results`` then hold what each stage produced before it, if known).
     """
 
     index: int
@@ -134,7 +147,11 @@ class Observe:
 
 @dataclass
 class Deliver:
-    """Print, yield or keep ``round``'s output; then tell the state it was delivered."""
+    """Print, yield or keep ``round``'s output; then tell the state it was delivered.
+
+    A failed round's (``round.failure``): its output up to the failing call, then
+    the failure is raised (unless a sequential run had stopped before it).
+    """
 
     round: Round
 
@@ -196,8 +213,10 @@ class RunState:
     start: int = 0
     max_items_out: int = 300_000
     max_resends: int = 5
+    ordered: bool = True
     index: int = field(init=False)  # the next new round's
     delivered: int = field(init=False)  # rounds before this one were delivered
+    ahead: dict[int, Round] = field(default_factory=dict, init=False)  # delivered, a round before is not
     n_source: int | None = field(default=None, init=False)  # source rounds, once input ended
     waiting: dict[int, Round] = field(default_factory=dict, init=False)  # submitted, not delivered
     resend: deque[Round] = field(default_factory=deque, init=False)  # to submit again, in order
@@ -219,7 +238,8 @@ class RunState:
 
     @property
     def items_out(self) -> int:
-        return sum(r.size for r in self.waiting.values())
+        # Delivered rounds ahead keep their partition too, until the rounds before them are delivered.
+        return sum(r.size for r in self.waiting.values()) + sum(r.size for r in self.ahead.values())
 
     @property
     def finished(self) -> bool:
@@ -241,6 +261,7 @@ class RunState:
             not self.resend
             and len(self.out) < self._window(calibrated)
             and len(self.waiting) < 2 * self.window
+            and self.index - self.delivered < 4 * self.window  # unordered: within the holders' kept steps
             and not self.failed
             and self.n_source is None
             and self.items_out < self.max_items_out
@@ -263,6 +284,21 @@ class RunState:
             return []
         self.n_source = self.index
         flushes = []
+        for stage in self.seq_stages:
+            flushes.append(self._submit(Round(self.index, stage, None)))
+            self.index += 1
+        return flushes
+
+    def _flush_now(self) -> list[Action]:
+        """A node failed: no source round comes after those out, so each sequential stage's flush goes now.
+
+        A stage whose input a node closed before the failure was flushed there in a
+        sequential run: the failed round's output waits for these (see :meth:`deliverable`).
+        """
+        if self.n_source is not None or self.resend:
+            return []
+        self.n_source = self.index
+        flushes: list[Action] = []
         for stage in self.seq_stages:
             flushes.append(self._submit(Round(self.index, stage, None)))
             self.index += 1
@@ -296,8 +332,9 @@ class RunState:
             return []  # sent again since (a loss earlier in the same batch): this answer is stale
         if isinstance(outcome, NodeFailure):
             r.state, r.failure = RoundState.FAILED, outcome
+            r.results = outcome.segments or None  # what came before the failing call
             # A replay failed where the first run did not: nothing can be delivered in its place.
-            return [Fail(outcome)] if r.index < self.delivered else []
+            return [Fail(outcome)] if self._went_out(r.index) else self._flush_now()
         if isinstance(outcome, Killed):
             return [Cancel(), Probe([r], outcome.error, outcome)]
         if isinstance(outcome, DataLost):
@@ -306,8 +343,9 @@ class RunState:
             return [Fail(outcome)]
         r.state, r.results = RoundState.BACK, outcome
         self.recovery.saw(r.index, r.origin, outcome)
-        if r.index < self.delivered:  # a replayed round: its output went out the first time
+        if self._went_out(r.index):  # a replayed round: its output went out the first time
             r.results, r.handle = {}, None
+            self._advance()  # unordered: it may have held the rounds before it back from the replay's record
             return []
         for res in outcome.values():
             for node in res.closed:
@@ -315,7 +353,7 @@ class RunState:
         return [Observe(r)]
 
     def _lost(self, exc: DataLost) -> list[Action]:
-        pending = [*self.waiting.values(), *self.resend]
+        pending = [*self.waiting.values(), *self.ahead.values(), *self.resend]
         if isinstance(exc, HolderLost):
             # Every holder comes back from its last snapshot; the rounds since go again.
             try:
@@ -358,23 +396,73 @@ class RunState:
     # -- delivering ------------------------------------------------------------------
 
     def deliverable(self) -> list[Action]:
-        """The rounds whose turn it is, in order; a failed one's error ends the list."""
+        """The rounds to deliver now: in order (or, unordered, every round back); a failed one ends the list.
+
+        A failed round with the output before its failure is delivered (the
+        driver raises the failure after it); without, its error is raised.
+        """
         # Replayed rounds leave in order too: while one lags, the rounds after it count
         # against the window, so a holder never runs more steps ahead than it keeps.
-        while self.waiting and (first := min(self.waiting)) < self.delivered and self.waiting[first].back:
+        while self.waiting and self._went_out(first := min(self.waiting)) and self.waiting[first].back:
             del self.waiting[first]
+        if self.ordered or self.closed_at:
+            turn = self.delivered
+            ready = []
+            while True:
+                if turn in self.ahead:
+                    turn += 1
+                    continue
+                r = self.waiting.get(turn)
+                if r is None or not r.back:
+                    break
+                ready.append(r)
+                turn += 1
+        else:
+            ready = [r for i, r in sorted(self.waiting.items()) if r.back and not self._went_out(i)]
         actions: list[Action] = []
-        while (r := self.waiting.get(self.delivered)) is not None and r.back:
-            del self.waiting[self.delivered]
-            self.delivered += 1
+        for r in ready:
+            if r.failure is not None and r.results:
+                # The flushes sent at the failure first (out of turn: they are only kept until
+                # a close in the walk splices them in); one that failed has nothing to give.
+                flushes = sorted(
+                    (f for f in self.waiting.values() if f.origin != 0 and f is not r), key=lambda f: f.index
+                )
+                if not all(f.back for f in flushes):
+                    break
+                for f in flushes:
+                    del self.waiting[f.index]
+                    if f.failure is None:
+                        f.state = RoundState.DELIVERED
+                        actions.append(Deliver(f))
+            del self.waiting[r.index]
             if r.failure is not None:
-                actions.append(Fail(r.failure))
+                actions.append(Deliver(r) if r.results else Fail(r.failure))
                 break
             r.state = RoundState.DELIVERED
             actions.append(Deliver(r))
         return actions
 
     def was_delivered(self, r: Round) -> bool:
-        """``r``'s output went out: it becomes the restore point or is kept for replay. Is it the point now?"""
-        self.recovery.delivered(r)
-        return self.recovery.point == r.index
+        """``r``'s output went out: is the restore point now ``r``, or a round delivered ahead of it?
+
+        Each round, once every round before it is delivered too, becomes the
+        restore point (a cut) or is kept for replay, in index order.
+        """
+        self.ahead[r.index] = r
+        return self._advance()
+
+    def _advance(self) -> bool:
+        # A round ahead being replayed joins the record once it is back.
+        point = False
+        while (x := self.ahead.get(self.delivered)) is not None and x.state in (RoundState.DELIVERED, RoundState.BACK):
+            del self.ahead[self.delivered]
+            if self.waiting.get(x.index) is x:  # its replay is back: nothing waits for it now
+                del self.waiting[x.index]
+            self.delivered += 1
+            self.recovery.delivered(x)
+            point = point or self.recovery.point == x.index
+        return point
+
+    def _went_out(self, index: int) -> bool:
+        """Was round ``index``'s output delivered (a replayed round's is not delivered again)?"""
+        return index < self.delivered or index in self.ahead

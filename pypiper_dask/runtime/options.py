@@ -46,6 +46,7 @@ class RunOptions:
     connect_timeout: float = 10.0
     security: Any = None
     snapshot_every: Any = DEFAULT_SNAPSHOT_EVERY
+    ordered: bool = True
 
     def __post_init__(self) -> None:
         _positive_int("n_threads", self.n_threads)
@@ -60,6 +61,8 @@ class RunOptions:
         timeout = self.connect_timeout
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise OptionError(f"Pipeline: connect_timeout must be a number of seconds > 0, not {timeout!r}.")
+        if not isinstance(self.ordered, bool):
+            raise NodeTypeError(f"Pipeline: ordered must be True or False, not {self.ordered!r}.")
         if self.snapshot_every is not False:
             check_snapshot_every("Pipeline", self.snapshot_every)
 

@@ -57,6 +57,21 @@ class PipelineResult(Mapping):
         self._values = values
         self.counts = dict(counts)
         self.errors = list(errors or [])
+        self.keyed_nodes: dict[str, Mapping[Any, Any]] = {}  # filled in by the run
+
+    def keyed(self, name: str) -> Mapping[Any, Any]:
+        """A keyed node's per-key instances as the run left them: key → node, keys in order of first item.
+
+        The node object you built is not changed by a keyed run; each key's
+        instance is a copy of it, with that key's state.
+
+        Raises ``KeyError`` naming the keyed nodes when ``name`` is not one.
+        """
+        try:
+            return self.keyed_nodes[name]
+        except KeyError:
+            known = ", ".join(map(repr, self.keyed_nodes)) or "none"
+            raise KeyError(f"{name!r} is not a keyed node of this run (keyed nodes: {known})") from None
 
     def __getitem__(self, leaf: str) -> list:
         return self._values[leaf]

@@ -30,6 +30,7 @@ from ..model.node import (
 from ..model.pickling import dumps_node
 from ..model.snapshot import Snapshot, load_node
 from ..worker import NodeFailure
+from ..worker.keyed import KeyedInstances
 from ..worker.setups import tear_down
 from .backends import DistributedBackend, _outcome
 from .execute import drain, node_error, run_plan
@@ -96,6 +97,15 @@ class Pipeline:
         this many source items and seconds (default ``(250_000, 5.0)``; a node's
         own ``snapshot_every=`` may ask for more often). ``False``: never (a
         lost worker holding such a node fails the run with ``StateLostError``).
+    ordered : bool
+        ``True`` (the default): the leaves get their items in the sequential
+        run's order. ``False``: on a cluster, each partition's items go to the
+        leaves (printed, collected, yielded by :meth:`stream`) as soon as the
+        partition is done, so a slow partition holds back no other; the same
+        items, in another order. Stateful, batched and ``BATCH_SIZE_ALL``
+        nodes still see their items in source order, and a node's prints for
+        one item stay together. Not with ``checkpoint=``. In this process
+        (``n_threads=1``) the order is the sequential one anyway.
 
     Examples
     --------
@@ -133,6 +143,7 @@ class Pipeline:
         connect_timeout: float = 10.0,
         security: Any = None,
         snapshot_every: Any = DEFAULT_SNAPSHOT_EVERY,
+        ordered: bool = True,
         **kwargs: Any,
     ) -> None:
         for name in _IGNORED_PYPIPER_OPTIONS:
@@ -144,7 +155,7 @@ class Pipeline:
         if not isinstance(graph, NodeGraph):
             raise NodeTypeError(f"Pipeline() takes a NodeGraph or a Node, not {type(graph).__name__} {graph!r}.")
         self.options = RunOptions(
-            n_threads, quiet, client, partition_size, progress, connect_timeout, security, snapshot_every
+            n_threads, quiet, client, partition_size, progress, connect_timeout, security, snapshot_every, ordered
         )
         self._snapshot = Snapshot.from_graph(graph, pickle=False)
         # The caller's objects: what an in-process run calls, and what a cluster run's
@@ -162,6 +173,7 @@ class Pipeline:
     client = property(lambda self: self.options.client, lambda self, v: self._set(client=v))
     partition_size = property(lambda self: self.options.partition_size, lambda self, v: self._set(partition_size=v))
     progress = property(lambda self: self.options.progress, lambda self, v: self._set(progress=v))
+    ordered = property(lambda self: self.options.ordered, lambda self, v: self._set(ordered=v))
 
     def _set(self, **change: Any) -> None:
         self.options = self.options.replace(**change)
@@ -210,7 +222,9 @@ class Pipeline:
         Raises
         ------
         NodeError
-            A node's ``run`` raised (the original exception is its ``__cause__``).
+            A node's ``run`` raised (the original exception is its ``__cause__``),
+            after everything a sequential run output before the failing call was
+            printed; its ``partial`` holds those items (or their counts).
         PipelineError
             Any other failure of the run (see the error classes).
         """
@@ -225,7 +239,8 @@ class Pipeline:
         in its place. Leaving the loop early (``break``, an exception, the
         iterator dropped) cancels the run and closes a cluster it started.
         ``checkpoint``/``overwrite``: as for :meth:`run`, "delivered" meaning
-        yielded (a complete checkpoint yields nothing).
+        yielded (a complete checkpoint yields nothing). With ``ordered=False``
+        the items come as their partitions finish, not in the sequential order.
 
         Yields
         ------
@@ -253,6 +268,11 @@ class Pipeline:
                     next(run)
                 except StopIteration:
                     return
+                except Exception:
+                    # A node failed: what the run delivered before the failing call is yielded first.
+                    items, pending[:] = pending[:], []
+                    yield from items
+                    raise
                 if pending:
                     items, pending[:] = pending[:], []
                     yield from items
@@ -375,6 +395,8 @@ class Pipeline:
             return None
         if backend.in_process:  # chosen by a caller that did not say checkpoint (a test's backend)
             raise OptionError("checkpoint=...: this backend runs the caller's nodes and cannot cut them.")
+        if not self.options.ordered:  # its delivered position is a count of items in source order
+            raise OptionError("checkpoint=...: needs ordered delivery; this pipeline has ordered=False.")
         from .checkpoint import Checkpoint, CheckpointRun, identity
 
         return CheckpointRun(
@@ -420,6 +442,7 @@ class Pipeline:
                             snapshot_every=options.snapshots,
                             stream=stream,
                             reached=reached,
+                            ordered=options.ordered,
                             **({} if checkpoint is None else {"checkpoint": checkpoint}),
                         )
                     finally:
@@ -431,9 +454,12 @@ class Pipeline:
                 if nodes is self._originals:
                     for name, node in reached.items():
                         _adopt(nodes[name], node)
-            if nodes is self._originals and not backend.in_process:
+            if not backend.in_process:
                 for name, node in final.items():
-                    _adopt(nodes[name], node)
+                    if isinstance(node, KeyedInstances):  # the caller's object stays as built
+                        result.keyed_nodes[name] = node
+                    elif nodes is self._originals:
+                        _adopt(nodes[name], node)
         if result.errors:
             _report_dropped(result.errors)
         return result
@@ -510,6 +536,8 @@ class Pipeline:
                 chunk = reader.pull(partition_size or self.partition_size or 1000)
                 if chunk.items or chunk.prints:
                     chunks.append(chunk)
+            if reader.failed is not None:
+                raise reader.failed
         finally:
             tear_down(scope)
         plan = replace(self.plan, snapshot=snap)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from functools import partial
 
@@ -15,27 +16,57 @@ from ..worker import Chunk, capture_stdout, freezing
 __all__ = ["PartitionSizer", "SourceReader"]
 
 
+class _Pull:
+    """One request to the source for ``n`` or so items, filled by :meth:`SourceReader._fill`.
+
+    ``done``: how many of ``items`` the calls that returned emitted (a call
+    still running may have emitted more); ``taken``: how many went into
+    partitions so far. Read by the run loop while its thread fills it.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.items: list = []
+        self.prints: dict[int, str] = {}
+        self.bounds: set[int] | None = None
+        self.done = self.taken = 0
+        self.cut_by_time = False
+        self.started = time.monotonic()
+        self.finished = threading.Event()
+
+
 class SourceReader:
     """Calls the source's ``run(None)`` until it closes, a partition at a time.
 
     ``to``: where its items go in other processes (each must pickle, see
     :func:`~pypiper_dask.worker.freezing`); ``None``: they stay in this one.
+    ``threaded``: call the source on a thread of its own, so that a call
+    waiting for its next reading (a live source) does not hold back the items
+    the calls before it emitted (see :meth:`pull`).
     """
 
-    def __init__(self, node: Node, to: str | None = None) -> None:
+    #: With ``threaded``: seconds :meth:`unbind` waits for a call still running.
+    join_seconds = 0.5
+
+    def __init__(self, node: Node, to: str | None = None, threaded: bool = False) -> None:
         self.node = node
         self.to = to
+        self.threaded = threaded
         self.emitted = 0
         self._stop: list = []  # non-empty once the source called close()
+        self._quit = False  # the run ended: a thread calls the source no more
+        self._pull: _Pull | None = None  # a threaded request not taken whole yet
+        self._thread: threading.Thread | None = None
         # The engine rebinds emit/close on its own copy of the node.
         setattr(node, "close", partial(self._stop.append, True))  # noqa: B010
         arm_setup_emits(node)
         self.silent = SilentSource(node.name)
         self.cut_by_time = False  # the last partition was cut by time, not size
+        self.failed: NodeError | None = None  # the source's run raised: the error, raised after what came before
 
     @property
     def closed(self) -> bool:
-        return bool(self._stop)
+        return bool(self._stop) and self._pull is None
 
     def pull(self, n: int, seconds: float = math.inf) -> Chunk:
         """The next ``n`` or so items (a call may emit several), and what the source printed.
@@ -46,17 +77,62 @@ class SourceReader:
         where calls ended only once a call emitted several items; until then
         every item is a call of its own (a call that emits nothing ends no
         item), and the loop does no bookkeeping.
+
+        With ``threaded`` the calls run on the reader's thread, and a partition
+        cut by time holds what the calls that returned emitted, also while the
+        next call waits: the rest of the request goes in the next partitions.
+        The source is called at most one request (``n`` items) ahead.
         """
-        items: list = []
-        prints: dict[int, str] = {}
+        if not self.threaded:
+            here = _Pull(n)
+            self._fill(here, seconds)
+            self.cut_by_time = here.cut_by_time
+            return self._take(here, len(here.items), whole=True)
+        req = self._pull
+        if req is None:
+            req = self._pull = _Pull(n)
+            self._thread = threading.Thread(
+                target=self._fill, args=(req, math.inf), name=f"pypiper_dask source {self.node.name!r}", daemon=True
+            )
+            self._thread.start()
+        wait = max(0.0, req.started + seconds - time.monotonic()) if req.taken == 0 else seconds
+        if req.finished.wait(None if math.isinf(wait) else wait):
+            self._pull = None
+            self.cut_by_time = req.taken > 0 or time.monotonic() - req.started >= seconds
+            return self._take(req, len(req.items), whole=True)
+        self.cut_by_time = True
+        return self._take(req, req.done, whole=False)  # the calls that returned: the one running may wait long
+
+    def _take(self, req: _Pull, upto: int, whole: bool) -> Chunk:
+        """``req``'s items from where the last partition ended to ``upto``, as a partition.
+
+        ``whole``: the request is finished and this partition ends it.
+        """
+        lo = req.taken
+        req.taken = upto
+        items = req.items[lo:upto]
+        prints, bounds = req.prints, req.bounds
+        if lo or not whole:
+            # Copies first: the thread may add to them meanwhile (each copy is one step under the
+            # GIL). What was printed before item ``upto`` goes with it, in the next partition.
+            prints = {at - lo: text for at, text in dict(prints).items() if lo <= at and (whole or at < upto)}
+            if bounds is not None:
+                bounds = {b - lo for b in set(bounds) if lo < b and (whole or b <= upto)}
+        self.emitted += len(items)
+        return Chunk(items, prints, bounds)
+
+    def _fill(self, req: _Pull, seconds: float) -> None:
+        """Call the source into ``req`` until it holds ``req.n`` items, the source closes, or ``seconds`` pass."""
+        items, prints = req.items, req.prints
+        n = req.n
         bounds: set[int] | None = None  # len(items) after each call, once needed
         stop, run = self._stop, self.node.run
+        base = self.emitted  # every request before this one was taken whole
         k = start = 0
         clock = time.monotonic
         last = clock()
         deadline = last + seconds
         mask = 0  # the clock is read when k & mask == 0: every call while calls are slow
-        self.cut_by_time = False
 
         def record(text: str) -> None:
             # What a call prints comes before the items it emits.
@@ -66,36 +142,39 @@ class SourceReader:
         setattr(self.node, "emit", freezing(items.append, self.node, to=self.to))  # noqa: B010
         with capture_stdout(record):
             try:
-                while not stop and len(items) < n:
+                while not stop and len(items) < n and not self._quit:
                     before = len(items)
                     if bounds is None:
                         for k in range(len(items) + 1, n + 1):
                             run(None)
                             if stop or len(items) != k:
                                 break
+                            req.done = k
                             if not k & mask:
                                 now = clock()
                                 if now >= deadline:
-                                    self.cut_by_time = True
+                                    req.cut_by_time = True
                                     break
                                 if now - last < 0.001 and mask < 1023:
                                     mask = mask << 1 | 1  # fast calls: read the clock less often
                                 last = now
-                        if self.cut_by_time:
+                        if req.cut_by_time:
                             break
                         if len(items) > k:  # that call emitted several items
                             bounds = set(range(1, k))
                             bounds.add(len(items))
+                            req.bounds = bounds
                     else:
                         start = len(items)
                         run(None)
                         bounds.add(len(items))
+                    req.done = len(items)
                     if len(items) == before:  # a call that emitted nothing (rare but for a silent source)
                         self.silent.idle()
                     elif self.silent.calls:
                         self.silent.heard()
                     if bounds is not None and clock() >= deadline:
-                        self.cut_by_time = True
+                        req.cut_by_time = True
                         break
             except Exception as exc:
                 what = (
@@ -103,13 +182,21 @@ class SourceReader:
                     if isinstance(exc, ValuePickleError)
                     else f"Node {self.node.name!r} (the source) raised {type(exc).__name__}: {exc} in run(None)"
                 )
-                raise NodeError(
-                    self.node.name, "None", f"{what}, after emitting {self.emitted + len(items)} items."
-                ) from exc
-        self.emitted += len(items)
-        return Chunk(items, prints, bounds)
+                error = NodeError(self.node.name, "None", f"{what}, after emitting {base + len(items)} items.")
+                error.__cause__ = exc
+                # Raised once the items before the failing call are delivered, as in a sequential
+                # run; what that call emitted never left it (its prints did).
+                self.failed = error
+                stop.append(True)
+                del items[req.done :]
+            finally:
+                req.finished.set()
 
     def unbind(self) -> None:
+        self._quit = True  # a thread still calling the source stops after the call it is in
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(self.join_seconds)
         for attr in ("emit", "close"):
             self.node.__dict__.pop(attr, None)
 

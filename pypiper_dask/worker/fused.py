@@ -383,11 +383,16 @@ def run_fused(
     on without waiting for a worker slot (its own task collects the result).
 
     A node that raised (or a failure that came from above) is returned as its
-    :class:`~pypiper_dask.worker.values.NodeFailure`, in place of the segment.
+    :class:`~pypiper_dask.worker.values.NodeFailure`, in place of the segment,
+    carrying what the stage produced before the failing call (``partial``):
+    a failure from above is passed on after the items the stage above produced
+    before it went through this one.
     """
     above = failed_above(upstream)
-    if above is not None:  # a node above failed: pass its failure on
-        return above
+    if above is not None:  # a node above failed: pass its failure on, after what came before it
+        if above.partial is None:
+            return above
+        upstream = above.partial
     items, prints, calls = stage_input(upstream, sink)
     try:
         stage = _compiled(spec)
@@ -405,15 +410,21 @@ def run_fused(
                 (stage.feed if ends is None else stage.feed_ends)(items)
             except NodeFailure as failed:
                 # Returned, not raised: the task succeeds, so no worker logs "Compute Failed"
-                # for an error the caller reports as a NodeError.
+                # for an error the caller reports as a NodeError. What came before the failing
+                # call goes with it: the caller delivers it first, as a sequential run did.
                 stage._bound = None
-                return failed.detached()
+                if ends is not None:
+                    seg.ends = compact_ends(ends)
+                seg.n_in = len(items)
+                return failed.detached().with_partial(seg, own=True)
             seg.seconds = time.perf_counter() - start
     if ends is not None:
         seg.ends = compact_ends(ends)
     seg.n_in = len(items)
     seg.suspects = stage.watch.check()
     stage._bound = None
+    if above is not None:
+        return above.with_partial(seg, own=False)  # the holders below take it from their own tasks
     for (out, number, snap), holder in zip(pushes, holders, strict=True):
         push_step(holder, number, seg.outs[out], out in seg.blocked, snap, spec.sinks[out])
     return seg

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 from ..ordering import Segment
 from .capture import capture_stdout
 from .fused import FusedSpec, _Compiled, _compiled
-from .sequential import SeqHolder, SeqSpec
+from .sequential import SeqSpec, make_holder
 
 __all__ = ["Holder", "Result", "probe_partition", "probe_rounds", "read_probe"]
 
@@ -115,7 +115,7 @@ def probe_rounds(
                 node.run = traced(name, node.run)  # an instance attribute: bind() takes node.run
             refs[sid] = spec
         else:
-            holder = SeqHolder(spec, restore=states.get(sid), start=start)
+            holder = make_holder(spec, restore=states.get(sid), start=start)
             holder.node.run = traced(spec.name, holder.node.run)
             refs[sid] = holder
     try:

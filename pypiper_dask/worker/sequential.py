@@ -32,6 +32,7 @@ __all__ = [
     "SeqHolder",
     "SeqSpec",
     "SeqStep",
+    "make_holder",
     "push_step",
     "run_flush",
     "run_seq",
@@ -49,9 +50,24 @@ class SeqSpec:
     blob: bytes
     batch_size: int | float
     scope: str = ""  # whose per-process set-up it shares (see .setups)
+    keyed: bool = False  # one instance per key (see .keyed)
 
     def __repr__(self) -> str:
         return f"<SeqSpec {self.name}>"
+
+
+def make_holder(spec: SeqSpec, keep: int = 64, restore: bytes | None = None, start: int = 0, **shard: int) -> Any:
+    """A holder for ``spec``: a :class:`SeqHolder`, or a keyed node's ``KeyedHolder`` (``shard``, ``shards``)."""
+    if spec.keyed:
+        from .keyed import KeyedHolder
+
+        return KeyedHolder(spec, keep, restore, start, **shard)
+    return SeqHolder(spec, keep, restore, start)
+
+
+def _keyed(holder: Any) -> bool:
+    """Is ``holder`` a keyed node's holders as its step tasks get them: ``(KeyRoute, holder, ...)``?"""
+    return isinstance(holder, tuple)
 
 
 class SeqHolder:
@@ -85,6 +101,10 @@ class SeqHolder:
         self._buf: list = []
         self._bind()
         arm_setup_emits(self.node)
+        self._steps_from(start, keep)
+
+    def _steps_from(self, start: int, keep: int) -> None:
+        """Take steps (see :meth:`step`) from number ``start`` on, keeping the latest ``keep`` results."""
         self.keep = keep
         self._next = start
         self._calls: dict[int, Any] = {}
@@ -129,30 +149,15 @@ class SeqHolder:
         self._bind()  # its values are checked again at the start of every partition
         out = seg.outs[0]
         marks = Marks(seg, lambda: (len(ends), len(out)), lambda: self.name)
-        pending, k = self.pending, self.batch_size
         with capture_stdout(marks.printed):
             start = time.perf_counter()
-            if k == 1:
-                for value in items:
-                    self._call(value, seg, marks)
-                    ends.append(len(out))
-                    if self.closed:
-                        break
-            else:
-                # Whole slices: only the item that completes a batch has events.
-                i, n = 0, len(items)
-                while i < n and not self.closed:
-                    part = items[i:] if k == Node.BATCH_SIZE_ALL else items[i : i + int(k) - len(pending)]
-                    i += len(part)
-                    pending.extend(part)
-                    if len(pending) < k:  # also every BATCH_SIZE_ALL slice: k is infinite
-                        ends.extend(itertools.repeat(len(out), len(part)))
-                        continue
-                    ends.extend(itertools.repeat(len(out), len(part) - 1))
-                    batch = tuple(pending)
-                    pending.clear()
-                    self._call(batch, seg, marks)
-                    ends.append(len(out))
+            try:
+                self._feed(items, seg, marks, ends)
+            except NodeFailure as failed:
+                # What this step produced before the failing call goes with the failure.
+                seg.ends = compact_ends(ends)
+                seg.n_in = len(items)
+                raise failed.detached().with_partial(seg, own=True) from None
             seg.seconds = time.perf_counter() - start
         if upstream_closed:
             self.upstream_closed = True
@@ -161,6 +166,31 @@ class SeqHolder:
         if snap:
             seg.snap = self.snapshot()
         return seg
+
+    def _feed(self, items: Any, seg: Segment, marks: Marks, ends: list[int]) -> None:
+        """Call the node on ``items``, whole batches at a time; ``ends``: values out after each input unit."""
+        out, pending, k = seg.outs[0], self.pending, self.batch_size
+        if k == 1:
+            for value in items:
+                self._call(value, seg, marks)
+                ends.append(len(out))
+                if self.closed:
+                    break
+        else:
+            # Whole slices: only the item that completes a batch has events.
+            i, n = 0, len(items)
+            while i < n and not self.closed:
+                part = items[i:] if k == Node.BATCH_SIZE_ALL else items[i : i + int(k) - len(pending)]
+                i += len(part)
+                pending.extend(part)
+                if len(pending) < k:  # also every BATCH_SIZE_ALL slice: k is infinite
+                    ends.extend(itertools.repeat(len(out), len(part)))
+                    continue
+                ends.extend(itertools.repeat(len(out), len(part) - 1))
+                batch = tuple(pending)
+                pending.clear()
+                self._call(batch, seg, marks)
+                ends.append(len(out))
 
     def flush(self, snap: bool = False) -> Segment:
         """The input has ended: run what is still pending (the last batch); one unit."""
@@ -172,7 +202,11 @@ class SeqHolder:
             self.pending.clear()
             marks = Marks(seg, lambda: (0, len(out)), lambda: self.name)
             with capture_stdout(marks.printed):
-                self._call(data, seg, marks)
+                try:
+                    self._call(data, seg, marks)
+                except NodeFailure as failed:
+                    seg.ends = []  # the one unit is the failing call: its prints, no values
+                    raise failed.detached().with_partial(seg, own=True) from None
         seg.ends = [len(out)]
         if snap:
             seg.snap = self.snapshot()
@@ -203,9 +237,24 @@ class SeqHolder:
         finally:
             self._bind()
 
-    def fail(self, failure: NodeFailure) -> None:
-        """A step whose input is a node's failure above: the holder is called no more."""
+    def fail(self, failure: NodeFailure) -> Segment:
+        """A step whose input is a node's failure above: the holder is called no more.
+
+        Unless its input had ended already (a node above closed): it is still
+        flushed then, as a sequential run flushed it at that close.
+        """
+        if self.upstream_closed or self.closed:
+            return Segment(1)
         raise failure
+
+    def process_failed(self, items: Any, upstream_closed: bool, failure: NodeFailure) -> Segment:
+        """A step whose input is what a stage above produced before ``failure``: fed, then the failure passed on.
+
+        Raises the failure carrying this step's segment (or this node's own
+        failure, if it raised first); the holder is called no more.
+        """
+        seg = self.process(items, upstream_closed)
+        raise failure.with_partial(seg, own=False)
 
     async def step(self, number: int, method: str, *args: Any) -> Any:
         """Run ``method(*args)`` as this holder's step ``number``: in number order, each once.
@@ -255,7 +304,11 @@ class SeqHolder:
                     except Exception as exc:
                         if isinstance(exc, NodeFailure):
                             exc.detached()  # it goes back over the network
-                        self._failed = exc
+                        if not isinstance(exc, NodeFailure) or exc.partial is None:
+                            self._failed = exc
+                        elif exc.partial.failure is not None:  # its own node's: the steps after it fail with it
+                            self._failed = NodeFailure(exc.node, exc.item, exc.error, exc.tb)
+                        # else a failure above, passed on after this step's items: it may still be flushed
                         future.set_exception(exc)
                 self._next += 1
                 for old in [n for n in self._calls if n < self._next - self.keep]:
@@ -343,19 +396,41 @@ def run_seq(
     :func:`~.fused.run_fused`).
     """
     above = failed_above(upstream)
-    if above is not None:
-        if not isinstance(holder, SeqHolder):
+    if above is not None and above.partial is None:
+        if _keyed(holder):
+            for shard in holder[1:]:
+                with contextlib.suppress(NodeFailure):
+                    _remote(shard, number, "fail", above)
+        elif not isinstance(holder, SeqHolder):
             # Take the step's place in the holder's order, failed: the steps after it
             # end at once instead of waiting for this one for ever.
             with contextlib.suppress(NodeFailure):
                 _remote(holder, number, "fail", above)
         return above
-    assert isinstance(upstream, Segment)  # a fused stage's result
-    items, _, _ = stage_input(upstream, sink)
-    closed = sink in upstream.blocked
+    source = upstream if above is None else above.partial
+    assert isinstance(source, Segment)  # a fused stage's result, or what it produced before a failure
+    items, _, _ = stage_input(source, sink)
+    closed = sink in source.blocked
     try:
+        if above is not None:
+            # What came before the failure above goes through this node too, as in a sequential run.
+            bare = NodeFailure(above.node, above.item, above.error, above.tb)
+            if isinstance(holder, SeqHolder):
+                holder.process_failed(items, closed, bare)
+            elif _keyed(holder):
+                from .keyed import keyed_step
+
+                # A keyed node's own failure comes back without its partial output (none is then delivered).
+                raise bare.with_partial(keyed_step(holder[0], holder[1:], number, items, closed, False), own=False)
+            else:
+                _remote(holder, number, "process_failed", Items(items), closed, bare)
+            raise AssertionError("process_failed returned")  # it always raises
         if isinstance(holder, SeqHolder):  # in the caller
             seg = holder.process(items, closed, snap)
+        elif _keyed(holder):
+            from .keyed import keyed_step
+
+            seg = keyed_step(holder[0], holder[1:], number, items, closed, snap)
         else:
             # The fused task above pushed these items to the holder as it ended: collect the
             # step's result without sending them again, unless the push never arrived.
@@ -363,6 +438,8 @@ def run_seq(
             if seg is None:
                 seg = _remote(holder, number, "process", Items(items), closed, snap)
     except NodeFailure as failed:
+        if carry is not None and failed.partial is not None:
+            failed.partial.carried = (carry, stripped(source))
         return failed.detached()
     if carry is not None:
         seg.carried = (carry, stripped(upstream))
@@ -374,6 +451,10 @@ def run_flush(holder: Any, number: int, snap: bool = False) -> Segment | NodeFai
     try:
         if isinstance(holder, SeqHolder):
             return holder.flush(snap)
+        if _keyed(holder):
+            from .keyed import keyed_flush
+
+            return keyed_flush(holder[1:], number, snap)
         return _remote(holder, number, "flush", snap)
     except NodeFailure as failed:
         return failed.detached()
@@ -383,6 +464,10 @@ def run_state(holder: Any, number: int) -> bytes:
     """The sequential node's final state, pickled, after its last step."""
     if isinstance(holder, SeqHolder):
         return holder.state()
+    if _keyed(holder):
+        from .keyed import keyed_state
+
+        return keyed_state(holder[1:], number)
     return _remote(holder, number, "state")
 
 
@@ -402,11 +487,11 @@ def step_seq(
     prev: SeqStep | SeqSpec, upstream: Segment, sink: int, carry: int | None = None, snap: bool = False
 ) -> SeqStep:
     """Feed one partition to the holder the previous step left (or a new one)."""
-    holder = prev.holder if isinstance(prev, SeqStep) else SeqHolder(prev)
+    holder = prev.holder if isinstance(prev, SeqStep) else make_holder(prev)
     return SeqStep(holder, run_seq(holder, 0, upstream, sink, carry))
 
 
 def step_flush(prev: SeqStep | SeqSpec) -> SeqStep:
     """End the input of the holder the previous step left."""
-    holder = prev.holder if isinstance(prev, SeqStep) else SeqHolder(prev)
+    holder = prev.holder if isinstance(prev, SeqStep) else make_holder(prev)
     return SeqStep(holder, run_flush(holder, 0))

@@ -105,5 +105,13 @@ def load_snapshot(blob: bytes) -> tuple[Any, list, bool, bool]:
 
 
 def node_blob(blob: bytes) -> bytes:
-    """The pickled node alone, out of a snapshot (what a final state is)."""
-    return cloudpickle.loads(blob)[0]
+    """The pickled node alone, out of a snapshot (what a final state is).
+
+    A keyed node's: its per-key instances (a pickled ``KeyedInstances``).
+    """
+    value = cloudpickle.loads(blob)
+    if value[0] == "keyed":
+        from .keyed import instances_blob
+
+        return instances_blob([(stamp, key, node) for stamp, key, node, _, _ in value[1]])
+    return value[0]

@@ -237,14 +237,35 @@ class NodeFailure(Exception):
     (carried across with tblib); ``tb`` is that traceback as text, for where
     it could not come along. ``tb`` is not in ``args``: a worker's log of the
     failed task shows the node, the item and the error, not the traceback.
+
+    ``partial``: what the task's stage produced before the failing call (a
+    :class:`~pypiper_dask.ordering.Segment`), so that the caller delivers the
+    output a sequential run has before the error; the segment's ``failure``
+    is set where a node of that stage raised (see :meth:`with_partial`).
+    ``segments`` is the caller's: the failed round's partial segments by stage.
     """
 
-    def __init__(self, node: str, item: str, error: BaseException | None, tb: str) -> None:
+    def __init__(
+        self, node: str, item: str, error: BaseException | None, tb: str, partial: Segment | None = None
+    ) -> None:
         super().__init__(node, item, error)
         self.node, self.item, self.error, self.tb = node, item, error, tb
+        self.partial = partial
+        self.segments: dict[int, Segment] = {}
 
     def __reduce__(self):
-        return (NodeFailure, (self.node, self.item, self.error, self.tb))
+        return (NodeFailure, (self.node, self.item, self.error, self.tb, self.partial))
+
+    def with_partial(self, seg: Segment, own: bool) -> NodeFailure:
+        """This failure carrying ``seg``, ready to leave the process.
+
+        ``own``: a node of ``seg``'s stage raised it, and ``seg`` ends there; else
+        the stage only passed on the failure of a stage above, after the items
+        that stage produced before it.
+        """
+        if own:
+            seg.failure = NodeFailure(self.node, self.item, self.error, self.tb)  # no cycle: it pickles
+        return NodeFailure(self.node, self.item, self.error, self.tb, seg)
 
     def __str__(self) -> str:
         return f"node {self.node!r} failed on {self.item}: {self.error!r}"
