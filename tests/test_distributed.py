@@ -11,6 +11,7 @@ import textwrap
 import pytest
 from dask.utils import key_split
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pypiper_dask import Node, Pipeline
 from pypiper_dask.compiler import key_label
