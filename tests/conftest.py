@@ -268,6 +268,8 @@ def dask_processes() -> list[psutil.Process]:
             cmd = " ".join(child.cmdline())
         except psutil.Error:
             continue
+        if "resource_tracker" in cmd:  # multiprocessing's, one per process for its life once started
+            continue
         if "multiprocessing" in cmd or "dask" in cmd or "distributed" in cmd:
             found.append(child)
     return found
