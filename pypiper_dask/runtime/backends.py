@@ -408,7 +408,14 @@ class DistributedBackend:
         with self.client.as_current(), contextlib.suppress(Exception):  # a holder's worker died: the probe says so
             wait(made, timeout=60)
         for stage in seq:
-            if not stage.keyed:
+            if stage.keyed:
+                # A keyed step's task depends on its first holder alone (so it fails when that one
+                # is lost) and calls the others by address: a task depending on every holder's
+                # future waited for a transfer from each of their workers first.
+                route, first, *others = self.refs[stage.id]
+                held = zip(others, self.shards[stage.id][1:], strict=True)
+                self.args[stage.id] = (route, first, *(HolderAt(where, f.key) for f, where in held))
+            else:
                 self.args[stage.id] = HolderAt(self.where[stage.id], self.refs[stage.id].key)
 
     def restore(self, states: dict[int, bytes | None], start: int) -> None:
@@ -456,7 +463,7 @@ class DistributedBackend:
         was gone and hung); the fused tasks that push to it must not, or they
         would all be placed on its worker too.
         """
-        if task.sequential and stage in self.where:
+        if task.sequential and stage in self.where and stage not in self.shards:
             return self.refs[stage]
         return self.args[stage]
 

@@ -177,7 +177,8 @@ class _Driver:
         start = 0 if resume is None else resume["point"] + 1
         # Started first: it waits for a worker if the cluster has none yet, and then knows how many.
         backend.start(plan, self.names, None if resume is None else resume["states"], start)
-        self.sizer = PartitionSizer(partition_size, backend.n_workers, self.total)
+        keyed = any(s.keyed for s in plan.seq_stages)
+        self.sizer = PartitionSizer(partition_size, backend.n_workers, self.total, backend.n_workers if keyed else 1)
         self.done = 0  # source items delivered
         self.mute_until = -1  # a resumed run: output through this many source items went out before
         if keep is not None and snapshot_every is None:

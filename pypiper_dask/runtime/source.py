@@ -226,6 +226,13 @@ class PartitionSizer:
     (200, 50, 25)
     >>> PartitionSizer(None, n_workers=100, total=None).seconds  # 100 workers: 0.8 s a partition
     0.8
+
+    ``spread``: over how many holders a partition's items are dealt (a keyed
+    node's, one per worker): the first partitions are that many times larger.
+
+    >>> keyed = PartitionSizer(None, n_workers=8, total=3_000, spread=8)
+    >>> [keyed.next(0) for _ in range(3)]
+    [1, 256, 256]
     """
 
     target, least = 0.2, 0.025
@@ -238,10 +245,13 @@ class PartitionSizer:
     #: Seconds of the source's own calls after which a partition is cut (a live source).
     source_seconds = 0.1
 
-    def __init__(self, fixed: int | None, n_workers: int, total: int | None) -> None:
+    def __init__(self, fixed: int | None, n_workers: int, total: int | None, spread: int = 1) -> None:
         self.fixed = fixed
         self.n_workers = n_workers
         self.total = total
+        # A keyed node's holders each get a share of every partition: the first ones carry
+        # `first` items for each of them, or its holders' steps are too small to keep them busy.
+        self.first = self.first * max(1, spread)
         self.per_item: float | None = None
         self._seconds = self._items = 0.0
         self._uncalibrated = 0  # partitions cut before the cost was known

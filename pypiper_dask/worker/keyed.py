@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -301,6 +302,7 @@ class KeyedHolder(SeqHolder):
         keyed = self.keyed
         keyed.rearm()
         marks = Marks(seg, lambda: (len(ends), len(out)), lambda: self.name)
+        start = time.perf_counter()
         with capture_stdout(marks.printed):
             try:
                 for j, item in enumerate(items):
@@ -310,6 +312,7 @@ class KeyedHolder(SeqHolder):
             except NodeFailure as failed:  # what came before the failing call goes with the failure
                 seg.ends, seg.n_in = ends, len(items)
                 raise failed.detached().with_partial(seg, own=True) from None
+        seg.seconds = time.perf_counter() - start  # for the partition sizer (the step's: its slowest holder's)
         if upstream_closed:
             self.upstream_closed = True
         seg.ends = ends
