@@ -552,7 +552,7 @@ def test_random_streams_left_early_resume_with_nothing_lost(tmp_path_factory, pr
 @_random_in_background
 @pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
 @settings(
-    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(programs(reuse=True, names=True), st.integers(0, 150), st.sampled_from([2, 7]))
 def test_random_streams_left_early_resume_with_nothing_lost_on_a_local_cluster(
@@ -567,7 +567,7 @@ def test_random_streams_left_early_resume_with_nothing_lost_on_a_local_cluster(
 @_random_in_background
 @pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
 @settings(
-    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(programs(reuse=True, names=True), st.integers(0, 150))
 def test_random_streams_left_early_resume_with_nothing_lost_on_an_external_cluster(

@@ -38,7 +38,7 @@ def run_text(pipeline: Pipeline, **kwargs):
 @random_in_background
 @pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
 @settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(programs(reuse=True, names=True))
 def test_random_pipelines_on_an_external_cluster(external_cluster, program):
@@ -201,7 +201,7 @@ def test_worker_prints_reach_the_caller_in_order(local_client):
 @random_in_background
 @pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
 @settings(
-    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(failing_programs(reuse=True, names=True, keyed=True), st.sampled_from([None, 2, 7]))
 def test_random_programs_with_a_failing_node_on_a_local_cluster(local_client, failing, partition_size):
@@ -214,7 +214,7 @@ def test_random_programs_with_a_failing_node_on_a_local_cluster(local_client, fa
 @random_in_background
 @pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
 @settings(
-    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(failing_programs(reuse=True, names=True, keyed=True))
 def test_random_programs_with_a_failing_node_on_an_external_cluster(external_cluster, failing):

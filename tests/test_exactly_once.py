@@ -394,7 +394,7 @@ def test_random_programs_call_each_node_as_the_sequential_run_does(tmp_path, pro
 @settings(
     # 25, not 15: tests/test_distributed.py's output-only check of these programs on a local
     # cluster (40 examples) was this check's first half, and is gone.
-    max_examples=25,
+    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

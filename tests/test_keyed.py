@@ -175,7 +175,7 @@ def test_key_groups_are_the_same_in_every_process():
 @random_in_background
 @pytest.mark.timeout(300, method="thread")
 @settings(
-    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(programs(keyed=True, names=True), st.sampled_from([None, 2, 7]))
 def test_random_keyed_programs_on_a_local_cluster(local_client, tmp_path_factory, program, partition_size):
@@ -194,7 +194,7 @@ def test_random_keyed_programs_on_a_local_cluster(local_client, tmp_path_factory
 @random_in_background
 @pytest.mark.timeout(300, method="thread")
 @settings(
-    max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(programs(keyed=True))
 def test_random_keyed_programs_on_an_external_cluster(external_cluster, program):
@@ -231,7 +231,7 @@ def test_final_instances_pickle():
 @random_in_background
 @pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
 @settings(
-    max_examples=3,
+    max_examples=1,
     derandomize=True,
     database=None,
     deadline=None,

@@ -206,7 +206,7 @@ def trial(
 @random_in_background
 @pytest.mark.timeout(360, method="thread")  # hypothesis would swallow a signal; room for fresh clusters
 @settings(
-    max_examples=4,  # more in `python -m bench --faults N`
+    max_examples=2,  # more in `python -m bench --faults N`
     derandomize=True,
     database=None,
     phases=[Phase.generate],

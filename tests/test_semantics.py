@@ -313,14 +313,14 @@ def test_prints_from_nodes_and_source_keep_sequential_order():
 # 75, not 150 (the suite's costliest test): the in-process output of such programs is also
 # checked by tests/test_exactly_once.py (60 examples, with calls) and tests/test_functions.py
 # (60, both paths); each run draws new programs.
-@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs(reuse=True, names=True), st.sampled_from([None, 1, 3, 17]))
 def test_random_pipelines_match_the_sequential_reference(program, partition_size):
     check_against_reference(build(program), partition_size=partition_size)
 
 
 @pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(failing_programs(reuse=True, names=True, keyed=True), st.sampled_from([None, 1, 3, 17]))
 def test_random_programs_with_a_failing_node_output_what_the_reference_did_before_it(failing, partition_size):
     """Issue 19 item 2: in the caller's process, and on the task path at any partition size."""
