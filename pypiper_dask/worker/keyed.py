@@ -357,14 +357,8 @@ def load_keyed_snapshot(blob: bytes) -> tuple[list[tuple], bool]:
     return entries, upstream_closed
 
 
-def is_keyed_snapshot(blob: bytes) -> bool:
-    value = cloudpickle.loads(blob)
-    return isinstance(value, tuple) and len(value) == 3 and value[0] == "keyed"
-
-
-def keyed_final_blob(blob: bytes) -> bytes:
-    """The final state (a pickled :class:`KeyedInstances`) out of a keyed snapshot."""
-    entries, _ = load_keyed_snapshot(blob)
+def keyed_final_blob(entries: list[tuple]) -> bytes:
+    """The final state (a pickled :class:`KeyedInstances`) of a keyed snapshot's entries."""
     return instances_blob([(stamp, key, node) for stamp, key, node, _, _ in entries])
 
 

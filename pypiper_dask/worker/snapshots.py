@@ -111,7 +111,7 @@ def node_blob(blob: bytes) -> bytes:
     """
     value = cloudpickle.loads(blob)
     if value[0] == "keyed":
-        from .keyed import instances_blob
+        from .keyed import keyed_final_blob
 
-        return instances_blob([(stamp, key, node) for stamp, key, node, _, _ in value[1]])
+        return keyed_final_blob(value[1])
     return value[0]
