@@ -431,6 +431,9 @@ class CheckpointRun:
         splicer = out.splicer
         if splicer.waiting or splicer.closed or splicer.seen_closed:
             return  # a node closed: the splicer's state is not kept; the previous cut stays
+        # The cut counts this round as delivered: its printed lines go out first, or a kill
+        # between the write and the next flush loses them (a resume prints after the cut).
+        sys.stdout.flush()
         self.store.write_cut(
             {
                 "run": self.run_id,

@@ -268,7 +268,12 @@ class _Driver:
                 return
             if keep is not None and keep.want_source:
                 keep.take_source(state.index, source.node, source.emitted)  # for a cut at the round before
-            pulled = state.pulled(source.pull(sizer.next(source.emitted), sizer.source_seconds))
+            want = sizer.next(source.emitted)
+            if source.emitted < self.mute_until:
+                # Resumed: a partition ends where the output that went out before ends, so
+                # the seam repeats only what was printed after the last position was written.
+                want = min(want, self.mute_until - source.emitted)
+            pulled = state.pulled(source.pull(want, sizer.source_seconds))
             if pulled is not None:
                 # The chunk stays here until its round is delivered: if the worker holding
                 # it dies, it is sent again (a source cannot be re-run).
