@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -23,6 +24,10 @@ def test_a_cluster_whose_worker_does_not_come_back_is_replaced_by_a_fresh_one(ca
     try:
         first = cluster.client()
         started[0].scale(1)  # a worker gone for good, as if its nanny never brought it back
+        deadline = time.monotonic() + 60
+        while len(first.scheduler_info(n_workers=-1)["workers"]) > 1:
+            assert time.monotonic() < deadline, "scale(1) did not remove a worker in 60 s"
+            time.sleep(0.05)  # scale() returns before the scheduler has dropped the worker
         with caplog.at_level(logging.WARNING, logger="tests.clusters"):
             second = cluster.client()
         assert second is not first and len(started) == 2 and cluster.restarts == 1

@@ -93,7 +93,8 @@ class Killer:
     A point in the run, not a time: the run's progress callback (:meth:`callback`)
     waits there until the worker is killed, so the kill lands mid-run however
     fast the machine is. ``again``: then kills the worker of a re-created holder
-    as soon as one exists (while the run is replaying onto it).
+    while the run replays onto it: :meth:`replay_hook` holds the run's first
+    submission after the restore until that kill is done.
     """
 
     def __init__(self, client, at: int, rng: random.Random, again: bool = False, node: str = "") -> None:
@@ -102,6 +103,8 @@ class Killer:
         self.stop = threading.Event()
         self.reached = threading.Event()  # the run delivered `at` items
         self.killed = threading.Event()  # the first kill is done (or given up)
+        self.replaying = threading.Event()  # the holders were re-created and the replay is going out
+        self.killed_again = threading.Event()  # the second kill is done (or given up)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def callback(self, done: int, total) -> None:
@@ -109,6 +112,35 @@ class Killer:
         if done >= self.at and not self.reached.is_set():
             self.reached.set()
             self.killed.wait(60)
+
+    @contextlib.contextmanager
+    def replay_hook(self):
+        """Hold the run's first submission after a restore until the second kill is done.
+
+        A point in the run, not a time: the replayed round just sent is in flight when
+        the re-created holder's worker dies, however fast the machine replays.
+        """
+        from pypiper_dask.runtime.backends import DistributedBackend
+        from pypiper_dask.runtime.recovery import Recovery
+
+        restore, submit = Recovery.restore, DistributedBackend.submit
+        restored = threading.Event()
+
+        def restoring(recovery, *args, **kwargs):
+            restore(recovery, *args, **kwargs)
+            restored.set()
+
+        def submitting(backend, tasks):
+            handle = submit(backend, tasks)
+            if restored.is_set() and not self.replaying.is_set():
+                self.replaying.set()
+                self.killed_again.wait(60)
+            return handle
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Recovery, "restore", restoring)
+            patch.setattr(DistributedBackend, "submit", submitting)
+            yield
 
     def __enter__(self) -> Killer:
         self.thread.start()
@@ -161,7 +193,13 @@ class Killer:
         finally:
             self.killed.set()
         if first and self.again:
-            self._kill_one(1)
+            try:
+                while not self.replaying.wait(0.05):
+                    if self.stop.is_set():
+                        return  # the run ended without a replay
+                self._kill_one(1)
+            finally:
+                self.killed_again.set()
 
 
 @pytest.fixture
@@ -188,7 +226,8 @@ def trial(
     want = run_all(build(paced(program, SIZE, 0.0)), n_threads=1)
     graph = build(paced(program, SIZE, PAUSE))
     at = int(min(point / 1.5, 0.9) * SIZE)
-    with Killer(client, at, random.Random(seed), again) as killer:
+    killer = Killer(client, at, random.Random(seed), again)
+    with killer, killer.replay_hook() if again else contextlib.nullcontext():
         got = run_all(
             graph, killer.callback, client=client, snapshot_every=snapshot_every, partition_size=partition_size
         )
