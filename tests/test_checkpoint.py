@@ -29,13 +29,14 @@ from hypothesis import strategies as st
 from pypiper_dask import CheckpointError, Node, OptionError, Pipeline
 from pypiper_dask.runtime import SyncTaskBackend
 from pypiper_dask.runtime.backends import InProcessBackend
+from pypiper_dask.runtime.checkpoint import Completed, Cut
 from tests import nodes as N
 from tests.conftest import ROOT
 from tests.strategies import build, programs
 
 
-def read_cut(blob: bytes) -> dict:
-    """The cut a checkpoint file holds (an outer pickle of plain values around the body)."""
+def read_cut(blob: bytes) -> Cut | Completed:
+    """The record a checkpoint file holds (an outer pickle of plain values around the body)."""
     return cloudpickle.loads(pickle.loads(blob)["body"])
 
 
@@ -112,7 +113,7 @@ def test_a_pipeline_without_stateful_nodes_resumes_from_its_cuts(tmp_path):
     path = str(tmp_path / "ck")
     first, exc = run_captured(make(), fail_at=123, checkpoint=path)
     assert isinstance(exc, Exception)
-    assert read_cut((tmp_path / "ck").read_bytes())["items"] >= 80
+    assert read_cut((tmp_path / "ck").read_bytes()).items >= 80
     second, result = run_captured(make(9), checkpoint=path)
     check_seam(first, second, reference, 9)
     assert [str(x) for x in result["map"]] == reference
@@ -347,11 +348,11 @@ def test_a_source_holding_a_file_resumes_at_its_place(tmp_path):
     reference, _ = run_captured(make())
     first, exc = run_captured(make(), fail_at=211, checkpoint=path)
     assert isinstance(exc, Exception) and 0 < len(first) < 300
-    assert read_cut((tmp_path / "ck").read_bytes())["items"] >= 180  # a cut well past the start
+    assert read_cut((tmp_path / "ck").read_bytes()).items >= 180  # a cut well past the start
     second, result = run_captured(make(), checkpoint=path)
     check_seam(first, second, reference, 10)
     assert [str(x) for x in result["run"]] == reference
-    assert read_cut((tmp_path / "ck").read_bytes())["complete"]
+    assert isinstance(read_cut((tmp_path / "ck").read_bytes()), Completed)
 
 
 @pytest.mark.cluster
@@ -373,7 +374,7 @@ def test_stream_and_submit_resume_from_a_checkpoint(local_client, tmp_path):
         first.append(item)
         if len(first) == 250:
             break  # the consumer stops: the run is cancelled
-    assert 120 <= read_cut((tmp_path / "stream").read_bytes())["items"] <= 250
+    assert 120 <= read_cut((tmp_path / "stream").read_bytes()).items <= 250
     second = [item for _, item in make().stream(checkpoint=path)]
     overlap = check_seam(first, second, reference, 20)  # "delivered" means yielded
     print(f"stream: stopped after 250, {overlap} repeated")
@@ -472,7 +473,7 @@ def test_a_killed_caller_resumes_in_a_new_process(tmp_path, how):
     stopped = text.splitlines()
     assert len(stopped) < SIZE, "the run ended before it was stopped: make it slower"
     cut = read_cut(path.read_bytes())
-    assert not cut["complete"] and 0 < cut["items"] <= len(stopped)  # resumed from a cut, not the start
+    assert isinstance(cut, Cut) and 0 < cut.items <= len(stopped)  # resumed from a cut, not the start
     resumed = subprocess.run(
         [sys.executable, str(script), str(path), str(SIZE)],
         capture_output=True,
@@ -484,7 +485,7 @@ def test_a_killed_caller_resumes_in_a_new_process(tmp_path, how):
     )
     assert resumed.returncode == 0, resumed.stderr
     overlap = check_seam(stopped, resumed.stdout.splitlines(), reference, 25)
-    print(f"{how}: stopped after {len(stopped)} lines, cut at {cut['items']}, {overlap} repeated")
+    print(f"{how}: stopped after {len(stopped)} lines, cut at {cut.items}, {overlap} repeated")
 
 
 @pytest.mark.timeout(120)
