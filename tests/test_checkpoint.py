@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import pickle
@@ -29,13 +30,14 @@ from hypothesis import strategies as st
 from pypiper_dask import CheckpointError, Node, OptionError, Pipeline
 from pypiper_dask.runtime import SyncTaskBackend
 from pypiper_dask.runtime.backends import InProcessBackend
+from pypiper_dask.runtime.checkpoint import VERSION, Checkpoint, Completed, Cut, Loaded, Position
 from tests import nodes as N
 from tests.conftest import ROOT
 from tests.strategies import build, programs
 
 
-def read_cut(blob: bytes) -> dict:
-    """The cut a checkpoint file holds (an outer pickle of plain values around the body)."""
+def read_cut(blob: bytes) -> Cut | Completed:
+    """The record a checkpoint file holds (an outer pickle of plain values around the body)."""
     return cloudpickle.loads(pickle.loads(blob)["body"])
 
 
@@ -112,7 +114,7 @@ def test_a_pipeline_without_stateful_nodes_resumes_from_its_cuts(tmp_path):
     path = str(tmp_path / "ck")
     first, exc = run_captured(make(), fail_at=123, checkpoint=path)
     assert isinstance(exc, Exception)
-    assert read_cut((tmp_path / "ck").read_bytes())["items"] >= 80
+    assert read_cut((tmp_path / "ck").read_bytes()).items >= 80
     second, result = run_captured(make(9), checkpoint=path)
     check_seam(first, second, reference, 9)
     assert [str(x) for x in result["map"]] == reference
@@ -247,6 +249,56 @@ def test_a_truncated_checkpoint_is_refused_saying_overwrite_starts_over(tmp_path
     assert result.counts == {"run": 40} and len(lines) == 40
 
 
+IDENT = {"": {"root": "gen", "order": ["gen"]}}  # an identity, as identity() makes them
+
+
+def a_cut(run: str = "ab12") -> Cut:
+    return Cut(
+        run=run,
+        point=2,
+        items=30,
+        source=b"the source",
+        emitted=31,
+        states={1: b"a state", 2: None},
+        collect=True,
+        values={"run": [1, 2, 3]},
+        counts={"run": 3},
+        errors=[],
+    )
+
+
+def test_a_cut_and_its_position_round_trip_through_the_files(tmp_path):
+    store = Checkpoint(str(tmp_path / "ck"), IDENT)
+    assert store.load() is None
+    cut = a_cut()
+    store.write_cut(cut)
+    outer = pickle.loads((tmp_path / "ck").read_bytes())  # plain values around the body's bytes
+    assert outer["identity"] == IDENT and isinstance(outer["body"], bytes)
+    assert store.load() == Loaded(cut, delivered=30)
+    store.write_delivered(Position("ab12", 45))
+    assert json.loads((tmp_path / "ck.delivered").read_text()) == {"run": "ab12", "items": 45}
+    assert store.load() == Loaded(cut, delivered=45)
+    store.write_delivered(Position("another run", 90))  # not this cut's run: it does not count
+    assert store.load() == Loaded(cut, delivered=30)
+    (tmp_path / "ck.delivered").write_text("{damaged")
+    assert store.load() == Loaded(cut, delivered=30)
+    done = Completed("ab12", collect=True, result={"run": [1, 2, 3]})
+    store.write_cut(done)
+    assert store.load() == Loaded(done, delivered=-1)
+
+
+def test_a_checkpoint_of_version_2_is_refused_before_its_body_is_read(tmp_path):
+    body = {"run": "ab12", "complete": False, "point": 2, "items": 30}  # version 2's body: a dict
+    path = tmp_path / "ck"
+    path.write_bytes(pickle.dumps({"version": 2, "identity": IDENT, "body": cloudpickle.dumps(body)}))
+    with pytest.raises(CheckpointError, match="not a pypiper_dask checkpoint this version can read"):
+        Checkpoint(str(path), IDENT).load()
+    # This version's wrapper around a body that is no record: refused the same way.
+    path.write_bytes(pickle.dumps({"version": VERSION, "identity": IDENT, "body": cloudpickle.dumps(body)}))
+    with pytest.raises(CheckpointError, match="not a pypiper_dask checkpoint this version can read"):
+        Checkpoint(str(path), IDENT).load()
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("where", ["under a file", "read-only folder"])
 def test_an_unwritable_checkpoint_path_is_a_checkpoint_error_naming_it(tmp_path, where):
@@ -347,11 +399,11 @@ def test_a_source_holding_a_file_resumes_at_its_place(tmp_path):
     reference, _ = run_captured(make())
     first, exc = run_captured(make(), fail_at=211, checkpoint=path)
     assert isinstance(exc, Exception) and 0 < len(first) < 300
-    assert read_cut((tmp_path / "ck").read_bytes())["items"] >= 180  # a cut well past the start
+    assert read_cut((tmp_path / "ck").read_bytes()).items >= 180  # a cut well past the start
     second, result = run_captured(make(), checkpoint=path)
     check_seam(first, second, reference, 10)
     assert [str(x) for x in result["run"]] == reference
-    assert read_cut((tmp_path / "ck").read_bytes())["complete"]
+    assert isinstance(read_cut((tmp_path / "ck").read_bytes()), Completed)
 
 
 @pytest.mark.cluster
@@ -373,7 +425,7 @@ def test_stream_and_submit_resume_from_a_checkpoint(local_client, tmp_path):
         first.append(item)
         if len(first) == 250:
             break  # the consumer stops: the run is cancelled
-    assert 120 <= read_cut((tmp_path / "stream").read_bytes())["items"] <= 250
+    assert 120 <= read_cut((tmp_path / "stream").read_bytes()).items <= 250
     second = [item for _, item in make().stream(checkpoint=path)]
     overlap = check_seam(first, second, reference, 20)  # "delivered" means yielded
     print(f"stream: stopped after 250, {overlap} repeated")
@@ -472,7 +524,7 @@ def test_a_killed_caller_resumes_in_a_new_process(tmp_path, how):
     stopped = text.splitlines()
     assert len(stopped) < SIZE, "the run ended before it was stopped: make it slower"
     cut = read_cut(path.read_bytes())
-    assert not cut["complete"] and 0 < cut["items"] <= len(stopped)  # resumed from a cut, not the start
+    assert isinstance(cut, Cut) and 0 < cut.items <= len(stopped)  # resumed from a cut, not the start
     resumed = subprocess.run(
         [sys.executable, str(script), str(path), str(SIZE)],
         capture_output=True,
@@ -484,7 +536,7 @@ def test_a_killed_caller_resumes_in_a_new_process(tmp_path, how):
     )
     assert resumed.returncode == 0, resumed.stderr
     overlap = check_seam(stopped, resumed.stdout.splitlines(), reference, 25)
-    print(f"{how}: stopped after {len(stopped)} lines, cut at {cut['items']}, {overlap} repeated")
+    print(f"{how}: stopped after {len(stopped)} lines, cut at {cut.items}, {overlap} repeated")
 
 
 @pytest.mark.timeout(120)

@@ -2,14 +2,14 @@
 
 A checkpoint is two files at ``PATH`` (a local path or any fsspec URL):
 
-* ``PATH``: the last *cut* (see :mod:`~pypiper_dask.runtime.recovery`): the
-  pipeline's identity, the source items delivered through partition ``k``,
-  the source node as it was when partition ``k + 1`` was cut, every
-  sequential stage's snapshot after ``k``, and the output through ``k``
-  (collected items and counts). Once the run ends it holds the result and is
-  marked complete.
+* ``PATH``: the pipeline's identity around the last *cut* (a :class:`Cut`,
+  see :mod:`~pypiper_dask.runtime.recovery`): the source items delivered
+  through partition ``k``, the source node as it was when partition ``k + 1``
+  was cut, every sequential stage's snapshot after ``k``, and the output
+  through ``k`` (collected items and counts). Once the run ends it holds the
+  result instead (a :class:`Completed`).
 * ``PATH.delivered``: how many source items' output was delivered (stdout
-  flushed), written after every partition.
+  flushed), written after every partition (a :class:`Position`, as JSON).
 
 Each is written to a temporary name and then moved over the old one, so a
 run killed at any moment leaves the previous version whole; local files are
@@ -30,6 +30,7 @@ import re
 import sys
 import types
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -39,10 +40,99 @@ from ..errors import CheckpointError
 from ..log import logger
 from ..model.node import _INIT, Node
 from ..model.snapshot import Snapshot
+from ..ordering import ItemError
 
-__all__ = ["Checkpoint", "CheckpointRun", "content_token", "identity"]
+__all__ = ["Checkpoint", "CheckpointRun", "Completed", "Cut", "Loaded", "Position", "content_token", "identity"]
 
-VERSION = 2  # 2: constructor arguments compared by content token, not repr
+# The outer wrapper's version: a file of another one is refused before its body is unpickled.
+# 2: constructor arguments compared by content token, not repr; 3: the body is a Cut or a
+# Completed (dataclasses), not a dict.
+VERSION = 3
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A consistent cut, as a checkpoint file's body holds it: what a resumed run starts from.
+
+    Written by :meth:`CheckpointRun.cut` after round ``point`` was delivered;
+    a run resumed from it restores the source and the sequential stages and
+    computes from round ``point + 1`` on.
+
+    Examples
+    --------
+    >>> cut = Cut(
+    ...     run="ab12", point=0, items=10, source=b"", emitted=10, states={},
+    ...     collect=False, values={}, counts={"leaf": 10}, errors=[],
+    ... )
+    >>> cut.point + 1, cut.counts["leaf"]
+    (1, 10)
+    """
+
+    run: str  # the run that wrote it: a delivered position of another run is not its own
+    point: int  # the round delivered last, the restore point (-1: the start, before round 0)
+    items: int  # source items delivered through round ``point``
+    source: bytes  # the source node pickled as it was when round ``point + 1`` was cut
+    emitted: int  # how many items that source had emitted then
+    states: dict[int, bytes | None]  # sequential stage id -> its snapshot after ``point`` (None: as planned)
+    collect: bool  # whether the run collected its items (``values`` holds them)
+    values: dict[str, list[Any]]  # leaf -> its items through ``point``; empty when not ``collect``
+    counts: dict[str, int]  # leaf -> how many items it output through ``point``
+    errors: list[ItemError]  # items dropped or collected by ``on_error`` through ``point``
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The body of a complete checkpoint: the run ended, and this is what it returned.
+
+    Examples
+    --------
+    >>> Completed("run", collect=False, result=None).collect
+    False
+    """
+
+    run: str  # the run that completed it
+    collect: bool  # whether ``result`` holds the items (a run with ``collect=False`` kept only counts)
+    result: Any  # the run's PipelineResult, returned again without running
+
+
+@dataclass(frozen=True)
+class Position:
+    """How far a run's output was delivered: the ``PATH.delivered`` file, as JSON.
+
+    Examples
+    --------
+    >>> Position.from_json(Position("run", 40).to_json())
+    Position(run='run', items=40)
+    >>> Position.from_json(b"damaged") is None
+    True
+    """
+
+    run: str  # the run that delivered it: a position counts only for that run's cut
+    items: int  # source items whose output was delivered (stdout flushed, or yielded)
+
+    def to_json(self) -> bytes:
+        """The file's content."""
+        return json.dumps({"run": self.run, "items": self.items}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Position | None:
+        """The position ``data`` holds; ``None`` if it is damaged."""
+        try:
+            mark = json.loads(data)
+            run, items = mark["run"], int(mark["items"])
+        except (ValueError, TypeError, KeyError):
+            return None
+        return cls(run, items) if isinstance(run, str) else None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What :meth:`Checkpoint.load` found: the stored record, and how far its output was delivered."""
+
+    record: Cut | Completed  # the last cut, or the completed run's result
+    # Source items whose output went out: the cut's ``items``, or its run's ``PATH.delivered``
+    # position where that is further; -1 for a completed record (nothing resumes from it).
+    delivered: int
 
 
 def identity(snap: Snapshot, nodes: dict[str, Node]) -> dict[str, dict[str, Any]]:
@@ -247,8 +337,8 @@ class Checkpoint:
 
     # -- reading -----------------------------------------------------------------------
 
-    def load(self) -> dict[str, Any] | None:
-        """The stored cut with its delivered position, or ``None`` where there is none.
+    def load(self) -> Loaded | None:
+        """The stored record with its delivered position, or ``None`` where there is none.
 
         Raises :class:`CheckpointError` when it belongs to a different pipeline.
         """
@@ -260,10 +350,7 @@ class Checkpoint:
             except Exception:
                 outer = None
         if not isinstance(outer, dict) or outer.get("version") != VERSION:
-            raise CheckpointError(
-                f"{self.url} is not a pypiper_dask checkpoint this version can read (truncated, of another "
-                "version, or another file). Use another checkpoint, or run(..., overwrite=True) to replace it."
-            )
+            raise self._unreadable()
         why = difference(self.identity, outer["identity"])
         if why is not None:
             raise CheckpointError(
@@ -271,29 +358,38 @@ class Checkpoint:
                 "Use another checkpoint, or run(..., overwrite=True) to start over."
             )
         record = cloudpickle.loads(outer["body"])
-        record["delivered"] = record["items"]
+        if not isinstance(record, (Cut, Completed)):
+            raise self._unreadable()
+        if isinstance(record, Completed):
+            return Loaded(record, -1)
+        delivered = record.items
         pos = self.path + ".delivered"
-        if not record.get("complete") and self.fs.exists(pos):
+        if self.fs.exists(pos):
             with self.fs.open(pos, "rb") as f:
-                try:
-                    mark = json.loads(f.read())
-                except ValueError:  # damaged: the cut's own position is a safe one (it may repeat more)
-                    mark = {}
-            if isinstance(mark, dict) and mark.get("run") == record["run"]:
-                record["delivered"] = max(record["items"], int(mark["items"]))
-        return record
+                mark = Position.from_json(f.read())
+            # Damaged (None) or another run's: the cut's own position is a safe one (it may repeat more).
+            if mark is not None and mark.run == record.run:
+                delivered = max(record.items, mark.items)
+        return Loaded(record, delivered)
+
+    def _unreadable(self) -> CheckpointError:
+        return CheckpointError(
+            f"{self.url} is not a pypiper_dask checkpoint this version can read (truncated, of another "
+            "version, or another file). Use another checkpoint, or run(..., overwrite=True) to replace it."
+        )
 
     # -- writing -----------------------------------------------------------------------
 
-    def write_cut(self, record: dict[str, Any]) -> None:
-        # The identity is checked before the body (nodes, states, items) is unpickled.
+    def write_cut(self, record: Cut | Completed) -> None:
+        # The identity is checked before the body (nodes, states, items) is unpickled: the
+        # wrapper stays a dict of plain values, and only the body holds the record's classes.
         outer = {"version": VERSION, "identity": self.identity, "body": cloudpickle.dumps(record)}
         self._put(self.path, pickle.dumps(outer), sync=True)
 
-    def write_delivered(self, run: str, items: int) -> None:
+    def write_delivered(self, position: Position) -> None:
         # After every partition: not synced to disk (a rename survives the process, which is
         # what a kill takes; after a power loss a resume may repeat more than a partition).
-        self._put(self.path + ".delivered", json.dumps({"run": run, "items": items}).encode(), sync=False)
+        self._put(self.path + ".delivered", position.to_json(), sync=False)
 
     def check_writable(self) -> None:
         """Raise :class:`CheckpointError` now if nothing can be written there (not after the first cut)."""
@@ -359,23 +455,27 @@ def new_run_id() -> str:
 class CheckpointRun:
     """One run's side of a checkpoint: what it resumes from, and the cuts and positions it writes.
 
-    ``record``: the cut to resume from (``None``: start from the beginning);
-    ``done``: the stored result of a complete checkpoint (nothing to run).
+    ``record``: the cut to resume from (``None``: start from the beginning),
+    with ``delivered_before``: how many source items' output went out before
+    (-1 when not resuming); ``done``: the stored result of a complete
+    checkpoint (nothing to run).
     """
 
     def __init__(self, store: Checkpoint, overwrite: bool, collect: bool) -> None:
         self.store = store
         self.collect = collect
-        self.record: dict[str, Any] | None = None
+        self.record: Cut | None = None
+        self.delivered_before = -1
         self.done: Any = None
         self.run_id = new_run_id()
         self.source_at: dict[int, tuple[bytes, int]] = {}  # round index -> the source before it was cut
         self.want_source = False
         self.broken: str | None = None
         self._written = -1
-        record = None if overwrite else store.load()
-        if record is not None and record.get("complete") and not (collect and not record["collect"]):
-            self.done = record["result"]
+        loaded = None if overwrite else store.load()
+        stored, delivered = (None, -1) if loaded is None else (loaded.record, loaded.delivered)
+        if isinstance(stored, Completed) and not (collect and not stored.collect):
+            self.done = stored.result
             logger.info(
                 "checkpoint %s is complete: printing nothing and returning its stored result "
                 "(run(..., overwrite=True) starts over)",
@@ -383,21 +483,22 @@ class CheckpointRun:
             )
             return
         store.check_writable()  # this run writes there: say now if it cannot
-        if record is None or record.get("complete"):  # a complete one without the full result asked for: run again
+        if not isinstance(stored, Cut):  # none, or a complete one without the full result asked for: run again
             return
-        if collect and not record["collect"]:
+        if collect and not stored.collect:
             raise CheckpointError(
                 f"The checkpoint at {store.url} was written by a run with collect=False and holds no items to "
                 "return: resume it with collect=False, or run(..., overwrite=True) to start over."
             )
-        self.record = record
-        self.run_id = record["run"]
-        self._written = record["delivered"]  # a resumed run never records less than went out
+        self.record = stored
+        self.delivered_before = delivered
+        self.run_id = stored.run
+        self._written = delivered  # a resumed run never records less than went out
         logger.info(
             "resuming from checkpoint %s: after %d source items (output delivered through %d)",
             store.url,
-            record["items"],
-            record["delivered"],
+            stored.items,
+            delivered,
         )
 
     # -- what the run loop calls -------------------------------------------------------
@@ -435,19 +536,18 @@ class CheckpointRun:
         # between the write and the next flush loses them (a resume prints after the cut).
         sys.stdout.flush()
         self.store.write_cut(
-            {
-                "run": self.run_id,
-                "complete": False,
-                "point": point,
-                "items": items,
-                "source": blob,
-                "emitted": emitted,
-                "states": dict(states),
-                "collect": out.collect,
-                "values": out.values if out.collect else {},
-                "counts": out.counts,
-                "errors": splicer.errors,
-            }
+            Cut(
+                run=self.run_id,
+                point=point,
+                items=items,
+                source=blob,
+                emitted=emitted,
+                states=dict(states),
+                collect=out.collect,
+                values=out.values if out.collect else {},
+                counts=out.counts,
+                errors=splicer.errors,
+            )
         )
 
     def delivered(self, items: int) -> None:
@@ -455,15 +555,13 @@ class CheckpointRun:
         if items <= self._written:
             return
         sys.stdout.flush()
-        self.store.write_delivered(self.run_id, items)
+        self.store.write_delivered(Position(self.run_id, items))
         self._written = items
 
     def complete(self, result: Any) -> None:
         """The run ended: flush stdout, then store the result and mark the checkpoint complete."""
         sys.stdout.flush()
-        self.store.write_cut(
-            {"run": self.run_id, "complete": True, "collect": self.collect, "result": result, "items": -1}
-        )
+        self.store.write_cut(Completed(run=self.run_id, collect=self.collect, result=result))
 
     def _break(self, why: str) -> None:
         logger.warning("%s: the run goes on without writing checkpoints", why)

@@ -165,7 +165,7 @@ class _Driver:
         snap = plan.snapshot
         self.plan, self.backend, self.callback, self.stream, self.keep = plan, backend, callback, stream, keep
         resume = None if keep is None else keep.record
-        node = snap.node(snap.root) if resume is None else load_node(resume["source"])
+        node = snap.node(snap.root) if resume is None else load_node(resume.source)
         # On its own thread, so that a live source's wait holds back nothing it emitted; in this
         # one with a checkpoint, whose cuts take the source as it is after a partition's last call.
         self.source = SourceReader(node, to="to the workers", threaded=keep is None)
@@ -174,9 +174,9 @@ class _Driver:
         self.names = TaskNames(plan)
         self.out = Output(plan, quiet=quiet, collect=collect, stream=stream)
         self.hidden = HiddenStateReport()
-        start = 0 if resume is None else resume["point"] + 1
+        start = 0 if resume is None else resume.point + 1
         # Started first: it waits for a worker if the cluster has none yet, and then knows how many.
-        backend.start(plan, self.names, None if resume is None else resume["states"], start)
+        backend.start(plan, self.names, None if resume is None else resume.states, start)
         keyed = any(s.keyed for s in plan.seq_stages)
         self.sizer = PartitionSizer(partition_size, backend.n_workers, self.total, backend.n_workers if keyed else 1)
         self.done = 0  # source items delivered
@@ -196,14 +196,14 @@ class _Driver:
             max_resends=MAX_RESENDS,
             ordered=ordered or keep is not None,  # a checkpoint's position counts items in order
         )
-        if resume is not None:
-            self.source.emitted = resume["emitted"]
-            self.done, self.mute_until = resume["items"], resume["delivered"]
+        if keep is not None and resume is not None:
+            self.source.emitted = resume.emitted
+            self.done, self.mute_until = resume.items, keep.delivered_before
             if self.out.collect:
-                self.out.values = {leaf: list(v) for leaf, v in resume["values"].items()}
-            self.out.counts = dict(resume["counts"])
-            self.out.splicer.errors = list(resume["errors"])
-            self.recovery.resume(resume["point"], resume["states"])
+                self.out.values = {leaf: list(v) for leaf, v in resume.values.items()}
+            self.out.counts = dict(resume.counts)
+            self.out.splicer.errors = list(resume.errors)
+            self.recovery.resume(resume.point, resume.states)
 
     def run(self) -> Generator[None, None, None]:
         """Rounds out, back and delivered until the input ends and every round is delivered."""
