@@ -485,7 +485,7 @@ def start(script, path):
         [sys.executable, str(script), str(path), str(SIZE)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
+        bufsize=0,  # read below as raw bytes: communicate() reads the pipe, not a wrapper's buffer
         cwd=script.parent,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         start_new_session=True,  # its cluster's processes too: all of them ended below
@@ -503,22 +503,25 @@ def test_a_killed_caller_resumes_in_a_new_process(tmp_path, how):
     proc = start(script, path)
     try:
         assert proc.stdout is not None
-        first = []
-        while len(first) < 300:
-            line = proc.stdout.readline()
-            assert line, f"the run ended early: {proc.stderr.read() if proc.stderr else ''}"
-            first.append(line)
+        # Raw reads: a text wrapper's readline() reads ahead, and communicate() below, reading
+        # the pipe itself, would never see those lines (they looked lost at the seam).
+        first = b""
+        while first.count(b"\n") < 300:
+            chunk = os.read(proc.stdout.fileno(), 1 << 16)
+            assert chunk, f"the run ended early: {proc.stderr.read() if proc.stderr else ''}"
+            first += chunk
         if how == "SIGKILL":
             os.kill(proc.pid, signal.SIGKILL)  # the caller only; its workers are ended below
         else:
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        rest, err = proc.communicate(timeout=60)
+        rest, err_bytes = proc.communicate(timeout=60)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+    err = err_bytes.decode()
     if how == "Ctrl-C":
         assert err.rstrip().endswith("KeyboardInterrupt"), err
-    text = "".join(first) + rest
+    text = (first + rest).decode()
     if not text.endswith("\n"):  # killed in the middle of a write: that line did not go out
         text = text.rsplit("\n", 1)[0] + "\n"
     stopped = text.splitlines()
@@ -566,18 +569,21 @@ def test_a_stream_left_mid_partition_resumes_with_nothing_lost(tmp_path, n_threa
 # -- random programs: a consumer that leaves a checkpointed stream at a drawn point (issue 19 item 1) --
 
 
-def check_stream_left_and_resumed(program, leave_at: int, make, folder) -> None:
+def check_stream_left_and_resumed(program, leave_at: int, make, folder, each=None) -> None:
     """Leave ``make(graph).stream(checkpoint=...)`` after ``leave_at`` items, resume: nothing lost.
 
     What the resumed stream yields is the rest of the sequential order, and it
     starts at or before where the consumer left (what repeats is the seam's
     partition: its items were taken, but the consumer left before its end).
+    ``each(n)``, if given, is called with the number of items taken before each one.
     """
     reference = list(Pipeline(build(program), n_threads=1).stream())
     path = str(folder / uuid.uuid4().hex)
     first: list = []
     with contextlib.redirect_stdout(io.StringIO()):
         for pair in make(build(program)).stream(checkpoint=path):
+            if each is not None:
+                each(len(first))
             if len(first) == leave_at:
                 break
             first.append(pair)

@@ -23,12 +23,15 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from pypiper_dask import Node, Pipeline, StateLostError
+from pypiper_dask import Node, NodeError, Pipeline, StateLostError
 from pypiper_dask.model.node import PRIVATE
 from pypiper_dask.runtime.recovery import DEFAULT_SNAPSHOT_EVERY
 from tests import nodes as N
 from tests.conftest import ReadyCluster
-from tests.strategies import build, has_closes, programs
+from tests.reference import reference_until_error
+from tests.strategies import build, build_failing, failing_programs, has_closes, programs
+from tests.test_checkpoint import check_stream_left_and_resumed
+from tests.test_output_before_error import check_error
 
 pytestmark = pytest.mark.cluster
 
@@ -149,29 +152,13 @@ class Killer:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join(30)
-        deadline = time.monotonic() + 30  # the next trial starts with the dead worker gone
-        while time.monotonic() < deadline:
-            alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
-            if not alive & set(self.kills):
-                break
-            time.sleep(0.1)
-
-    def _holders(self, generation: int) -> list[str]:
-        def find(dask_scheduler, generation=generation, node=self.node):
-            return sorted(
-                ws.address
-                for ws in dask_scheduler.workers.values()
-                for ts in ws.actors
-                if (ts.key[2] if len(ts.key) > 2 else 0) >= generation and ts.key[0].startswith(node)
-            )
-
-        return self.client.run_on_scheduler(find)
+        wait_gone(self.client, self.kills)
 
     def _kill_one(self, generation: int) -> bool:
         deadline = time.monotonic() + 30
         while not self.stop.is_set() and time.monotonic() < deadline:
             try:
-                who = self._holders(generation)
+                who = holders(self.client, generation, self.node)
                 if who:
                     address = self.rng.choice(who)
                     pid = self.client.run(os.getpid, workers=[address])[address]
@@ -206,6 +193,29 @@ class Killer:
 def external_killable(_external):
     """The session's external cluster (conftest.py's ReadyCluster): ``.client()`` before each run."""
     return _external
+
+
+def holders(client, generation: int = 0, node: str = "") -> list[str]:
+    """Addresses of the workers holding a sequential node's actor of ``generation`` or later."""
+
+    def find(dask_scheduler, generation=generation, node=node):
+        return sorted(
+            ws.address
+            for ws in dask_scheduler.workers.values()
+            for ts in ws.actors
+            if (ts.key[2] if len(ts.key) > 2 else 0) >= generation and ts.key[0].startswith(node)
+        )
+
+    return client.run_on_scheduler(find)
+
+
+def wait_gone(client, killed: list[str]) -> None:
+    """Wait (30 s at most) until the scheduler has dropped the killed workers: the next run starts without them."""
+    deadline = time.monotonic() + 30
+    while killed and time.monotonic() < deadline:
+        if not set(client.scheduler_info(n_workers=-1)["workers"]) & set(killed):
+            return
+        time.sleep(0.1)
 
 
 #: Source items of a kill trial's program.
@@ -389,3 +399,85 @@ def test_a_replay_leaves_out_rounds_from_before_the_restore_point():
     recovery.point, recovery.kept = 5, [rounds[6], rounds[7]]
     pending = [rounds[4], rounds[7], rounds[9], rounds[8]]  # 4: an old replay still out; 7: kept, replaying
     assert [r.index for r in recovery.replay_all(pending)] == [6, 7, 8, 9]
+
+
+# -- kills combined with a node's failure, and with a stream left early (issue 19) -----------------
+
+
+@random_in_background
+@pytest.mark.timeout(360, method="thread")
+@settings(
+    max_examples=2,
+    derandomize=True,
+    database=None,
+    phases=[Phase.generate],
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(failing_programs(), st.floats(0.0, 1.0), st.integers(0, 2**16))
+def test_random_programs_with_a_failing_node_survive_a_holder_kill(killable, failing, point, seed):
+    """A holder killed before a node raises: what the run delivers before the failing call is still the reference's."""
+    program, where, ledger = failing
+    assume(has_sequential(program))
+    text, values, exc = reference_until_error(build_failing(paced(program, SIZE, 0.0), where, ledger))
+    assume(exc is not None)  # the node does raise (the draw may give an item it never receives)
+    # The source items pulled when the failing call came (a run in the caller leaves its
+    # source there): every round before the one holding the last of them is delivered
+    # before the error, so a kill there always lands. Drawn items fail early: small rounds.
+    counted = build_failing(paced(program, SIZE, 0.0), where, ledger)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(NodeError):
+        Pipeline(counted, n_threads=1, quiet=True).run()
+    before, partition = counted.root.pos, 2
+    assume(before > 2 * partition)
+    client = killable.client()
+    graph = build_failing(paced(program, SIZE, PAUSE), where, ledger)
+    buf, error, result = io.StringIO(), None, None
+    killer = Killer(client, int(point * (before - partition)), random.Random(seed))
+    with killer, contextlib.redirect_stdout(buf):
+        try:
+            result = Pipeline(graph, client=client, partition_size=partition).run(update_callback=killer.callback)
+        except NodeError as raised:
+            error = raised
+    assert killer.kills, "the run ended before the kill"
+    check_error(error, exc)
+    assert buf.getvalue() == text
+    assert dict(result if error is None else error.partial) == values
+
+
+@random_in_background
+@pytest.mark.timeout(360, method="thread")
+@settings(
+    max_examples=2,
+    derandomize=True,
+    database=None,
+    phases=[Phase.generate],
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(programs(reuse=True, names=True), st.floats(0.0, 1.0), st.floats(0.1, 1.0), st.integers(0, 2**16))
+def test_random_streams_left_after_a_holder_kill_resume_with_nothing_lost(
+    killable, tmp_path_factory, program, kill, leave, seed
+):
+    """The consumer of a checkpointed stream sees a holder's worker die, leaves later, and resumes: nothing lost."""
+    assume(has_sequential(program))
+    program = paced(program, 300, PAUSE)
+    total = len(list(Pipeline(build(program), n_threads=1).stream()))
+    assume(total > 2)
+    leave_at = max(2, int(leave * total))
+    kill_at = int(kill * (leave_at - 1))
+    clients: list = []  # each run's: the resumed one's may be a fresh cluster's (see ReadyCluster)
+    killed: list[str] = []
+
+    def make(graph):
+        clients.append(killable.client())
+        return Pipeline(graph, client=clients[-1], partition_size=20)
+
+    def kill_a_holder(taken: int) -> None:
+        if taken == kill_at:  # a point in the run: the consumer's, while the run waits for it
+            client = clients[0]
+            address = random.Random(seed).choice(holders(client))
+            os.kill(client.run(os.getpid, workers=[address])[address], signal.SIGKILL)
+            killed.append(address)
+
+    check_stream_left_and_resumed(program, leave_at, make, tmp_path_factory.mktemp("ck"), kill_a_holder)
+    assert killed, "the stream ended before the kill"
