@@ -228,8 +228,9 @@ class DistributedBackend:
     #: Seconds between checks that the workers holding sequential nodes are alive.
     poll = 0.5
 
-    #: Seconds to wait for a worker to restore lost holders on, when none is left.
-    wait_for_worker = 15.0
+    #: Seconds to wait for a worker to restore lost holders on, when none is left: a nanny's
+    #: replacement took over 15 s on a 2-core machine running two test suites at once.
+    wait_for_worker = 30.0
 
     @property
     def n_workers(self) -> int:
