@@ -24,7 +24,6 @@ Writes ``bench/heavy.json`` and the ``heavy`` section of ``--out``.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -319,21 +318,12 @@ def section_heavy(data: dict) -> str:
 
 
 def main(args: Any) -> int:
-    from bench.report import put_section
+    from bench.report import measured_section
 
-    out = Path(args.out)
-    saved = out.parent / "bench" / "heavy.json"
-    if args.from_json:
-        data = json.loads(Path(args.from_json).read_text())
-        data["summary"] = summarize(data)
-    else:
-        start = time.perf_counter()
-        data = run_heavy(args.reps or (1 if args.quick else 3), args.quick)
-        data["seconds"] = time.perf_counter() - start
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(data, indent=1, default=str) + "\n")
-        _log(f"heavy: {data['seconds']:.0f} s; wrote {saved}")
-    text = out.read_text() if out.exists() else "# Benchmarks\n"
-    out.write_text(put_section(text, "heavy", section_heavy(data)))
-    _log(f"wrote the heavy section of {out}")
+    reps = args.reps or (1 if args.quick else 3)
+
+    def summarized(data: dict) -> dict:  # figures read back: their summary made again
+        return {**data, "summary": summarize(data)}
+
+    measured_section(args, "heavy", lambda: run_heavy(reps, args.quick), section_heavy, reread=summarized)
     return 0

@@ -17,14 +17,12 @@ Writes ``bench/keyed.json`` and the ``keyed`` section of ``--out``.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import statistics
 import time
 from collections import defaultdict
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from bench import run as R
@@ -283,20 +281,8 @@ def section_keyed(data: dict) -> str:
 
 
 def main(args: Any) -> int:
-    from bench.report import put_section
+    from bench.report import measured_section
 
-    out = Path(args.out)
-    saved = out.parent / "bench" / "keyed.json"
-    if args.from_json:
-        data = json.loads(Path(args.from_json).read_text())
-    else:
-        start = time.perf_counter()
-        data = run_keyed(args.reps or (1 if args.quick else 3), args.quick)
-        data["seconds"] = time.perf_counter() - start
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(data, indent=1, default=str) + "\n")
-        _log(f"keyed: {data['seconds']:.0f} s; wrote {saved}")
-    text = out.read_text() if out.exists() else "# Benchmarks\n"
-    out.write_text(put_section(text, "keyed", section_keyed(data)))
-    _log(f"wrote the keyed section of {out}")
+    reps = args.reps or (1 if args.quick else 3)
+    measured_section(args, "keyed", lambda: run_keyed(reps, args.quick), section_keyed)
     return 0

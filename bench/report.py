@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.workers import WORKERS_CHART, draw_workers, worker_section
 from bench.workloads import SCALE_WORKLOADS, WORKLOADS
@@ -612,3 +617,34 @@ def write_scale_report(out: Path, data: dict) -> None:
         draw_workers(out.parent / WORKERS_CHART, tables, "pypiper_dask, " + next(iter(tables)).split(",")[0])
     old = out.read_text() if out.exists() else "# Benchmarks\n"
     out.write_text(put_section(old, SCALE, scale_section(data)))
+
+
+def measured_section(
+    args: Any,
+    name: str,
+    measure: Callable[[], dict],
+    section: Callable[[dict], str],
+    reread: Callable[[dict], dict] | None = None,
+) -> dict:
+    """Measure (or re-read ``--from-json``), keep the figures in ``bench/NAME.json``, write section ``name``.
+
+    ``measure()`` gives the figures (their ``seconds`` is added); ``reread``
+    brings figures read back from JSON up to date (a summary made from them).
+    """
+    out = Path(args.out)
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        if reread is not None:
+            data = reread(data)
+    else:
+        start = time.perf_counter()
+        data = measure()
+        data["seconds"] = time.perf_counter() - start
+        saved = out.parent / "bench" / f"{name}.json"
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(data, indent=1, default=str) + "\n")
+        print(f"{name}: {data['seconds']:.0f} s; wrote {saved}", file=sys.stderr, flush=True)
+    text = out.read_text() if out.exists() else "# Benchmarks\n"
+    out.write_text(put_section(text, name, section(data)))
+    print(f"wrote the {name} section of {out}", file=sys.stderr, flush=True)
+    return data

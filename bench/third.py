@@ -710,35 +710,25 @@ SECTIONS = {"skew": section_skew, "many": section_many, "own-cluster": section_o
 
 def main(args: Any) -> int:
     """Run the selected modes (or re-render ``--from-json``); write their JSON and sections."""
-    from bench.report import put_section
+    from bench.report import measured_section
 
-    out = Path(args.out)
     modes = [m for m, on in (("skew", args.skew), ("many", args.many), ("own-cluster", args.own_cluster),
                              ("numpy", args.numpy)) if on]  # fmt: skip
     reps = args.reps or (1 if args.quick else 3)
+
+    def measure(mode: str) -> dict:
+        if mode == "skew":
+            return run_skew(reps, args.quick)
+        if mode == "many":
+            counts = tuple(int(w) for w in args.workers.split(",")) if args.workers else None
+            layout = "processes" if args.processes else "threads" if args.threads else "split"
+            return run_many(reps, args.quick, layout=layout, counts=counts)
+        if mode == "own-cluster":
+            return run_own_cluster(reps, args.quick)
+        return run_numpy(reps, args.quick)
+
     for mode in modes:
-        saved = out.parent / "bench" / f"{mode}.json"
-        if args.from_json:
-            data = json.loads(Path(args.from_json).read_text())
-            if data.get("mode") != mode:
-                continue
-        else:
-            start = time.perf_counter()
-            if mode == "skew":
-                data = run_skew(reps, args.quick)
-            elif mode == "many":
-                counts = tuple(int(w) for w in args.workers.split(",")) if args.workers else None
-                layout = "processes" if args.processes else "threads" if args.threads else "split"
-                data = run_many(reps, args.quick, layout=layout, counts=counts)
-            elif mode == "own-cluster":
-                data = run_own_cluster(reps, args.quick)
-            else:
-                data = run_numpy(reps, args.quick)
-            data["seconds"] = time.perf_counter() - start
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            saved.write_text(json.dumps(data, indent=1, default=str) + "\n")
-            _log(f"{mode}: {data['seconds']:.0f} s; wrote {saved}")
-        text = out.read_text() if out.exists() else "# Benchmarks\n"
-        out.write_text(put_section(text, mode, SECTIONS[mode](data)))
-        _log(f"wrote the {mode} section of {out}")
+        if args.from_json and json.loads(Path(args.from_json).read_text()).get("mode") != mode:
+            continue  # figures of another mode
+        measured_section(args, mode, lambda mode=mode: measure(mode), SECTIONS[mode])
     return 0
