@@ -250,17 +250,21 @@ class Collect(Node):
 class Ledger(Node):
     """The issue's node: a side effect per item (``calls=``), a print every ``every``-th item.
 
-    Passes each item on; calls ``close()`` at item ``close_at`` and raises at item ``fail_at``.
+    Passes each item on; calls ``close()`` at item ``close_at`` and raises at item ``fail_at``
+    (with ``emit_first``, after emitting it: a sequential run drops what a failing call emitted).
     """
 
-    def setup(self, every: int = 10, close_at: Any = None, fail_at: Any = None) -> None:
+    def setup(self, every: int = 10, close_at: Any = None, fail_at: Any = None, emit_first: bool = False) -> None:
         self.every = every
         self.close_at = close_at
         self.fail_at = fail_at
+        self.emit_first = emit_first
 
     def run(self, data: Any) -> None:
         log_call(self, data)
         if data == self.fail_at:
+            if self.emit_first:
+                self.emit(data)
             raise ValueError(f"{self.name} fails at {data!r}")
         if num(data) % self.every == 0:
             print(f"{self.name} at {data!r}")

@@ -285,6 +285,7 @@ def failing_programs(draw, **options):
         "every": draw(st.integers(2, 9)),
         "stateless": draw(st.booleans()),
         "above": draw(st.booleans()),
+        "emit_first": draw(st.booleans()),  # what the failing call emitted goes nowhere
     }
     # Mostly an item it does receive (a dry run of the reference says which), sometimes none.
     seen = _ledger_inputs(program, where, ledger)
@@ -318,7 +319,13 @@ def build_failing(program, where: int, ledger: dict, calls=None) -> NodeGraph:
     extra = {} if target.out_streams == "*" else {"in_streams": [target.out_streams[0]]}
     log = {} if calls is None else {"calls": str(calls)}
     fail = N.Ledger(
-        name, every=ledger["every"], fail_at=ledger["fail_at"], stateless=ledger["stateless"], **extra, **log
+        name,
+        every=ledger["every"],
+        fail_at=ledger["fail_at"],
+        emit_first=ledger.get("emit_first", False),
+        stateless=ledger["stateless"],
+        **extra,
+        **log,
     )
     out = NodeGraph(graph.root)
     for node in nodes:

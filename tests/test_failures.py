@@ -156,6 +156,35 @@ def test_retries_get_past_transient_failures(mode, request):
     assert result.errors == []
 
 
+class EmitsThenRaises(Node):
+    """Emits its item, then raises at item ``at`` (the first ``fails`` calls with it)."""
+
+    def setup(self, at: int, fails: int) -> None:
+        self.failed: set = set()
+
+    def run(self, data):
+        self.emit(data)
+        if data == self.at and len(self.failed) < self.fails:
+            self.failed.add(len(self.failed))
+            raise ValueError(f"after emitting {data}")
+
+
+@pytest.mark.parametrize("mode", MODES[:2])
+@pytest.mark.parametrize("how", ["retried", "skipped", "raised"])
+def test_what_a_failing_call_emitted_goes_nowhere(how, mode, request):
+    """A sequential run drops what a failing call emitted: so must a fused stage's leaf, which stores into its sink."""
+    fails = 1 if how == "retried" else 10**6
+    extra = {"retried": {"retries": 1}, "skipped": {"on_error": "skip"}, "raised": {}}[how]
+    graph = N.Gen("g", size=40) | EmitsThenRaises("leaf", at=13, fails=fails, **extra)
+    pipeline = Pipeline(graph, quiet=True, partition_size=7, **options(mode, request))
+    if how == "raised":
+        with pytest.raises(NodeError) as info:
+            pipeline.run()
+        assert info.value.partial["leaf"] == list(range(13))
+        return
+    assert pipeline.run()["leaf"] == [i for i in range(40) if how == "retried" or i != 13]
+
+
 def test_retries_need_a_stateless_node():
     from pypiper_dask import OptionError
 

@@ -49,13 +49,16 @@ def consume(pipeline_of, consumer: str) -> tuple[str, list, NodeError]:
 
 
 def graphs():
-    """The shapes: a fused chain whose leaf fails; a stateful node failing part-way; a failure above a stateful node."""
+    """The shapes: a fused chain whose leaf fails; a stateful node failing part-way; a failure above a stateful node.
+
+    The failing leaf and the failing stateful node emit the item before they raise.
+    """
     return {
-        "fused leaf": N.Gen("gen", size=SIZE) | N.Ledger("ledger", every=250, fail_at=FAIL_AT),
+        "fused leaf": N.Gen("gen", size=SIZE) | N.Ledger("ledger", every=250, fail_at=FAIL_AT, emit_first=True),
         "stateful": (
             N.Gen("gen", size=SIZE)
             | N.Map("inc", op="inc")
-            | N.Ledger("ledger", every=250, fail_at=FAIL_AT + 1, stateless=False)
+            | N.Ledger("ledger", every=250, fail_at=FAIL_AT + 1, stateless=False, emit_first=True)
             | N.Map("sq", op="sq")
         ),
         "above stateful": (

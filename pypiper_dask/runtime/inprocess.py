@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Generator
+from functools import partial
 from typing import Any
 
 from ..errors import NodeError
@@ -173,6 +174,9 @@ class _Tree:
         self.ns = _Vars(STOP=False, SOURCE_FAILED=None)
         self.filename = f"<pipeline {snap.root}>"
         self.appends: list[tuple[Any, Callable]] = []  # each node's emit target, to check its values again
+        # A quiet leaf's values go straight into the result: per leaf, the expression of how
+        # much it holds (taken before each call) and how to cut it back there (see _marker).
+        self.marks: dict[str, tuple[str, Callable[[int], None]]] = {}
         root = snap.root
         for name in snap.order:
             node, i = nodes[name], self.index[name]
@@ -186,7 +190,6 @@ class _Tree:
                     self.ns[f"OUT{i}"] = self._printer(name, collect) if not quiet else self._collector(name, collect)
                 continue
             self.ns[f"RUN{i}"] = node.run
-            self.ns[f"FAIL{i}"] = self._failer(name)
             if node.batch_size != 1:
                 self.ns[f"PEND{i}"] = []
             buf: list = []
@@ -195,10 +198,12 @@ class _Tree:
                 self.appends.append((node, buf.append))
             elif quiet:  # a leaf whose items are not printed: straight into the result
                 self.appends.append((node, self._collector(name, collect)))
+                self.marks[name] = self._marker(name, collect)
             else:  # printed after its call returns, as pyPiper prints a leaf's items
                 self.ns[f"BUF{i}"] = buf
                 self.appends.append((node, buf.append))
                 self.ns[f"OUT{i}"] = self._printer(name, collect)
+            self.ns[f"FAIL{i}"] = self._failer(name)  # after BUF: it drops what a failing call emitted
             node.close = self._closer(name)
         self.arm()
         # The source's items and run are bound as locals (they never change); a node's
@@ -256,7 +261,8 @@ class _Tree:
     def _call(self, name: str, value: str, depth: int, indent: int, lines: list[str]) -> None:
         """Lines calling node ``name`` with ``value``, then sending on what it emitted."""
         pad, i = "    " * indent, self.index[name]
-        lines += call_lines(pad, i, value)
+        mark = self.marks.get(name)
+        lines += call_lines(pad, i, value, None if mark is None else mark[0])
         if f"BUF{i}" not in self.ns:
             return
         kid = f"v{depth + 1}"
@@ -269,15 +275,48 @@ class _Tree:
 
     # -- what the code calls ------------------------------------------------------------
 
-    def _failer(self, name: str) -> Callable[[Any, Exception], None]:
-        node, buf = self.nodes[name], self.ns.get(f"BUF{self.index[name]}")
+    def _failer(self, name: str) -> Callable[..., None]:
+        """``FAIL{i}``: retry, drop or raise (see ``retry_or_drop``); what the failing call emitted goes nowhere."""
+        node, buf, mark = self.nodes[name], self.ns.get(f"BUF{self.index[name]}"), self.marks.get(name)
 
-        def fail(data: Any, exc: Exception) -> None:
+        def fail(data: Any, exc: Exception, held: int = 0) -> None:
             if isinstance(exc, NodeFailure):  # a keyed node's instance: its own retries were spent
                 raise exc
-            retry_or_drop(node, name, data, exc, buf, self.dropped)  # type: ignore[arg-type]
+            if buf is not None:
+                discard = buf.clear
+            else:
+                assert mark is not None
+                discard = partial(mark[1], held)
+            retry_or_drop(node, name, data, exc, discard, self.dropped)  # type: ignore[arg-type]
 
         return fail
+
+    def _marker(self, leaf: str, collect: bool) -> tuple[str, Callable[[int], None]]:
+        """How much a quiet leaf's result holds (an expression of the code), and how to cut it back to that."""
+        i, counts = self.index[leaf], self.counts
+        if self.stream is not None:  # during the leaf's call only its pairs are added
+            stream = self.ns[f"HELD{i}"] = self.stream
+
+            def cut_stream(held: int) -> None:
+                extra = len(stream) - held
+                if extra > 0:
+                    del stream[held:]
+                    counts[leaf] -= extra
+
+            return f"len(HELD{i})", cut_stream
+        if collect:
+            values = self.ns[f"HELD{i}"] = self.values[leaf]
+
+            def cut_values(held: int) -> None:
+                del values[held:]
+
+            return f"len(HELD{i})", cut_values
+        self.ns["COUNTS"], self.ns[f"LEAF{i}"] = counts, leaf
+
+        def cut_count(held: int) -> None:
+            counts[leaf] = min(counts[leaf], held)
+
+        return f"COUNTS[LEAF{i}]", cut_count
 
     def _printer(self, leaf: str, collect: bool) -> Callable[[Any], None]:
         values, counts = self.values[leaf], self.counts

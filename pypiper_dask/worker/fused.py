@@ -102,15 +102,24 @@ class FusedSpec:
         return f"<FusedSpec {self.label}>"
 
 
-def call_lines(pad: str, i: int, value: str) -> list[str]:
+def call_lines(pad: str, i: int, value: str, mark: str | None = None) -> list[str]:
     """Generated lines calling node ``i``'s ``run`` (``RUN{i}``) with ``value``; a raise goes to ``FAIL{i}``.
+
+    ``mark``: an expression taken before the call and handed to ``FAIL{i}``
+    (a leaf's sink length: what the failing call stored past it is dropped).
 
     Examples
     --------
     >>> call_lines("", 3, "v0")
     ['try:', '    RUN3(v0)', 'except Exception as e:', '    FAIL3(v0, e)']
+    >>> call_lines("", 3, "v0", mark="len(OUT0)")[1::2]
+    ['    M3 = len(OUT0); RUN3(v0)', '    FAIL3(v0, e, M3)']
     """
-    return [f"{pad}try:", f"{pad}    RUN{i}({value})", f"{pad}except Exception as e:", f"{pad}    FAIL{i}({value}, e)"]
+    if mark is None:
+        run, fail = f"RUN{i}({value})", f"FAIL{i}({value}, e)"
+    else:  # on the RUN line: the lines' count and places stay (see _Compiled._target)
+        run, fail = f"M{i} = {mark}; RUN{i}({value})", f"FAIL{i}({value}, e, M{i})"
+    return [f"{pad}try:", f"{pad}    {run}", f"{pad}except Exception as e:", f"{pad}    {fail}"]
 
 
 def select_loop(ns: dict, select: Callable, value: str, depth: int, indent: int, lines: list[str]) -> str:
@@ -191,7 +200,8 @@ class _Compiled:
             return
         i = self.index[target.name]
         first = len(lines)
-        lines += call_lines(pad, i, value)
+        # A leaf stores straight into its sink: a failing call's values are taken back from there.
+        lines += call_lines(pad, i, value, None if target.sink is None else f"len(OUT{target.sink})")
         # The call's lines, for a print's node (see _who): RUN and FAIL, the 2nd and 4th.
         self.line_node[first + 2] = self.line_node[first + 4] = target.name
         if target.sink is not None:
@@ -202,13 +212,31 @@ class _Compiled:
             self._edges(target.edges, kid, depth + 1, indent + 1, lines)
             lines.append(f"{pad}BUF{i}.clear()")
 
-    def _failer(self, name: str, node: Any) -> Callable[[Any, Exception], None]:
-        """What happens when ``node.run`` raised: retry, then raise or drop as the node asks."""
+    def _failer(self, name: str, node: Any) -> Callable[..., None]:
+        """What happens when ``node.run`` raised: retry, then raise or drop as the node asks.
+
+        What the failing call emitted goes nowhere, as in a sequential run: a
+        node's buffer is cleared; a leaf's sink is cut back to ``mark``, its
+        length before the call (and the sinks' shared order with it).
+        """
         buf = self.ns.get(f"BUF{self.index[name]}")
 
-        def fail(data: Any, exc: Exception) -> None:
-            assert self._bound is not None
-            retry_or_drop(node, name, data, exc, buf, self._bound)
+        def fail(data: Any, exc: Exception, mark: int = 0) -> None:
+            seg = self._bound
+            assert seg is not None
+
+            def discard() -> None:
+                if buf is not None:
+                    buf.clear()
+                    return
+                out = seg.outs[self.leaf_sink[name]]
+                extra = len(out) - mark
+                if extra > 0:  # during a leaf's call only its own sink grows
+                    del out[mark:]
+                    if seg.order is not None:
+                        del seg.order[len(seg.order) - extra :]
+
+            retry_or_drop(node, name, data, exc, discard, seg)
 
         return fail
 
@@ -231,6 +259,7 @@ class _Compiled:
         marks = Marks(seg, lambda: (len(ends) if ends is not None else 0, len(pos_list)), self._who)
         for s, out in enumerate(seg.outs):
             ns[f"SINK{s}"] = _sink(out, order, s)
+            ns[f"OUT{s}"] = out
         for name, node in self.nodes.items():
             i = self.index[name]
             ns[f"RUN{i}"] = node.run

@@ -134,11 +134,8 @@ class KeyedNodes:
         try:
             node.run(data)
         except Exception as exc:
-            try:
-                retry_or_drop(node, self.name, data, exc, self.buf, seg)
-            except BaseException:
-                self.buf.clear()  # what the failing call emitted goes nowhere, as in a sequential run
-                raise
+            # What the failing call emitted goes nowhere, as in a sequential run.
+            retry_or_drop(node, self.name, data, exc, self.buf.clear, seg)
         out.extend(self.buf)
         self.buf.clear()
         if key in self.finished:

@@ -126,7 +126,7 @@ class SeqHolder:
         try:
             self.node.run(data)
         except Exception as exc:
-            retry_or_drop(self.node, self.name, data, exc, self._buf, seg)
+            retry_or_drop(self.node, self.name, data, exc, self._buf.clear, seg)
         if self._buf:
             seg.outs[0].extend(self._buf)
             self._buf.clear()

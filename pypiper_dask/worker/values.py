@@ -345,25 +345,29 @@ def _travels(exc: BaseException) -> bool:
     return True
 
 
-def retry_or_drop(node: Any, name: str, data: Any, exc: Exception, buf: list | None, seg: Segment) -> None:
+def retry_or_drop(
+    node: Any, name: str, data: Any, exc: Exception, discard: Callable[[], object] | None, seg: Segment
+) -> None:
     """``node.run(data)`` raised ``exc``: call it again ``node.retries`` times, then raise or drop the item.
 
-    What a failed call emitted (``buf``) is discarded with it. Dropped items
-    (``on_error="skip"`` or ``"collect"``) are listed in ``seg.errors``.
+    What a failed call emitted is discarded with it (``discard()``: a buffer's
+    ``clear``, say), before each retry and before the item is dropped or the
+    failure raised. Dropped items (``on_error="skip"`` or ``"collect"``) are
+    listed in ``seg.errors``.
     """
     for _ in range(getattr(node, "retries", 0)):
-        if buf is not None:
-            buf.clear()
+        if discard is not None:
+            discard()
         try:
             node.run(data)
             return
         except Exception as again:
             exc = again
+    if discard is not None:
+        discard()
     policy = getattr(node, "on_error", "raise")
     if policy == "raise":
         raise failure(name, data, exc) from exc
-    if buf is not None:
-        buf.clear()
     kept = data if policy == "collect" else None
     seg.errors.append(ItemError(name, short_repr(data), f"{type(exc).__name__}: {exc}", kept))
 
