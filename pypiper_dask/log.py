@@ -83,8 +83,12 @@ class SilentSource:
     True
     """
 
-    def __init__(self, name: str, seconds: float = 10.0, calls: int = 1_000_000) -> None:
-        self.name, self.seconds, self.limit = name, seconds, calls
+    #: Calls that emitted nothing after which the source is named, however fast they were.
+    CALLS = 1_000_000
+
+    def __init__(self, name: str, seconds: float = 10.0, calls: int | None = None) -> None:
+        self.name, self.seconds = name, seconds
+        self.limit = self.CALLS if calls is None else calls
         self.calls = 0
         self.since: float | None = None
         self.said = False

@@ -201,7 +201,10 @@ def test_worker_prints_reach_the_caller_in_order(local_client):
 @random_in_background
 @pytest.mark.timeout(300, method="thread")  # hypothesis would swallow a signal
 @settings(
-    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    # 2: test_recovery's kill trials run more failing programs on a local cluster
+    max_examples=2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(failing_programs(reuse=True, names=True, keyed=True), st.sampled_from([None, 2, 7]))
 def test_random_programs_with_a_failing_node_on_a_local_cluster(local_client, failing, partition_size):

@@ -255,7 +255,7 @@ def trial(
 @random_in_background
 @pytest.mark.timeout(360, method="thread")  # hypothesis would swallow a signal; room for fresh clusters
 @settings(
-    max_examples=2,  # more in `python -m bench --faults N`
+    max_examples=1,  # more in `python -m bench --faults N`; kills of random programs below too
     derandomize=True,
     database=None,
     phases=[Phase.generate],
