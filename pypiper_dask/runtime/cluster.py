@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import SchedulerError
@@ -31,6 +33,11 @@ __all__ = ["WORKER_MALLOC", "open_client", "quiet_recovered_losses"]
 #: heap, larger ones are still mapped (and returned to the system when freed), and free
 #: memory over 1 MiB at the heap's top is trimmed: memory stays bounded.
 WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": "1048576", "MALLOC_MMAP_THRESHOLD_": "4194304"}
+
+#: These variables as the process had them when this module was imported: the user's own, not
+#: what a nanny wrote there since (it sets them in its own process before spawning a worker,
+#: and an environment variable overrides distributed's configuration for the next one).
+_USER_MALLOC = {k: os.environ.get(k) for k in WORKER_MALLOC}
 
 
 def open_client(
@@ -54,7 +61,7 @@ def _local_cluster(stack: contextlib.ExitStack, n_workers: int | None) -> Any:
     # Entered before the cluster, left after it closed (the stack unwinds in reverse).
     stack.enter_context(_QUIET_DISTRIBUTED)
     stack.enter_context(main_not_reimported_by_nannies())  # workers restarted too
-    with _main_not_reimported(), _sigint_ignored(), dask.config.set(_malloc_config()):
+    with _main_not_reimported(), _sigint_ignored(), _worker_malloc():
         cluster = stack.enter_context(
             LocalCluster(
                 n_workers=n_workers,
@@ -78,6 +85,33 @@ def _local_cluster(stack: contextlib.ExitStack, n_workers: int | None) -> Any:
 _malloc_logged = False
 
 
+@contextlib.contextmanager
+def _worker_malloc() -> Iterator[None]:
+    """Workers spawned inside get ``WORKER_MALLOC`` (see :func:`_malloc_config`).
+
+    Through distributed's configuration, and in this process's environment while
+    they start: a variable there wins over the configuration, and an earlier
+    cluster's nanny may have left distributed's default there.
+    """
+    import dask
+
+    settings = _malloc_config()
+    if not settings:
+        yield
+        return
+    before = {k: os.environ.get(k) for k in WORKER_MALLOC}
+    os.environ.update(WORKER_MALLOC)
+    try:
+        with dask.config.set(settings):
+            yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _malloc_config() -> dict[str, str]:
     """``WORKER_MALLOC`` as nanny settings, unless the user set their own; logged once per process."""
     import dask
@@ -87,6 +121,8 @@ def _malloc_config() -> dict[str, str]:
     current = dict(dask.config.get(key, {}))
     if current.get("MALLOC_TRIM_THRESHOLD_") not in (None, 65536, "65536") or "MALLOC_MMAP_THRESHOLD_" in current:
         return {}  # the user's own settings: theirs to keep
+    if _USER_MALLOC["MALLOC_TRIM_THRESHOLD_"] not in (None, "65536") or _USER_MALLOC["MALLOC_MMAP_THRESHOLD_"]:
+        return {}  # exported by the user before this process started a cluster
     if not _malloc_logged:
         _malloc_logged = True
         logger.info(
