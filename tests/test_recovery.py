@@ -18,6 +18,7 @@ import re
 import signal
 import threading
 import time
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
@@ -195,6 +196,18 @@ def external_killable(_external):
     return _external
 
 
+def kill_trials(n: int) -> Any:
+    """A kill trial's hypothesis settings: ``n`` examples, the same each run, no shrinking (each is a cluster run)."""
+    return settings(
+        max_examples=n,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
 def holders(client, generation: int = 0, node: str = "") -> list[str]:
     """Addresses of the workers holding a sequential node's actor of ``generation`` or later."""
 
@@ -254,14 +267,7 @@ def trial(
 
 @random_in_background
 @pytest.mark.timeout(360, method="thread")  # hypothesis would swallow a signal; room for fresh clusters
-@settings(
-    max_examples=1,  # more in `python -m bench --faults N`; kills of random programs below too
-    derandomize=True,
-    database=None,
-    phases=[Phase.generate],
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+@kill_trials(1)  # more in `python -m bench --faults N`; kills of random programs below too
 @given(
     programs(),
     st.floats(0.0, 1.5),
@@ -276,14 +282,7 @@ def test_random_programs_survive_a_holder_kill_on_a_local_cluster(killable, prog
 
 @random_in_background
 @pytest.mark.timeout(360, method="thread")
-@settings(
-    max_examples=2,
-    derandomize=True,
-    database=None,
-    phases=[Phase.generate],
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+@kill_trials(2)
 @given(programs(), st.floats(0.0, 1.5), st.integers(0, 2**16))
 def test_random_programs_survive_a_holder_kill_on_an_external_cluster(external_killable, program, point, seed):
     assume(has_sequential(program))
@@ -406,14 +405,7 @@ def test_a_replay_leaves_out_rounds_from_before_the_restore_point():
 
 @random_in_background
 @pytest.mark.timeout(360, method="thread")
-@settings(
-    max_examples=2,
-    derandomize=True,
-    database=None,
-    phases=[Phase.generate],
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+@kill_trials(2)
 @given(failing_programs(), st.floats(0.0, 1.0), st.integers(0, 2**16))
 def test_random_programs_with_a_failing_node_survive_a_holder_kill(killable, failing, point, seed):
     """A holder killed before a node raises: what the run delivers before the failing call is still the reference's."""
@@ -446,14 +438,7 @@ def test_random_programs_with_a_failing_node_survive_a_holder_kill(killable, fai
 
 @random_in_background
 @pytest.mark.timeout(360, method="thread")
-@settings(
-    max_examples=2,
-    derandomize=True,
-    database=None,
-    phases=[Phase.generate],
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+@kill_trials(2)
 @given(programs(reuse=True, names=True), st.floats(0.0, 1.0), st.floats(0.1, 1.0), st.integers(0, 2**16))
 def test_random_streams_left_after_a_holder_kill_resume_with_nothing_lost(
     killable, tmp_path_factory, program, kill, leave, seed
