@@ -100,7 +100,7 @@ def test_an_item_that_kills_its_worker_every_time_is_named():
         Pipeline(graph, n_threads=2, quiet=True).run()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)  # room for slow nanny restarts: every worker dies again and again
 @pytest.mark.parametrize(
     "where, said",
     [
