@@ -157,3 +157,24 @@ def test_the_probe_file_names_what_its_first_run_was_calling(tmp_path):
     index, node, data = line.split("\t", 2)
     assert (index, _unescaped(node), data) == ("4", "a\tb", "[[0, 0],\\n [0, 0]]")
     assert started > 0 and not os.path.exists(path)
+
+
+def test_a_probe_file_on_this_machine_is_read_while_no_worker_answers(tmp_path):
+    """The probe killed every worker and none is back yet: the file it wrote here still names the item.
+
+    (A CI run on a loaded machine waited 15 s for a restarted worker to read it, got none, and said
+    'state lost' instead of naming the item.)
+    """
+    from pypiper_dask.runtime.poison import _read_everywhere
+    from pypiper_dask.worker.probe import _open
+
+    class NoWorkers:
+        def run(self, *args, **kwargs):
+            return {}  # what client.run answers while every worker is restarting
+
+    path = str(tmp_path / "probe")
+    fd = _open(path)
+    os.write(fd, b"3\tpoison\t77\n")
+    os.close(fd)
+    [(_, line)] = _read_everywhere(NoWorkers(), path, 0.0)
+    assert line == "3\tpoison\t77" and not os.path.exists(path)

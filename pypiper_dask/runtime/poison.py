@@ -28,6 +28,10 @@ __all__ = ["find_poison", "find_poison_in_rounds"]
 #: Seconds a probe of one partition may take.
 PROBE_TIMEOUT = 60.0
 
+#: Seconds to wait for a worker to read a probe's file after it killed its worker:
+#: on a loaded machine a nanny's restart has taken over 30 s.
+READ_TIMEOUT = 60.0
+
 
 def find_poison(backend: Any, rounds: list[Any], resends: int) -> PipelineError | None:
     """Probe ``rounds`` (their top stage) one at a time; the error naming what killed its worker, if found."""
@@ -116,7 +120,8 @@ def _probe(client: Any, names: Any, label: Any, func: Any, *args: Any, timeout: 
         if died:
             break
     client.cancel([future], force=True)
-    found = _read_everywhere(client, path, 15.0 if died else 0.0)  # also removes the files
+    # Every worker may have died running it: wait for one to come back to read the file.
+    found = _read_everywhere(client, path, READ_TIMEOUT if died else 0.0)  # also removes the files
     if not died or not found:
         return None  # went through (or took too long): not here
     return min(found)[1]  # the first run's (a worker that died runs it again)
@@ -128,14 +133,20 @@ def _suspicious(dask_scheduler: Any, key: Any) -> int:
 
 
 def _read_everywhere(client: Any, path: str, seconds: float) -> list[tuple[float, str]]:
-    """What :func:`~pypiper_dask.worker.probe.read_probe` finds on every worker's host, retried for ``seconds``."""
+    """What :func:`~pypiper_dask.worker.probe.read_probe` finds here and on every worker's host.
+
+    Read here first: on this machine's cluster the probe wrote here, and every
+    worker may still be restarting after the probe killed them. Else asked of the
+    workers, retried for ``seconds`` while none answers.
+    """
+    here = read_probe(path)
     deadline = time.monotonic() + seconds
     while True:
         try:
             found = client.run(read_probe, path, on_error="ignore")
         except Exception:
             found = {}
-        answers = [a for a in found.values() if a]
+        answers = [a for a in [here, *found.values()] if a]
         if answers or time.monotonic() >= deadline:
             return answers
         time.sleep(0.2)
