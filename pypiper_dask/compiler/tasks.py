@@ -189,7 +189,7 @@ def round_tasks(
                 for i, b in zip(crossing, below_seq, strict=True)
                 if isinstance(b, SeqStage) and not b.keyed
             )
-            holders = tuple(StageRef(b.id) for b in below_seq if not b.keyed)
+            holders = tuple(StageRef(b.id) for b in below_seq if isinstance(b, SeqStage) and not b.keyed)
             args = (StageRef(stage_id), upstream, sink, closed, pushes, *holders)
             tasks.append(TaskSpec(key, worker.run_fused, args, stage_id, fetch, dict(stage.resources) or None))
             for i in crossing:

@@ -8,7 +8,7 @@ delivers output, checkpoint positions and progress.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
@@ -92,7 +92,8 @@ def run_plan(backend: Backend, plan: Plan, nodes: dict[str, Node] | None = None,
             raise node_error(failure) from failure.error
         snap = plan.snapshot
         return result, {n: nodes[n] for n in snap.order if n == snap.root or not snap.info[n].stateless}
-    return (yield from iter_execute(plan, backend, **options))
+    # Every backend but the in-process one runs tasks.
+    return (yield from iter_execute(plan, cast(TaskBackend, backend), **options))
 
 
 def iter_execute(
@@ -215,8 +216,8 @@ class _Driver:
         while not state.finished:
             self._fill()
             if source.closed or out.splicer.exhausted:
-                for action in state.input_ended():
-                    self._submit(action)
+                for flush in state.input_ended():
+                    self._submit(flush)
             if state.finished:
                 break
             self._collect()

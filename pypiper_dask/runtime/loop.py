@@ -368,8 +368,8 @@ class RunState:
             self.losses[r.index] = self.losses.get(r.index, 0) + 1
         if lost and max(self.losses[r.index] for r in lost) > self.max_resends:
             # Sent again too often without getting through: not a worker's bad luck.
-            error = exc.error if isinstance(exc, HolderLost) else exc
-            return [Cancel(), Probe(self.recovery.replay_all(pending), error, exc)]
+            said = exc.error if isinstance(exc, HolderLost) else exc
+            return [Cancel(), Probe(self.recovery.replay_all(pending), said, exc)]
         actions: list[Action]
         if isinstance(exc, HolderLost):
             actions = [Restore(exc, len(lost))]  # which cancels everything out

@@ -37,9 +37,13 @@ def find_poison(backend: Any, rounds: list[Any], resends: int) -> PipelineError 
     """Probe ``rounds`` (their top stage) one at a time; the error naming what killed its worker, if found."""
     if not isinstance(backend, DistributedBackend) or backend.names is None or not rounds:
         return None  # only a cluster loses workers
-    client, names = backend.client, backend.names
-    plan = backend.plan
-    spec = fused_spec(plan, plan.stages[0], names.token)  # the top stage, fed by the source; in the task itself
+    client, names, plan = backend.client, backend.names, backend.plan
+    if plan is None:
+        return None  # not started
+    top = plan.stages[0]
+    if not isinstance(top, FusedStage):
+        return None  # not reached: a plan always starts with one
+    spec = fused_spec(plan, top, names.token)  # the top stage, fed by the source; in the task itself
     for r in rounds:
         logger.info("partition %d was lost with its worker again and again: probing its items", r.index)
         line = _probe(client, names, f"probe{r.index}", probe_partition, spec, list(r.chunk.items))
@@ -65,8 +69,9 @@ def find_poison_in_rounds(
     """
     if not isinstance(backend, DistributedBackend) or backend.names is None or not rounds:
         return None  # only a cluster loses workers
-    client, names = backend.client, backend.names
-    plan = backend.plan
+    client, names, plan = backend.client, backend.names, backend.plan
+    if plan is None:
+        return None  # not started
     stages = {
         s.id: fused_spec(plan, s, names.token) if isinstance(s, FusedStage) else seq_spec(plan, s) for s in plan.stages
     }

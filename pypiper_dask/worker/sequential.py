@@ -442,7 +442,7 @@ def run_seq(
             failed.partial.carried = (carry, stripped(source))
         return failed.detached()
     if carry is not None:
-        seg.carried = (carry, stripped(upstream))
+        seg.carried = (carry, stripped(source))  # (``upstream`` itself: nothing failed above)
     return seg
 
 
