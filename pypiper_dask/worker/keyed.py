@@ -464,10 +464,15 @@ def keyed_step(route: KeyRoute, shards: tuple, number: int, items: list, upstrea
             raise f  # not an instance's own failure with its output: nothing to deliver before it
         first.append((where[h][len(f.partial.ends)], h, f))
     at, h, failure = min(first, key=lambda c: c[0])
-    segs = [a.partial if isinstance(a, NodeFailure) else a for a in answers]
+    segs: list[Segment] = []
+    for a in answers:
+        part = a.partial if isinstance(a, NodeFailure) else a
+        assert part is not None  # a failure without its output was raised above
+        segs.append(part)
     merged = merge_steps(segs, where, at, False)
     if h >= 0:  # the failing call's prints and what its unit emitted before it
         seg = segs[h]
+        assert seg.ends is not None  # checked above
         j = len(seg.ends)
         start = seg.ends[j - 1] if j else 0
         base = len(merged.outs[0]) - start
@@ -500,6 +505,7 @@ def merge_steps(segs: list[Segment], where: list[list[int]], n: int, snap: bool)
         for position in range(n):
             h, j = owner[position], local[position]
             seg = segs[h]
+            assert seg.ends is not None  # every holder ran its items when one did
             start = seg.ends[j - 1] if j else 0
             base = len(out) - start
             for pos, event in marks_at[h].get(j, ()):
