@@ -136,6 +136,7 @@ class Segment:
         "n_in",
         "order",
         "outs",
+        "pushed",
         "seconds",
         "snap",
         "suspects",
@@ -153,6 +154,7 @@ class Segment:
         self.carried: tuple[int, Segment] | None = None  # a stage's log brought back by this task
         self.suspects: list[tuple[str, str]] = []  # (node, attribute): hidden state (worker.guard)
         self.snap: Any = None  # a sequential stage's snapshot after this step, when asked (worker.snapshots)
+        self.pushed: frozenset[int] = frozenset()  # sinks whose items this task pushed to their holder
         # The failure of a node of this stage (a NodeFailure), raised where the events end: the
         # segment holds what came before the failing call, that call's prints included.
         self.failure: Exception | None = None
@@ -173,6 +175,7 @@ class Segment:
 def _rebuild_segment(state: dict) -> Segment:
     seg = Segment.__new__(Segment)
     seg.failure = None  # a segment pickled before segments could fail (a checkpoint's)
+    seg.pushed = frozenset()  # or before pushes were noted
     for slot, value in state.items():
         setattr(seg, slot, value)
     return seg

@@ -399,12 +399,15 @@ class DistributedBackend:
                 self.refs[stage.id] = futures[0]
         # Tasks get each holder's address and key, not its future (nor an Actor, which is a
         # reference too): a task depending on the holder's future is placed on the holder's
-        # worker, so every fused task that feeds a stateful node ran there. They may call it
-        # once it exists.
+        # worker, so every fused task that feeds a stateful node ran there. Not waited for
+        # (the first rounds go out ~10 ms sooner): a holder's steps depend on its future, and
+        # the fused tasks sent before it exists push nothing to it (see _stage_arg), so its
+        # steps send their items themselves. A keyed step calls its other holders by
+        # address, as they are: those are waited for.
         from distributed import wait
 
         seq = self.plan.seq_stages
-        made = [f for s in seq for f in (self.refs[s.id][1:] if s.keyed else (self.refs[s.id],))]
+        made = [f for s in seq if s.keyed for f in self.refs[s.id][2:]]
         # (Not the default client's: a run's client need not be the default.)
         with self.client.as_current(), contextlib.suppress(Exception):  # a holder's worker died: the probe says so
             wait(made, timeout=60)
@@ -462,10 +465,15 @@ class DistributedBackend:
         A holder's own steps depend on its future, so they run on its worker and
         fail when it is lost (a step recomputed after a kill called a holder that
         was gone and hung); the fused tasks that push to it must not, or they
-        would all be placed on its worker too.
+        would all be placed on its worker too. Those get ``None`` until it exists:
+        a push to an actor not made yet is an error in its worker's log, and a step
+        that waited for it would wait in vain.
         """
-        if task.sequential and stage in self.where and stage not in self.shards:
-            return self.refs[stage]
+        if stage in self.where and stage not in self.shards:
+            if task.sequential:
+                return self.refs[stage]
+            if self.refs[stage].status != "finished":
+                return None
         return self.args[stage]
 
     def submit(self, tasks: list[TaskSpec]) -> _Round:

@@ -454,6 +454,9 @@ def run_fused(
     stage._bound = None
     if above is not None:
         return above.with_partial(seg, own=False)  # the holders below take it from their own tasks
+    pushed = []
     for (out, number, snap), holder in zip(pushes, holders, strict=True):
-        push_step(holder, number, seg.outs[out], out in seg.blocked, snap, spec.sinks[out])
+        if push_step(holder, number, seg.outs[out], out in seg.blocked, snap, spec.sinks[out]):
+            pushed.append(out)
+    seg.pushed = frozenset(pushed)
     return seg

@@ -348,15 +348,19 @@ def _actor(holder: Any) -> Any:
 
 def push_step(
     holder: Any, number: int, items: list, upstream_closed: bool, snap: bool = False, node: str | None = None
-) -> None:
-    """Hand a partition to a holder that is an actor as its step ``number``, not waiting for it.
+) -> bool:
+    """Hand a partition to a holder that is an actor as its step ``number``, not waiting for it; whether it did.
 
     The fused task above calls this as it ends; the step's own task collects
     the result, and sends the items itself if this message never arrived.
     ``node``: the holder's node, named if the items cannot be pickled.
+    ``holder`` is ``None`` while its actor is still being made, and a
+    :class:`SeqHolder` runs in this process: nothing is pushed to either.
     """
-    if not isinstance(holder, SeqHolder):
-        _actor(holder).step(number, "process", Items(items, node), upstream_closed, snap)
+    if holder is None or isinstance(holder, SeqHolder):
+        return False
+    _actor(holder).step(number, "process", Items(items, node), upstream_closed, snap)
+    return True
 
 
 _task = threading.local()  # .seceded: this thread left its worker's pool (it runs no other task after)
@@ -433,10 +437,10 @@ def run_seq(
             seg = keyed_step(holder[0], holder[1:], number, items, closed, snap)
         else:
             # The fused task above pushed these items to the holder as it ended: collect the
-            # step's result without sending them again, unless the push never arrived.
-            seg = _remote(holder, number, "collect")
-            if seg is None:
-                seg = _remote(holder, number, "process", Items(items), closed, snap)
+            # step's result without sending them again, unless the push never arrived (or,
+            # the holder not made yet when that task was sent, was never made).
+            pushed = _remote(holder, number, "collect") if sink in source.pushed else None
+            seg = pushed if pushed is not None else _remote(holder, number, "process", Items(items), closed, snap)
     except NodeFailure as failed:
         if carry is not None and failed.partial is not None:
             failed.partial.carried = (carry, stripped(source))

@@ -1,0 +1,78 @@
+"""A fused task hands its items to the sequential holder below as it ends (a push); its step collects.
+
+A run does not wait for its holders to be made before its first rounds go out:
+a fused task sent before its holder exists pushes nothing, says so in its
+segment, and the step below sends the items itself instead of waiting for a
+push that never comes. Worker functions called here directly, with a stand-in
+for the holder's actor: no cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pypiper_dask import Pipeline
+from pypiper_dask.compiler.tasks import fused_spec
+from pypiper_dask.ordering import Segment
+from pypiper_dask.worker import Chunk
+from pypiper_dask.worker.fused import run_fused
+from pypiper_dask.worker.sequential import run_seq
+from tests import nodes as N
+
+
+class Answer:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self, timeout=None):
+        return self.value
+
+
+class FakeHolder:
+    """Records the steps asked of it; a collect finds the pushed step's result."""
+
+    def __init__(self):
+        self.calls = []
+        self.done = Segment(1)
+
+    def step(self, number, method, *args):
+        self.calls.append((number, method))
+        return Answer(None if method == "process" and len(args) == 4 else self.done)
+
+
+def top_stage():
+    """The fused stage of ``g | m | e`` (``e`` stateful): ``m``, its one sink crossing into ``e``."""
+    graph = N.Gen("g", size=3) | N.Map("m") | N.Echo("e", stateless=False)
+    plan = Pipeline(graph).plan
+    # The nodes as a run sends them (the plan alone holds the graph's structure).
+    plan = replace(plan, snapshot=plan.snapshot.with_nodes({n.name: n for n in graph}))
+    return fused_spec(plan, plan.stages[0], "test")
+
+
+def test_a_fused_task_pushes_to_a_made_holder_and_says_so():
+    holder = FakeHolder()
+    seg = run_fused(top_stage(), Chunk([1, 2, 3]), None, frozenset(), ((0, 7, False),), holder)
+    assert holder.calls == [(7, "process")]
+    assert seg.pushed == frozenset({0})
+
+
+def test_a_fused_task_sent_before_its_holder_was_made_pushes_nothing():
+    seg = run_fused(top_stage(), Chunk([1, 2, 3]), None, frozenset(), ((0, 7, False),), None)
+    assert seg.pushed == frozenset()
+    assert len(seg.outs[0]) == 3  # its items go down with the segment: the step sends them
+
+
+def test_a_step_collects_what_was_pushed():
+    holder, upstream = FakeHolder(), Segment(1)
+    upstream.outs[0].extend([1, 2, 3])
+    upstream.pushed = frozenset({0})
+    assert run_seq(holder, 7, upstream, 0) is holder.done
+    assert holder.calls == [(7, "collect")]
+
+
+def test_a_step_whose_items_were_not_pushed_sends_them_without_waiting_for_a_push():
+    """Before, every step asked its holder to collect first, which waits 5 s for a push."""
+    holder, upstream = FakeHolder(), Segment(1)
+    upstream.outs[0].extend([1, 2, 3])
+    assert run_seq(holder, 7, upstream, 0) is holder.done
+    assert holder.calls == [(7, "process")]
