@@ -9,14 +9,18 @@ for the holder's actor: no cluster.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
+
+import pytest
 
 from pypiper_dask import Pipeline
 from pypiper_dask.compiler.tasks import fused_spec
+from pypiper_dask.errors import ValuePickleError
 from pypiper_dask.ordering import Segment
 from pypiper_dask.worker import Chunk
 from pypiper_dask.worker.fused import run_fused
-from pypiper_dask.worker.sequential import run_seq
+from pypiper_dask.worker.sequential import push_step, run_seq
 from tests import nodes as N
 
 
@@ -76,3 +80,10 @@ def test_a_step_whose_items_were_not_pushed_sends_them_without_waiting_for_a_pus
     upstream.outs[0].extend([1, 2, 3])
     assert run_seq(holder, 7, upstream, 0) is holder.done
     assert holder.calls == [(7, "process")]
+
+
+def test_a_value_that_cannot_be_pickled_is_named_with_its_node_whether_pushed_or_not():
+    """Sent before its holder was made, the partition still fails where it was made, naming its receiver."""
+    for holder in (None, FakeHolder()):
+        with pytest.raises(ValuePickleError, match="on its way to node 'e' in another process"):
+            push_step(holder, 0, [1, threading.Lock()], False, node="e")

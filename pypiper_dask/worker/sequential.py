@@ -357,9 +357,12 @@ def push_step(
     ``holder`` is ``None`` while its actor is still being made, and a
     :class:`SeqHolder` runs in this process: nothing is pushed to either.
     """
-    if holder is None or isinstance(holder, SeqHolder):
+    if isinstance(holder, SeqHolder):
         return False
-    _actor(holder).step(number, "process", Items(items, node), upstream_closed, snap)
+    sent = Items(items, node)  # a value that cannot be pickled fails here, naming its node, pushed or not
+    if holder is None:
+        return False
+    _actor(holder).step(number, "process", sent, upstream_closed, snap)
     return True
 
 
