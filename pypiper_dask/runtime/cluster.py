@@ -34,10 +34,16 @@ __all__ = ["WORKER_MALLOC", "open_client", "quiet_recovered_losses"]
 #: memory over 1 MiB at the heap's top is trimmed: memory stays bounded.
 WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": "1048576", "MALLOC_MMAP_THRESHOLD_": "4194304"}
 
+
+def _malloc_environ() -> dict[str, str | None]:
+    """``WORKER_MALLOC``'s variables as this process's environment has them now (``None``: unset)."""
+    return {k: os.environ.get(k) for k in WORKER_MALLOC}
+
+
 #: These variables as the process had them when this module was imported: the user's own, not
 #: what a nanny wrote there since (it sets them in its own process before spawning a worker,
 #: and an environment variable overrides distributed's configuration for the next one).
-_USER_MALLOC = {k: os.environ.get(k) for k in WORKER_MALLOC}
+_USER_MALLOC = _malloc_environ()
 
 
 def open_client(
@@ -99,7 +105,7 @@ def _worker_malloc() -> Iterator[None]:
     if not settings:
         yield
         return
-    before = {k: os.environ.get(k) for k in WORKER_MALLOC}
+    before = _malloc_environ()
     os.environ.update(WORKER_MALLOC)
     try:
         with dask.config.set(settings):
