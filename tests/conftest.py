@@ -1,4 +1,4 @@
-"""Shared fixtures: real clusters (a LocalCluster, and `dask scheduler`/`dask worker` processes)."""
+"""Shared fixtures: real clusters (a LocalCluster, `dask scheduler`/`dask worker` processes), a script runner."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -24,6 +25,25 @@ cloudpickle.register_pickle_by_value(nodes)
 ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("tests.clusters")
+
+
+def run_script(
+    tmp_path, source: str, timeout: float = 90, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``source`` as a script of its own, this checkout importable; its stdout and stderr as text.
+
+    ``env``: the environment it starts from (this process's by default).
+    """
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+        env={**(os.environ if env is None else env), "PYTHONPATH": str(ROOT)},
+    )
 
 
 def _wait_for(predicate, timeout: float, what: str):

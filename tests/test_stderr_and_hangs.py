@@ -7,9 +7,6 @@ small script runs in a subprocess.
 from __future__ import annotations
 
 import http.server
-import os
-import subprocess
-import sys
 import textwrap
 import threading
 import traceback
@@ -19,22 +16,7 @@ import pytest
 from pypiper_dask import Node, NodeError, Pipeline, PipelineError
 from pypiper_dask.errors import SchedulerError
 from tests import nodes as N
-from tests.conftest import ROOT
-
-
-def run_script(tmp_path, source: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    """Run ``source`` as a script of its own; its stdout and stderr as text."""
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(source))
-    return subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
+from tests.conftest import run_script
 
 NODES = """
 from pypiper_dask import Node, Pipeline

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 from pypiper_dask.runtime.cluster import WORKER_MALLOC
-from tests.conftest import ROOT
+from tests.conftest import run_script
 
 SCRIPT = """
 import json, os
@@ -46,19 +43,10 @@ if __name__ == "__main__":
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("exported", [None, "2097152"])
 def test_workers_get_the_librarys_allocator_settings_unless_the_user_set_them(tmp_path, exported):
-    script = tmp_path / "malloc.py"
-    script.write_text(textwrap.dedent(SCRIPT))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     if exported:
         env["MALLOC_TRIM_THRESHOLD_"] = exported
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        cwd=tmp_path,
-        env={**env, "PYTHONPATH": str(ROOT)},
-    )
+    done = run_script(tmp_path, SCRIPT, timeout=110, env=env)
     assert done.returncode == 0, done.stderr
     workers = json.loads(done.stdout.splitlines()[-1])
     assert len(workers) == 2
