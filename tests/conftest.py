@@ -80,9 +80,10 @@ def two_worker_client():
 
 @contextlib.contextmanager
 def _two_worker_cluster():
-    from distributed import LocalCluster
+    from pypiper_dask.runtime.cluster import local_cluster_class
 
-    with LocalCluster(
+    # The library's LocalCluster: the tests kill its workers, as a node that kills its process does.
+    with local_cluster_class()(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
     ) as cluster:
         yield cluster

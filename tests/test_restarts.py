@@ -178,3 +178,20 @@ def test_a_probe_file_on_this_machine_is_read_while_no_worker_answers(tmp_path):
     os.close(fd)
     [(_, line)] = _read_everywhere(NoWorkers(), path, 0.0)
     assert line == "3\tpoison\t77" and not os.path.exists(path)
+
+
+def test_a_cluster_the_library_starts_takes_the_removal_of_a_worker_it_never_listed():
+    """A worker killed before its cluster listed it (dask/distributed#5407).
+
+    distributed's KeyError ended the task keeping the cluster's list of workers and came back
+    when the cluster closed: a CI run's kill trial failed at teardown with it.
+    """
+    from pypiper_dask.runtime.cluster import local_cluster_class
+
+    class Listed:
+        def __init__(self):
+            self.scheduler_info = {"workers": {}}  # the killed worker's start not seen yet
+
+    cluster = Listed()
+    local_cluster_class()._update_worker_status(cluster, "remove", "tcp://127.0.0.1:1")
+    assert cluster.scheduler_info == {"workers": {}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from ..errors import SchedulerError
 from ..log import logger
 from .restarts import main_not_reimported_by_nannies
 
-__all__ = ["WORKER_MALLOC", "open_client", "quiet_recovered_losses"]
+__all__ = ["WORKER_MALLOC", "local_cluster_class", "open_client", "quiet_recovered_losses"]
 
 #: glibc's allocator settings for the worker processes of a cluster a run starts. The nanny's
 #: default (``MALLOC_TRIM_THRESHOLD_=65536``) also fixes the mmap threshold at 128 KiB, so
@@ -62,14 +63,14 @@ def open_client(
 
 def _local_cluster(stack: contextlib.ExitStack, n_workers: int | None) -> Any:
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     # Entered before the cluster, left after it closed (the stack unwinds in reverse).
     stack.enter_context(_QUIET_DISTRIBUTED)
     stack.enter_context(main_not_reimported_by_nannies())  # workers restarted too
     with _main_not_reimported(), _sigint_ignored(), _worker_malloc():
         cluster = stack.enter_context(
-            LocalCluster(
+            local_cluster_class()(
                 n_workers=n_workers,
                 threads_per_worker=1,
                 processes=True,
@@ -86,6 +87,29 @@ def _local_cluster(stack: contextlib.ExitStack, n_workers: int | None) -> Any:
     if link:
         logger.info("dashboard at %s", link)
     return client
+
+
+@functools.cache  # one class; distributed is imported when a cluster is first started
+def local_cluster_class() -> type:
+    """``LocalCluster``, untroubled by a worker that dies before the cluster has listed it.
+
+    distributed (dask/distributed#5407) looks a removed worker up in the cluster's
+    own list of workers; a worker killed just after it started (a node that kills
+    its process, replaced by the nanny, killed again) may not be there yet. The
+    ``KeyError`` ends the task that keeps the list, and is raised again when the
+    cluster closes, after every process has stopped: a run that got its result
+    would fail at its end. The worker is gone either way, so there is nothing to
+    remove.
+    """
+    from distributed import LocalCluster as Base
+
+    class LocalCluster(Base):  # the name its repr and the dashboard show
+        def _update_worker_status(self, op: str, msg: Any) -> None:
+            if op == "remove" and msg not in self.scheduler_info["workers"]:
+                return
+            super()._update_worker_status(op, msg)
+
+    return LocalCluster
 
 
 _malloc_logged = False
