@@ -87,3 +87,42 @@ def test_a_value_that_cannot_be_pickled_is_named_with_its_node_whether_pushed_or
     for holder in (None, FakeHolder()):
         with pytest.raises(ValuePickleError, match="on its way to node 'e' in another process"):
             push_step(holder, 0, [1, threading.Lock()], False, node="e")
+
+
+# -- a holder in the task's own worker is called without the network ------------------------
+
+
+def _call_twice(holder, number, items):
+    """On a worker: a step of ``holder`` processed, its answer changed by the task, then asked again."""
+    from pypiper_dask.worker.sequential import _actor
+    from pypiper_dask.worker.values import Items
+
+    target = _actor(holder)
+    first = target.step(number, "process", Items(items), False, False).result(timeout=30)
+    first.outs[0].append("changed by the task")
+    again = target.step(number, "collect").result(timeout=30)
+    return type(target).__name__, first.outs[0], again.outs[0]
+
+
+def test_a_task_calls_a_holder_of_its_own_worker_directly_and_gets_a_copy(local_client):
+    from pypiper_dask.compiler.tasks import seq_spec
+    from pypiper_dask.worker.sequential import HolderAt, make_holder
+
+    graph = N.Gen("g", size=3) | N.Running("r")
+    plan = Pipeline(graph).plan
+    plan = replace(plan, snapshot=plan.snapshot.with_nodes({n.name: n for n in graph}))
+    stage = next(s for s in plan.stages if s.kind == "seq")
+    here, there = sorted(local_client.scheduler_info()["workers"])
+    actor = local_client.submit(make_holder, seq_spec(plan, stage), actor=True, workers=[here], pure=False)
+    actor.result(timeout=60)
+    holder = HolderAt(here, actor.key)
+    try:
+        # Step 0 from the holder's worker (no network), step 1 from the other (an actor call).
+        local = local_client.submit(_call_twice, holder, 0, [1, 2], workers=[here], pure=False).result(timeout=60)
+        remote = local_client.submit(_call_twice, holder, 1, [3], workers=[there], pure=False).result(timeout=60)
+    finally:
+        del actor
+    assert local[0] == "_HolderHere" and remote[0] == "Actor"
+    # (count, total) after each item, and the holder's kept answer untouched by the task that changed its copy.
+    assert local[1:] == ([(1, 1), (2, 3), "changed by the task"], [(1, 1), (2, 3)])
+    assert remote[1:] == ([(3, 6), "changed by the task"], [(3, 6)])

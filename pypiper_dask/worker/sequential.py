@@ -343,7 +343,85 @@ class HolderAt:
 
 
 def _actor(holder: Any) -> Any:
-    return holder.proxy() if isinstance(holder, HolderAt) else holder
+    """What a task calls a holder's methods on: the holder itself where it lives in this worker, else a proxy."""
+    if not isinstance(holder, HolderAt):
+        return holder
+    here = _HolderHere.find(holder)
+    return here if here is not None else holder.proxy()
+
+
+class _HolderHere:
+    """A holder that is an actor of the worker this task runs in, called without the network.
+
+    distributed sends an actor call from a task to its own worker out over
+    TCP and back (every step's collect does, on the holder's worker).
+    Measured with trivial nodes at 2 workers, the workers' CPU a round:
+    1.4 ms without a stateful node, 4.6-5.0 ms with one, 4.0-4.5 ms with
+    this (issue 18). Here the call runs on the worker's event loop as
+    ``actor_execute`` runs it, and its
+    arguments and answer are copied (pickled) as the call's messages would
+    have copied them: the holder keeps each step's answer for a step sent
+    again, and the task changes what it gets back.
+    """
+
+    __slots__ = ("actor", "loop")
+
+    def __init__(self, actor: Any, loop: Any) -> None:
+        self.actor, self.loop = actor, loop
+
+    @classmethod
+    def find(cls, holder: HolderAt) -> _HolderHere | None:
+        from distributed import get_worker
+
+        try:
+            worker = get_worker()
+        except ValueError:  # not in a worker's task
+            return None
+        actor = worker.state.actors.get(holder.key) if worker.address == holder.address else None
+        return None if actor is None else cls(actor, worker.loop.asyncio_loop)  # type: ignore[attr-defined]
+
+    def __getattr__(self, method: str) -> Any:
+        import asyncio
+
+        from distributed.protocol import pickle
+
+        call = getattr(self.actor, method)
+
+        def send(*args: Any) -> _Answer:
+            copied = pickle.loads(pickle.dumps(args))
+            return _Answer(asyncio.run_coroutine_threadsafe(call(*copied), self.loop))
+
+        return send
+
+
+class _Answer:
+    """A call of :class:`_HolderHere`, answered as an actor's future is: ``result(timeout)``, a copy."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+
+    def result(self, timeout: float | None = None) -> Any:
+        import concurrent.futures
+
+        from distributed.protocol import pickle
+
+        try:
+            value = self.future.result(timeout)
+        except concurrent.futures.TimeoutError:  # not the built-in one before Python 3.11
+            raise TimeoutError(f"no answer in {timeout} s") from None
+        except Exception as exc:
+            raise _copied(exc, pickle) from None
+        return pickle.loads(pickle.dumps(value))
+
+
+def _copied(exc: Exception, pickle: Any) -> Exception:
+    """``exc`` as it arrives over the network (a copy), or itself if it cannot be pickled."""
+    try:
+        return pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return exc
 
 
 def push_step(
