@@ -581,6 +581,31 @@ def _malloc_env() -> dict:
     return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
 
 
+#: Items per task of the ``client.map`` anchors of T13.
+NUMPY_CHUNKS = (25, 50)
+
+
+def _client_map(client: Any, n: int, k: int) -> dict:
+    """T13's features as plain ``client.map`` tasks of ``k`` items, the running mean in the caller."""
+    futures = client.map(W.features_batch, [range(i, min(i + k, n)) for i in range(0, n, k)], pure=False)
+    return {"mean": W.running_means(v for f in futures for v in f.result())}
+
+
+def _cpu_seconds() -> float:
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
+def _cpu_split(client: Any, fn: Callable[[], Any]) -> dict:
+    """CPU seconds of one call of ``fn``: in this process and in all workers together."""
+    workers, caller = client.run(_cpu_seconds), _cpu_seconds()
+    fn()
+    caller, after = _cpu_seconds() - caller, client.run(_cpu_seconds)
+    return {"caller": caller, "workers": sum(after[w] - workers[w] for w in workers)}
+
+
 def run_numpy(reps: int, quick: bool, log: Callable = _log) -> dict:
     """T13: serial, ``Pool(2).imap`` + the running mean in the caller, pypiper_dask on 2 workers; RSS, per-item."""
 
@@ -607,9 +632,18 @@ def run_numpy(reps: int, quick: bool, log: Callable = _log) -> dict:
             "serial": partial(W.numpy_serial, n),
             "Pool(2)": lambda: {"mean": W.running_means(pool.imap(feats, range(n), chunksize=8))},
             "pypiper_dask": partial(ours, partial(W.numpy_graph, n), client),
+            # Dask's own floor on the same cluster: the features alone, the mean in the caller.
+            "pypiper_dask, features only": lambda: {
+                "mean": W.running_means(ours(partial(W.numpy_features_graph, n), client)["features"])
+            },
+            **{f"client.map, {k} a task": partial(_client_map, client, n, k) for k in NUMPY_CHUNKS},
         }
         r = interleaved(systems, expected, reps, log, f"T13 n={n}")
         data["runs"], data["speedup"] = r, speedups(r)
+        data["anchors"] = {name: speedups(r, ours_name=name)["of_pool"] for name in list(systems)[3:]}
+        # Where the CPU goes in one more run of each (the caller's process holds the scheduler
+        # and the nannies): on two cores every CPU-second of overhead is a worker's.
+        data["cpu"] = {name: _cpu_split(client, systems[name]) for name in list(systems)[2:]}
         data["workers_rss"] = client.run(_rss)
         data["profile"] = profile(client, partial(W.numpy_graph, n), expected)
         # The same loop of audio_features: in this process, in a Pool process and in a Dask worker.
@@ -624,7 +658,8 @@ def run_numpy(reps: int, quick: bool, log: Callable = _log) -> dict:
     peaks = ", ".join(f"{v['peak_mb']:.0f} MB" for v in data["workers_rss"].values())
     log(
         f"T13: speedup ours {_x(data['speedup']['ours'])} Pool {_x(data['speedup']['pool'])};"
-        f" per item {items}; workers' peak RSS {peaks}"
+        f" per item {items}; workers' peak RSS {peaks}; of Pool's: "
+        + ", ".join(f"{k} {_num(v)}" for k, v in data["anchors"].items())
     )
     return data
 
@@ -638,8 +673,8 @@ def section_numpy(data: dict) -> str:
         "## T13: allocation-heavy numpy (python -m bench --numpy)",
         "",
         f"{_when(data)} {data['n']} clips of {a['seconds']:g} s at {a['rate']} Hz (a tone plus seeded noise),"
-        f" framed ({a['frame']} samples, hop {a['hop']}), windowed, `rfft`, mean log magnitude: arrays of a few"
-        " hundred KB per item in the fused stage; then a stateful running mean. pypiper_dask on a 2-worker"
+        f" framed ({a['frame']} samples, hop {a['hop']}), windowed, `rfft`, mean log magnitude: arrays of"
+        f" {_audio_mb(a)} per item in the fused stage; then a stateful running mean. pypiper_dask on a 2-worker"
         " cluster the library starts for `n_threads=2` (kept, passed in as a client);"
         " `Pool(2).imap(chunksize=8)` with the running mean in the caller;"
         f" serial a plain loop. Median of {data['reps']}, interleaved; every output checked against serial."
@@ -655,7 +690,38 @@ def section_numpy(data: dict) -> str:
         + f". The workers' malloc environment: `{data.get('worker_malloc_env')}`. The workers' peak RSS after the"
         f" timed runs: {peaks}.",
     ]
+    if "anchors" in data:  # results written before the anchors were measured have none
+        lines += ["", *_numpy_anchors(data)]
     return "\n".join([*lines, "", *worker_section({"pypiper_dask": data["profile"]}, "Per worker")]) + "\n"
+
+
+def _audio_mb(a: dict) -> str:
+    """The sizes of one clip's signal and of its frames (float64), as the section states them."""
+    samples = int(a["seconds"] * a["rate"])
+    frames = (samples - a["frame"]) // a["hop"] + 1
+    return f"{8 * samples / 2**20:.1f} MB (the signal) and {8 * frames * a['frame'] / 2**20:.1f} MB (the frames)"
+
+
+def _numpy_anchors(data: dict) -> list[str]:
+    """T13's Dask anchors on the same cluster, and where each run's CPU went."""
+    r, cpu = data["runs"], data["cpu"]
+    work = r["serial"]["median"]
+    lines = [
+        "Dask's floor on the same cluster, same run: the features alone (the mean in the caller), as our"
+        " pipeline without its stateful node and as plain `client.map` tasks; and the CPU seconds of one"
+        " more run of each, in the caller's process (the scheduler and the nannies are there) and in the"
+        f" two workers together, against the serial run's {_s(work)} of work.",
+        "",
+        "| run | median | ÷ Pool's speedup | caller CPU | workers' CPU | CPU over the work |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, c in cpu.items():
+        share = data["speedup"]["of_pool"] if name == "pypiper_dask" else data["anchors"].get(name)
+        over = c["caller"] + c["workers"] - work if work else None
+        lines.append(
+            f"| {name} | {_cellt(r[name])} | {_num(share)} | {_s(c['caller'])} | {_s(c['workers'])} | {_s(over)} |"
+        )
+    return lines
 
 
 # -- formatting and the entry point ----------------------------------------------------------

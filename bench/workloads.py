@@ -360,7 +360,7 @@ def skew_serial(n: int, loops: int) -> dict[str, list]:
 # -- T13: allocation-heavy numpy (framed FFTs of synthetic audio, then a running mean) --------
 
 NUMPY_N = 400
-AUDIO = {"seconds": 3.0, "rate": 16_000, "frame": 512, "hop": 256}
+AUDIO = {"seconds": 5.0, "rate": 16_000, "frame": 512, "hop": 256}
 
 
 def audio_features(x: int, seconds: float = 3.0, rate: int = 16_000, frame: int = 512, hop: int = 256) -> Any:
@@ -422,6 +422,16 @@ def running_means(vectors: Any) -> list[tuple]:
 def numpy_graph(n: int) -> Any:
     """source → features (fused) → the stateful running mean."""
     return OURS["Source"]("source", size=n) | Features("features", **AUDIO) | RunningMean("mean")
+
+
+def numpy_features_graph(n: int) -> Any:
+    """source → features, without the stateful node (the running mean is the caller's)."""
+    return OURS["Source"]("source", size=n) | Features("features", **AUDIO)
+
+
+def features_batch(xs: Any) -> list:
+    """``audio_features`` of each of ``xs``: one task of the plain ``client.map`` anchor."""
+    return [audio_features(x, **AUDIO) for x in xs]
 
 
 def numpy_serial(n: int) -> dict[str, list]:

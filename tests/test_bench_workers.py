@@ -172,3 +172,15 @@ def test_the_third_round_sections_render_from_figures():
     numpy |= {"worker_malloc_env": {"MALLOC_TRIM_THRESHOLD_": "65536"}, "workers_rss": {"a": {"peak_mb": 91.0}}}
     text = third.section_numpy(numpy)
     assert "Dask worker 15.00 ms (1.50×)" in text and "peak RSS after the timed runs: 91 MB" in text
+    assert "Dask's floor" not in text  # figures written before the anchors were measured
+
+    # The anchors: Dask's floor on the same cluster, and where each run's CPU went.
+    numpy["runs"] = runs | {"client.map, 25 a task": r(0.6)}
+    numpy["anchors"] = {"client.map, 25 a task": 0.97}
+    numpy["cpu"] = {
+        "pypiper_dask": {"caller": 0.11, "workers": 1.5},
+        "client.map, 25 a task": {"caller": 0.07, "workers": 1.4},
+    }
+    text = third.section_numpy(numpy)
+    serial = runs["serial"]["median"]
+    assert f"| client.map, 25 a task | 0.600 s | 0.97 | 0.070s | 1.400s | {1.47 - serial:.3f}s |" in text
