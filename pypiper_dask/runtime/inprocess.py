@@ -177,7 +177,13 @@ class _Tree:
         # A quiet leaf's values go straight into the result: per leaf, the expression of how
         # much it holds (taken before each call) and how to cut it back there (see _marker).
         self.marks: dict[str, tuple[str, Callable[[int], None]]] = {}
-        root = snap.root
+        self._bind(quiet, collect)
+        self.arm()
+        self._compile(stream)
+
+    def _bind(self, quiet: bool, collect: bool) -> None:
+        """Each node's emit target, close and run, as the compiled code finds them in its namespace."""
+        snap, nodes, root = self.snap, self.nodes, self.snap.root
         for name in snap.order:
             node, i = nodes[name], self.index[name]
             arm_setup_emits(node)
@@ -205,10 +211,13 @@ class _Tree:
                 self.ns[f"OUT{i}"] = self._printer(name, collect)
             self.ns[f"FAIL{i}"] = self._failer(name)  # after BUF: it drops what a failing call emitted
             node.close = self._closer(name)
-        self.arm()
+
+    def _compile(self, stream: list | None) -> None:
+        """The run's code: ``drive`` (blocks of source calls) and a ``call`` function per node."""
+        snap, root = self.snap, self.snap.root
         # The source's items and run are bound as locals (they never change); a node's
         # RUN/BUF/PEND stay globals, which a close() rebinds.
-        self.ns["RUN_SOURCE"] = nodes[root].run
+        self.ns["RUN_SOURCE"] = self.nodes[root].run
         # One block of up to n source calls; the caller loops over blocks (progress, streaming).
         lines = ["def drive(n, count, ITEMS=ITEMS, RUN_SOURCE=RUN_SOURCE, len=len):"]
         lines += ["    for _ in range(n):", "        try:"]
