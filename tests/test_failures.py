@@ -215,25 +215,71 @@ def fresh_cluster():
         yield client
 
 
-def kill_soon(client, delay: float) -> threading.Thread:
-    pids = client.run(os.getpid)
+class KillAt:
+    """An ``update_callback`` that SIGKILLs a worker once ``at`` source items were delivered.
 
-    def kill() -> None:
-        time.sleep(delay)
-        os.kill(sorted(pids.values())[0], signal.SIGKILL)
+    A point in the run, not a time: the kill lands mid-run however fast the machine is.
+    """
 
-    thread = threading.Thread(target=kill, daemon=True)
-    thread.start()
-    return thread
+    def __init__(self, client, at: int) -> None:
+        self.pid = sorted(client.run(os.getpid).values())[0]
+        self.at, self.killed_at = at, None
+
+    def __call__(self, done: int, total) -> None:
+        if done >= self.at and self.killed_at is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.killed_at = done
 
 
 @pytest.mark.cluster
 @pytest.mark.timeout(120)
 def test_worker_killed_mid_run_stateless_output_is_exact(fresh_cluster):
-    n = 1_500_000  # partitions large enough to be scattered, then lost with their worker
-    kill_soon(fresh_cluster, 0.8)
-    result = Pipeline(N.Gen("g", size=n) | Spin("spin"), client=fresh_cluster, quiet=True).run()
+    # Partitions of 50,000 ints (about 1.8 MiB by Dask's estimate) are scattered to the
+    # workers, so the killed worker takes partitions not yet run with it.
+    n, size = 400_000, 50_000
+    kill = KillAt(fresh_cluster, at=2 * size)
+    pipeline = Pipeline(N.Gen("g", size=n) | Spin("spin"), client=fresh_cluster, quiet=True, partition_size=size)
+    result = pipeline.run(update_callback=kill)
+    assert kill.killed_at is not None and kill.killed_at < n
     assert result["spin"] == [2 * i for i in range(n)]
+
+
+class _Lost:
+    """A round's future lost with its worker."""
+
+    status = "cancelled"
+
+
+class _ClientAfterALoss:
+    """A client whose round was lost with a worker, and whose scheduler lists the workers left."""
+
+    def __init__(self, alive: list[str]) -> None:
+        self.alive = alive
+
+    def gather(self, futures):
+        from distributed.client import FutureCancelledError
+
+        raise FutureCancelledError(("spin-0", 3), "lost dependencies")
+
+    def scheduler_info(self, n_workers: int = 5) -> dict:
+        return {"workers": {address: {} for address in self.alive}}
+
+
+def test_partitions_of_a_round_lost_with_a_worker_are_sent_to_the_workers_left():
+    # A partition scattered to a dead worker's address waits for distributed's connect
+    # timeout (30 s): the run above stalled that long after each kill.
+    from pypiper_dask.runtime.backends import DistributedBackend, _Round
+    from pypiper_dask.runtime.loop import DataLost
+
+    backend = DistributedBackend(client=_ClientAfterALoss(["tcp://b:1", "tcp://c:1"]))
+    backend.plan = Pipeline(N.Gen("g", size=3) | Spin("spin")).plan
+    backend.workers = ["tcp://a:1", "tcp://b:1"]  # a: the one that died
+    lost = _Round()
+    lost.fetch[0] = _Lost()
+    [outcome] = backend.results_many([lost])
+    assert isinstance(outcome, DataLost)
+    assert backend.workers == ["tcp://b:1", "tcp://c:1"]
+    assert backend._next_worker() == "tcp://b:1"
 
 
 @pytest.mark.cluster

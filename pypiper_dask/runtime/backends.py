@@ -336,7 +336,9 @@ class DistributedBackend:
         for attempt in range(5):
             try:
                 where = None if worker is None else [worker]
-                return self.client.scatter({key: value}, workers=where, hash=False, direct=direct)[key]
+                return self.client.scatter(
+                    {key: value}, workers=where, hash=False, direct=direct, timeout=self.scatter_timeout
+                )[key]
             except OSError:  # the worker it went to is dying: try another (a lost holder shows in wait())
                 if attempt == 4:
                     raise
@@ -344,6 +346,11 @@ class DistributedBackend:
                 self.workers = sorted(self._alive()) or self.workers
                 worker = None if worker is None else self._next_worker()
         raise AssertionError("unreachable")
+
+    #: Seconds a partition may take to reach its worker before another is tried: distributed
+    #: retries a dead worker's address until its connect timeout (30 s), and a worker can die
+    #: after it was chosen and before its loss is known here (measured: a run stalled 29 s).
+    scatter_timeout = 10.0
 
     def _next_worker(self) -> str:
         """The worker with the fewest partitions of this run's live rounds: where the next one goes."""
@@ -551,6 +558,9 @@ class DistributedBackend:
             raise
         except (FutureCancelledError, CancelledError) as exc:
             self._check_holders()
+            # Data lost with a worker: the partitions sent again must not go to it (a scatter
+            # to a dead worker waits for distributed's connect timeout).
+            self.workers = sorted(self._alive()) or self.workers
             raise DataLost(str(exc)) from exc
         except Exception as exc:
             self._check_holders()  # a lost actor shows as many things; name its node
