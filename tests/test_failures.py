@@ -282,6 +282,40 @@ def test_partitions_of_a_round_lost_with_a_worker_are_sent_to_the_workers_left()
     assert backend._next_worker() == "tcp://b:1"
 
 
+class _ScatterClient(_ClientAfterALoss):
+    """A scatter to a worker the scheduler no longer runs times out, as distributed's does."""
+
+    class scheduler:
+        address = "tcp://127.0.0.1:8786"
+
+    def __init__(self, alive: list[str]) -> None:
+        super().__init__(alive)
+        self.calls: list[tuple] = []
+
+    def scatter(self, data, workers=None, timeout=None, **kwargs):
+        self.calls.append((workers, timeout))
+        if workers is not None and workers[0] not in self.alive:
+            raise TimeoutError("No valid workers found")
+        return {key: f"future of {key}" for key in data}
+
+
+def test_a_partition_for_a_worker_that_died_goes_to_one_still_running(monkeypatch):
+    from pypiper_dask.runtime.backends import DistributedBackend
+
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    client = _ScatterClient(["tcp://127.0.0.1:2", "tcp://127.0.0.1:3"])
+    backend = DistributedBackend(client=client)
+    backend.workers = ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]  # 1 died after it was chosen
+    assert backend._scatter("k", [1, 2], "tcp://127.0.0.1:1") == "future of k"
+    # Given up on after scatter_timeout (distributed would wait 30 s), then one that runs.
+    assert client.calls == [(["tcp://127.0.0.1:1"], backend.scatter_timeout), (["tcp://127.0.0.1:2"], 1.0)]
+    assert backend.scatter_timeout <= 1.0
+    # No worker chosen: any one, waited for as long as distributed waits.
+    client.calls.clear()
+    backend._scatter("k2", [3])
+    assert client.calls == [(None, None)]
+
+
 @pytest.mark.cluster
 @pytest.mark.timeout(120)
 def test_stateful_node_whose_worker_dies_without_snapshots_fails_fast_and_names_it(fresh_cluster):

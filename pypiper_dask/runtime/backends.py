@@ -335,22 +335,24 @@ class DistributedBackend:
         direct = _on_this_machine(self.client.scheduler.address)
         for attempt in range(5):
             try:
-                where = None if worker is None else [worker]
-                return self.client.scatter(
-                    {key: value}, workers=where, hash=False, direct=direct, timeout=self.scatter_timeout
-                )[key]
-            except OSError:  # the worker it went to is dying: try another (a lost holder shows in wait())
+                # A chosen worker not running is given up on soon; any worker is waited for as
+                # distributed waits (a nanny's new worker may take long on a busy machine).
+                wait = {} if worker is None else {"workers": [worker], "timeout": self.scatter_timeout}
+                return self.client.scatter({key: value}, hash=False, direct=direct, **wait)[key]
+            except (OSError, KeyError):  # the worker is gone (a scheduler's route: KeyError): try another
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
-                self.workers = sorted(self._alive()) or self.workers
-                worker = None if worker is None else self._next_worker()
+                alive = sorted(self._alive())
+                self.workers = alive or self.workers
+                worker = None if worker is None or not alive else self._next_worker()
         raise AssertionError("unreachable")
 
-    #: Seconds a partition may take to reach its worker before another is tried: distributed
-    #: retries a dead worker's address until its connect timeout (30 s), and a worker can die
-    #: after it was chosen and before its loss is known here (measured: a run stalled 29 s).
-    scatter_timeout = 10.0
+    #: Seconds ``scatter`` waits for the chosen worker to be running (not for the data to
+    #: arrive) before another is tried. A worker can die after it was chosen and before its
+    #: loss is known here; distributed then waits its client timeout (30 s) for it: a run
+    #: whose worker was killed stalled 29 s.
+    scatter_timeout = 1.0
 
     def _next_worker(self) -> str:
         """The worker with the fewest partitions of this run's live rounds: where the next one goes."""
