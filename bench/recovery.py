@@ -11,6 +11,7 @@ prints how many matched the undisturbed run.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -109,7 +110,41 @@ def kill_to_moving(client: Any, trials: int) -> list[dict]:
     return rows
 
 
-def section(w4: list[dict], kills: list[dict], reps: int) -> str:
+def stateless_kills(client: Any, trials: int, n: int = 3_000_000) -> dict:
+    """Kill a worker a third into a W1 run (no stateful node): its wall time against runs left alone.
+
+    W1's partitions (30,000 ints, over 1 MiB) are sent to the workers ahead of their tasks, so
+    the killed worker takes partitions with it that must go out again, to a worker still there.
+    """
+    from pypiper_dask import Pipeline
+
+    def run(kill_at: int | None) -> dict:
+        client.wait_for_workers(2, timeout=60)
+        pids = sorted(client.run(os.getpid).values())
+        delivered: list[float] = []
+        killed: list[float] = []
+
+        def callback(done: int, total: Any) -> None:
+            delivered.append(time.monotonic())
+            if kill_at is not None and done >= kill_at and not killed:
+                os.kill(pids[0], signal.SIGKILL)  # a point in the run, not a time
+                killed.append(delivered[-1])
+
+        start = time.monotonic()
+        out = Pipeline(W.graph("W1", W.OURS, n), client=client, quiet=True, progress=False).run(
+            update_callback=callback, collect=False
+        )
+        after = [b - a for a, b in itertools.pairwise(delivered) if killed and a >= killed[0]]
+        return {"wall": time.monotonic() - start, "pause": max(after, default=0.0), "items": out.counts["add_one"]}
+
+    alone = [run(None) for _ in range(2)]
+    killed = [run(n // 3) for _ in range(trials)]
+    for row in killed:
+        print(f"W1, a worker killed: {row}", file=sys.stderr)
+    return {"n": n, "alone": statistics.median(r["wall"] for r in alone), "killed": killed}
+
+
+def section(w4: list[dict], kills: list[dict], reps: int, stateless: dict | None = None) -> str:
     base = w4[0]["median"]
     lines = [
         "## Surviving a worker (python -m bench --recovery)",
@@ -145,6 +180,23 @@ def section(w4: list[dict], kills: list[dict], reps: int) -> str:
             f"| median | {statistics.median(r['detected'] for r in kills):.2f} s | "
             f"{statistics.median(r['moving'] for r in kills):.2f} s | |"
         )
+    if stateless:
+        lines += [
+            "",
+            f"SIGKILL of a worker a third into a {stateless['n']:,}-item W1 run (no stateful node; its"
+            " partitions, over 1 MiB each, are sent to the workers ahead of their tasks, so some are lost"
+            " with it): the run's wall time against the same run left alone"
+            f" ({stateless['alone']:.2f} s, median of 2), and the longest pause between two deliveries"
+            " after the kill.",
+            "",
+            "| trial | wall | more than left alone | longest pause | items |",
+            "|---|---|---|---|---|",
+        ]
+        for i, row in enumerate(stateless["killed"]):
+            lines.append(
+                f"| {i} | {row['wall']:.2f} s | {row['wall'] - stateless['alone']:+.2f} s | {row['pause']:.2f} s |"
+                f" {row['items']:,} |"
+            )
     return "\n".join(lines)
 
 
@@ -164,9 +216,10 @@ def main(args: Any) -> int:
     ):
         w4 = w4_times(client, reps)
         kills = kill_to_moving(client, 5)
+        stateless = stateless_kills(client, 3)
     out = Path(args.out)
     old = out.read_text() if out.exists() else ""
-    out.write_text(put_section(old, "recovery", section(w4, kills, reps)))
+    out.write_text(put_section(old, "recovery", section(w4, kills, reps, stateless)))
     print(f"wrote the recovery section of {out}", file=sys.stderr)
     return 0
 

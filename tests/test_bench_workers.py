@@ -184,3 +184,16 @@ def test_the_third_round_sections_render_from_figures():
     text = third.section_numpy(numpy)
     serial = runs["serial"]["median"]
     assert f"| client.map, 25 a task | 0.600 s | 0.97 | 0.070s | 1.400s | {1.47 - serial:.3f}s |" in text
+
+
+def test_the_recovery_section_shows_a_stateless_kill_against_the_run_left_alone():
+    from bench import recovery
+
+    w4 = [{"setting": "none (snapshot_every=False)", "median": 0.15, "exact": True}]
+    kills = [{"detected": 0.5, "moving": 0.8, "items": 3_000_000}]
+    stateless = {"n": 3_000_000, "alone": 1.9, "killed": [{"wall": 3.2, "pause": 1.3, "items": 3_000_000}]}
+    text = recovery.section(w4, kills, 5, stateless)
+    assert "| 0 | 0.50 s | 0.80 s | 3,000,000 |" in text
+    assert "left alone (1.90 s, median of 2)" in text
+    assert "| 0 | 3.20 s | +1.30 s | 1.30 s | 3,000,000 |" in text
+    assert "W1 run" not in recovery.section(w4, kills, 5)  # written before the stateless kills were measured
