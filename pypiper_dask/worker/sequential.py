@@ -380,18 +380,14 @@ class _HolderHere:
         actor = worker.state.actors.get(holder.key) if worker.address == holder.address else None
         return None if actor is None else cls(actor, worker.loop.asyncio_loop)  # type: ignore[attr-defined]
 
-    def __getattr__(self, method: str) -> Any:
+    def step(self, *args: Any) -> _Answer:
+        """The holder's :meth:`SeqHolder.step` (a coroutine) on its worker's event loop; its answer to come."""
         import asyncio
 
         from distributed.protocol import pickle
 
-        call = getattr(self.actor, method)
-
-        def send(*args: Any) -> _Answer:
-            copied = pickle.loads(pickle.dumps(args))
-            return _Answer(asyncio.run_coroutine_threadsafe(call(*copied), self.loop))
-
-        return send
+        copied = pickle.loads(pickle.dumps(args))
+        return _Answer(asyncio.run_coroutine_threadsafe(self.actor.step(*copied), self.loop))
 
 
 class _Answer:
