@@ -306,7 +306,7 @@ def test_a_partition_for_a_worker_that_died_goes_to_one_still_running(monkeypatc
     client = _ScatterClient(["tcp://127.0.0.1:2", "tcp://127.0.0.1:3"])
     backend = DistributedBackend(client=client)
     backend.workers = ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]  # 1 died after it was chosen
-    assert backend._scatter("k", [1, 2], "tcp://127.0.0.1:1") == "future of k"
+    assert backend._scatter("k", [1, 2], "tcp://127.0.0.1:1") == ("future of k", "tcp://127.0.0.1:2")
     # Given up on after scatter_timeout (distributed would wait 30 s), then one that runs.
     assert client.calls == [(["tcp://127.0.0.1:1"], backend.scatter_timeout), (["tcp://127.0.0.1:2"], 1.0)]
     assert backend.scatter_timeout <= 1.0

@@ -320,10 +320,12 @@ class DistributedBackend:
         try:
             return self.client.scatter({key: value}, broadcast=True, hash=False, timeout=self.broadcast_timeout)[key]
         except (OSError, TimeoutError):
-            return self._scatter(key, value)
+            return self._scatter(key, value)[0]
 
-    def _scatter(self, key: Any, value: Any, worker: str | None = None) -> Any:
-        """``value`` sent to ``worker`` (or one the scheduler picks) under ``key``; its future.
+    def _scatter(self, key: Any, value: Any, worker: str | None = None) -> tuple[Any, str | None]:
+        """``value`` sent to ``worker`` (or one the scheduler picks) under ``key``: its future, and the worker.
+
+        The worker is another one where ``worker`` was not running (see ``scatter_timeout``).
 
         Straight to the worker when the scheduler is on this machine (its workers are too):
         through a scheduler in the caller's process (a LocalCluster's), partitions sent to
@@ -338,7 +340,7 @@ class DistributedBackend:
                 # A chosen worker not running is given up on soon; any worker is waited for as
                 # distributed waits (a nanny's new worker may take long on a busy machine).
                 wait = {} if worker is None else {"workers": [worker], "timeout": self.scatter_timeout}
-                return self.client.scatter({key: value}, hash=False, direct=direct, **wait)[key]
+                return self.client.scatter({key: value}, hash=False, direct=direct, **wait)[key], worker
             except (OSError, KeyError):  # the worker is gone (a scheduler's route: KeyError): try another
                 if attempt == 4:
                     raise
@@ -465,8 +467,8 @@ class DistributedBackend:
         assert self.names is not None  # started
         # Its task runs where it lies, so it goes to the worker with the fewest partitions out
         # (left to the scheduler, every partition went to the same worker).
-        round_.worker = self._next_worker()
-        return self._scatter(self.names.partition(task), value, round_.worker)  # named after the source
+        future, round_.worker = self._scatter(self.names.partition(task), value, self._next_worker())
+        return future  # named after the source
 
     def _stage_arg(self, stage: int, task: TaskSpec) -> Any:
         """What a task gets for a stage: its spec; a holder's address, or its future for the holder's own steps.
