@@ -384,10 +384,7 @@ class _HolderHere:
         """The holder's :meth:`SeqHolder.step` (a coroutine) on its worker's event loop; its answer to come."""
         import asyncio
 
-        from distributed.protocol import pickle
-
-        copied = pickle.loads(pickle.dumps(args))
-        return _Answer(asyncio.run_coroutine_threadsafe(self.actor.step(*copied), self.loop))
+        return _Answer(asyncio.run_coroutine_threadsafe(self.actor.step(*_sent(args)), self.loop))
 
 
 class _Answer:
@@ -401,23 +398,24 @@ class _Answer:
     def result(self, timeout: float | None = None) -> Any:
         import concurrent.futures
 
-        from distributed.protocol import pickle
-
         try:
             value = self.future.result(timeout)
         except concurrent.futures.TimeoutError:  # not the built-in one before Python 3.11
             raise TimeoutError(f"no answer in {timeout} s") from None
         except Exception as exc:
-            raise _copied(exc, pickle) from None
-        return pickle.loads(pickle.dumps(value))
+            try:
+                copy = _sent(exc)
+            except Exception:  # it cannot be pickled: raised as it is
+                copy = exc
+            raise copy from None
+        return _sent(value)
 
 
-def _copied(exc: Exception, pickle: Any) -> Exception:
-    """``exc`` as it arrives over the network (a copy), or itself if it cannot be pickled."""
-    try:
-        return pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return exc
+def _sent(value: Any) -> Any:
+    """``value`` as it arrives from another process: pickled and unpickled as distributed sends it."""
+    from distributed.protocol import pickle
+
+    return pickle.loads(pickle.dumps(value))
 
 
 def push_step(
