@@ -345,8 +345,7 @@ class DistributedBackend:
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
-                alive = sorted(self._alive())
-                self.workers = alive or self.workers
+                alive = self._send_to(self._alive())
                 worker = None if worker is None or not alive else self._next_worker()
         raise AssertionError("unreachable")
 
@@ -355,6 +354,11 @@ class DistributedBackend:
     #: loss is known here; distributed then waits its client timeout (30 s) for it: a run
     #: whose worker was killed stalled 29 s.
     scatter_timeout = 1.0
+
+    def _send_to(self, alive: set[str]) -> list[str]:
+        """Partitions go to the workers in ``alive`` from now on (to the same ones if it is empty)."""
+        self.workers = sorted(alive) or self.workers
+        return sorted(alive)
 
     def _next_worker(self) -> str:
         """The worker with the fewest partitions of this run's live rounds: where the next one goes."""
@@ -561,10 +565,9 @@ class DistributedBackend:
         except (NodeFailure, StateLostError):
             raise
         except (FutureCancelledError, CancelledError) as exc:
-            self._check_holders()
             # Data lost with a worker: the partitions sent again must not go to it (a scatter
             # to a dead worker waits for distributed's connect timeout).
-            self.workers = sorted(self._alive()) or self.workers
+            self._send_to(self._check_holders())
             raise DataLost(str(exc)) from exc
         except Exception as exc:
             self._check_holders()  # a lost actor shows as many things; name its node
@@ -578,8 +581,8 @@ class DistributedBackend:
     def _alive(self) -> set[str]:
         return set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
 
-    def _check_holders(self) -> None:
-        """Raise :class:`HolderLost` if a worker holding a sequential node's state has gone."""
+    def _check_holders(self) -> set[str]:
+        """The workers alive; :class:`HolderLost` raised if one holding a sequential node's state has gone."""
         assert self.plan is not None  # started
         if self.lost is not None:
             raise self.lost
@@ -605,6 +608,7 @@ class DistributedBackend:
                     )
                 )
                 raise self.lost
+        return alive
 
     def cancel(self, handles: list[_Round] | None = None) -> None:
         """Cancel these rounds' tasks (every live round's by default)."""
