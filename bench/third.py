@@ -455,7 +455,8 @@ def own_cluster(workers: int, log: Callable = _log, timeout: float = 180.0, thre
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _proc_cpu(pid: int) -> float:
+def _proc_cpu(pid: int | None = None) -> float:
+    """CPU seconds (user and system) of process ``pid``, this one by default."""
     import psutil
 
     t = psutil.Process(pid).cpu_times()
@@ -591,18 +592,11 @@ def _client_map(client: Any, n: int, k: int) -> dict:
     return {"mean": W.running_means(v for f in futures for v in f.result())}
 
 
-def _cpu_seconds() -> float:
-    import psutil
-
-    t = psutil.Process().cpu_times()
-    return t.user + t.system
-
-
 def _cpu_split(client: Any, fn: Callable[[], Any]) -> dict:
     """CPU seconds of one call of ``fn``: in this process and in all workers together."""
-    workers, caller = client.run(_cpu_seconds), _cpu_seconds()
+    workers, caller = client.run(_proc_cpu), _proc_cpu()
     fn()
-    caller, after = _cpu_seconds() - caller, client.run(_cpu_seconds)
+    caller, after = _proc_cpu() - caller, client.run(_proc_cpu)
     return {"caller": caller, "workers": sum(after[w] - workers[w] for w in workers)}
 
 
