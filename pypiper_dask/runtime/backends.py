@@ -22,10 +22,11 @@ from ..errors import PipelineError, StateLostError
 from ..log import logger
 from ..model.keys import KEY_GROUPS
 from ..ordering import Segment
-from ..worker import Chunk, NodeFailure, run_state
+from ..worker import Chunk, NodeFailure, run_seq, run_state
 from ..worker.keyed import KeyRoute
 from ..worker.sequential import HolderAt, make_holder
 from .cluster import open_client, quiet_recovered_losses
+from .collect import Collector, Direct
 from .loop import DataLost, HolderLost, Killed
 from .resources import able_workers, check_placeable
 from .worker_environment import check_workers
@@ -207,6 +208,8 @@ class DistributedBackend:
         self.lost: HolderLost | None = None  # a holder's worker died: rounds not back report it
         self.generation = 0  # how many times the holders were re-created
         self._specs = 0  # fused stage specs sent
+        self._direct: frozenset[int] = frozenset()  # sequential stages whose steps the caller may collect
+        self.collector: Collector | None = None  # ... with this (see .collect)
 
     def __enter__(self) -> DistributedBackend:
         try:
@@ -250,6 +253,11 @@ class DistributedBackend:
         self.plan, self.names = plan, names
         self.refs, self.where, self.live, self.lost, self.generation, self._specs = {}, {}, set(), None, 0, 0
         self.args = {}
+        # A holder's steps whose output nothing below reads (it goes to the caller) are asked
+        # of it by the caller where they can be; not a keyed node's (its task deals items out).
+        self._direct = frozenset(s.id for s in plan.seq_stages if s.below is None and not s.keyed)
+        self._near = _on_this_machine(self.client.scheduler.address)
+        self.collector = Collector(self.client, self._near) if self._direct else None
         self.workers = workers = self._first_workers()
         # A node asking for a resource no worker has: fail now, not hang.
         check_placeable(plan, self.client.scheduler_info(n_workers=-1).get("workers", {}))
@@ -414,15 +422,18 @@ class DistributedBackend:
                 self.refs[stage.id] = futures[0]
         # Tasks get each holder's address and key, not its future (nor an Actor, which is a
         # reference too): a task depending on the holder's future is placed on the holder's
-        # worker, so every fused task that feeds a stateful node ran there. Not waited for
-        # (the first rounds go out ~10 ms sooner): a holder's steps depend on its future, and
-        # the fused tasks sent before it exists push nothing to it (see _stage_arg), so its
-        # steps send their items themselves. A keyed step calls its other holders by
-        # address, as they are: those are waited for.
+        # worker, so every fused task that feeds a stateful node ran there. Waited for, where
+        # the caller collects its steps (see .collect): the fused tasks sent before it exists
+        # push nothing to it (see _stage_arg), so their steps are tasks, which wait behind
+        # fused work for a worker's thread (S3 at 8 workers: the first rounds came back
+        # ~0.1 s late, and the partition size with them). Else not (the first rounds go out
+        # ~10 ms sooner). A keyed step calls its other holders by address, as they are:
+        # those are waited for.
         from distributed import wait
 
         seq = self.plan.seq_stages
         made = [f for s in seq if s.keyed for f in self.refs[s.id][2:]]
+        made += [self.refs[sid] for sid in self._direct]
         # (Not the default client's: a run's client need not be the default.)
         with self.client.as_current(), contextlib.suppress(Exception):  # a holder's worker died: the probe says so
             wait(made, timeout=60)
@@ -455,6 +466,8 @@ class DistributedBackend:
             raise StateLostError(error.node, f"{error} No worker is left to restore it on.")
         self.generation += 1
         self.lost = None
+        if self.collector is not None:
+            self.collector.forget()
         self.workers = workers
         self._place_holders(workers, states, start)
 
@@ -474,20 +487,20 @@ class DistributedBackend:
         future, round_.worker = self._scatter(self.names.partition(task), value, self._next_worker())
         return future  # named after the source
 
-    def _stage_arg(self, stage: int, task: TaskSpec) -> Any:
+    def _stage_arg(self, stage: int, task: TaskSpec, made: frozenset[int]) -> Any:
         """What a task gets for a stage: its spec; a holder's address, or its future for the holder's own steps.
 
-        A holder's own steps depend on its future, so they run on its worker and
-        fail when it is lost (a step recomputed after a kill called a holder that
-        was gone and hung); the fused tasks that push to it must not, or they
-        would all be placed on its worker too. Those get ``None`` until it exists:
+        A holder's own steps depend on its future, so they fail when it is lost
+        (a step recomputed after a kill called a holder that was gone and hung);
+        the fused tasks that push to it must not, or they would all be placed on
+        its worker (a task goes where its dependencies are). Those get ``None`` until it exists:
         a push to an actor not made yet is an error in its worker's log, and a step
         that waited for it would wait in vain.
         """
         if stage in self.where and stage not in self.shards:
             if task.sequential:
                 return self.refs[stage]
-            if self.refs[stage].status != "finished":
+            if stage not in made:
                 return None
         return self.args[stage]
 
@@ -495,28 +508,77 @@ class DistributedBackend:
         """Submit one round's tasks; the handle says which results the caller gathers."""
         round_ = _Round()
         self._respec()
+        # The holders made: read once, so that a fused task pushes to each exactly where its
+        # step is collected from the caller.
+        round_.made = frozenset(
+            sid for sid, at in self.where.items() if sid not in self.shards and self.refs[sid].status == "finished"
+        )
         for t in tasks:
-            args = [
-                round_.futures[a.key]
-                if isinstance(a, Ref)
-                else self._stage_arg(a.stage, t)
-                if isinstance(a, StageRef)
-                else self._data(a, t.key, round_)
-                for a in t.args
-            ]
-            future = self.client.submit(
-                t.func, *args, key=t.key, pure=False, priority=_priority(t), resources=t.resources
-            )
-            round_.futures[t.key] = future
-            if t.fetch:
-                round_.fetch[t.stage] = future
+            if self._collectable(t, round_):
+                round_.direct[t.stage] = direct = Direct(t, round_.futures[t.args[2].key])
+                self._watch(direct.upstream)
+            else:
+                self._submit(t, round_)
         self.live.add(round_)
         return round_
+
+    def _submit(self, t: TaskSpec, round_: _Round) -> None:
+        args = [
+            round_.futures[a.key]
+            if isinstance(a, Ref)
+            else self._stage_arg(a.stage, t, round_.made)
+            if isinstance(a, StageRef)
+            else self._data(a, t.key, round_)
+            for a in t.args
+        ]
+        future = self.client.submit(t.func, *args, key=t.key, pure=False, priority=_priority(t), resources=t.resources)
+        round_.futures[t.key] = future
+        if t.fetch:
+            round_.fetch[t.stage] = future
+            self._watch(future)
+
+    def _watch(self, future: Any) -> None:
+        if self.collector is not None:
+            self.collector.watch(future)
+
+    def _collectable(self, t: TaskSpec, round_: _Round) -> bool:
+        """Can the caller collect this step from its holder (see :mod:`.collect`)?
+
+        Its stage's output goes to the caller, and the fused task above it in
+        this round pushes its items to a holder that exists.
+        """
+        upstream = t.args[2] if t.func is run_seq else None
+        return (
+            t.stage in self._direct
+            and isinstance(upstream, Ref)
+            and upstream.key in round_.futures
+            and t.stage in round_.made
+        )
+
+    def _advance(self, handles: list[_Round]) -> None:
+        """Ask holders for the steps whose fused task is done; take their answers, or fall back to a task."""
+        assert self.collector is not None
+        for h in handles:
+            for stage, d in list(h.direct.items()):
+                if d.answer is None and (d.upstream.done() or _failed(d.upstream)):
+                    if not d.asked():
+                        self._fall_back(h, d)
+                        continue
+                    d.answer = self.collector.ask(self.args[stage], d.number)
+                if d.answer is not None and d.result is None and d.answered() is False:
+                    self._fall_back(h, d)
+
+    def _fall_back(self, h: _Round, d: Direct) -> None:
+        """The step goes as its task after all: it asks the holder again and handles what the caller cannot."""
+        del h.direct[d.task.stage]
+        self._submit(d.task, h)
 
     def wait(self, handles: list[_Round], timeout: float) -> list[_Round]:
         """The rounds among ``handles`` that are done, failed or lost, waiting up to ``timeout`` for one."""
         from distributed import wait
 
+        if any(h.direct for h in handles):
+            return self._wait_collecting(handles, timeout)
         pending = [f for h in handles for f in h.fetch.values() if not f.done()]
         if pending:
             try:
@@ -531,11 +593,28 @@ class DistributedBackend:
                 # then say which are done (some may have been before the wait)
             except CancelledError:
                 pass  # a future lost with its worker: its round is back, and results_many() says so
-        return [h for h in handles if all(f.done() or _failed(f) for f in h.fetch.values())]
+        return [h for h in handles if h.done()]
+
+    def _wait_collecting(self, handles: list[_Round], timeout: float) -> list[_Round]:
+        """:meth:`wait` where steps are collected from holders: woken by their answers and by the futures."""
+        assert self.collector is not None
+        self.collector.wake.clear()  # before looking: what is done after this wakes the wait below
+        self._advance(handles)
+        done = [h for h in handles if h.done()]
+        if done:
+            return done
+        if not self.collector.wake.wait(min(timeout, self.poll)):
+            try:
+                self._check_holders()
+            except HolderLost as lost:
+                self.lost = lost
+                return list(handles)
+        self._advance(handles)
+        return [h for h in handles if h.done()]
 
     def results_many(self, handles: list[_Round]) -> list[dict[int, Segment] | BaseException]:
         """Done rounds' segments, fetched in one exchange; a failed round's error in its place."""
-        finished = [h for h in handles if all(f.status == "finished" for f in h.fetch.values())]
+        finished = [h for h in handles if h.done(finished=True)]
         try:
             values = iter(self.client.gather([f for h in finished for f in h.fetch.values()]) if finished else [])
         except Exception:  # something was lost on the way: each round on its own says what
@@ -544,7 +623,7 @@ class DistributedBackend:
         for h in handles:
             if h in finished:
                 self.live.discard(h)
-                out.append(_outcome({stage: next(values) for stage in h.fetch}))
+                out.append(_outcome({**{stage: next(values) for stage in h.fetch}, **h.collected()}))
                 continue
             if self.lost is not None:
                 out.append(self.lost)
@@ -576,7 +655,7 @@ class DistributedBackend:
                 raise Killed(error) from exc
             raise
         self.live.discard(handle)
-        return _outcome(dict(zip(handle.fetch, values, strict=True)))
+        return _outcome({**dict(zip(handle.fetch, values, strict=True)), **handle.collected()})
 
     def _alive(self) -> set[str]:
         return set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
@@ -664,12 +743,23 @@ def _priority(task: TaskSpec) -> int:
 class _Round:
     """The futures of one submitted round."""
 
-    __slots__ = ("fetch", "futures", "worker")
+    __slots__ = ("direct", "fetch", "futures", "made", "worker")
 
     def __init__(self) -> None:
         self.futures: dict[Any, Any] = {}  # key -> future, every task
         self.fetch: dict[int, Any] = {}  # stage -> future, what the caller gathers
+        self.direct: dict[int, Direct] = {}  # stage -> a step collected from its holder, without a task
         self.worker: str | None = None  # where its partition was sent, if it was not inside its task
+        self.made: frozenset[int] = frozenset()  # the sequential stages whose holders existed at its submission
+
+    def done(self, finished: bool = False) -> bool:
+        """Is everything the caller gathers here: done, failed or lost (``finished``: each a result)?"""
+        ended = (lambda f: f.status == "finished") if finished else (lambda f: f.done() or _failed(f))
+        return all(map(ended, self.fetch.values())) and all(d.result is not None for d in self.direct.values())
+
+    def collected(self) -> dict[int, Segment]:
+        """The steps collected from their holders, by stage."""
+        return {stage: d.result for stage, d in self.direct.items() if d.result is not None}
 
 
 def _outcome(results: dict[int, Any]) -> dict[int, Segment] | NodeFailure:

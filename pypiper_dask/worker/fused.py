@@ -22,7 +22,7 @@ from typing import Any
 
 from ..model.snapshot import load_node
 from ..model.streams import edge_selector
-from ..ordering import Marks, Segment, compact_ends
+from ..ordering import Marks, Segment, compact_ends, stripped
 from .capture import capture_stdout
 from .guard import StateWatch
 from .sequential import push_step
@@ -455,8 +455,12 @@ def run_fused(
     if above is not None:
         return above.with_partial(seg, own=False)  # the holders below take it from their own tasks
     pushed = []
+    # This task's log goes with its first push: where the caller collects that step
+    # from its holder, this task's result (and its items) is never fetched.
+    log = stripped(seg) if pushes else None
     for (out, number, snap), holder in zip(pushes, holders, strict=True):
-        if push_step(holder, number, seg.outs[out], out in seg.blocked, snap, spec.sinks[out]):
+        if push_step(holder, number, seg.outs[out], out in seg.blocked, snap, spec.sinks[out], log):
             pushed.append(out)
+            log = None
     seg.pushed = frozenset(pushed)
     return seg

@@ -1,12 +1,14 @@
 """A sequential stage: one stateful, batched or ``BATCH_SIZE_ALL`` node fed every partition in order.
 
 The node lives in a :class:`SeqHolder`: a plain object in the caller, a Dask
-actor on a cluster. On a cluster each partition's step is a task named after
-the node (so the dashboard shows it); the task secedes from its worker's
-thread pool and hands the items to the holder, which runs the node on its own
-thread, in step order, each step once. So a step never queues behind fused
-work on a busy worker, and steps need not depend on each other (nothing of a
-step's output travels to the next one).
+actor on a cluster. On a cluster the fused task above pushes each partition's
+items to the holder, which runs the node on its own thread, in step order,
+each step once. So a step never queues behind fused work on a busy worker,
+and steps need not depend on each other (nothing of a step's output travels
+to the next one). The caller collects a step's result from the holder
+(:mod:`pypiper_dask.runtime.collect`) or, where other nodes read it, a task
+named after the node does (:func:`run_seq`, seceding from its worker's
+thread pool while it waits).
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ class SeqHolder:
         self._thread: ThreadPoolExecutor | None = None
         self._failed: Exception | None = None
         self._arrivals: dict[int, Any] = {}  # step -> asyncio.Event, for a collect waiting on a push
+        self._logs: dict[int, Segment] = {}  # step -> the pushing fused task's log, for the caller (see step)
 
     def _bind(self) -> None:
         def close() -> None:
@@ -256,13 +259,21 @@ class SeqHolder:
         seg = self.process(items, upstream_closed)
         raise failure.with_partial(seg, own=False)
 
-    async def step(self, number: int, method: str, *args: Any) -> Any:
+    async def step(
+        self, number: int, method: str, *args: Any, log: Segment | None = None, with_log: bool = False
+    ) -> Any:
         """Run ``method(*args)`` as this holder's step ``number``: in number order, each once.
 
         Called over the network (an actor method): calls may arrive in any
         order, and the same step may arrive twice. Each runs on the holder's
         own thread once every step before it has run; a repeated step gets
         the first call's result.
+
+        ``log``: with a push, the log of the fused task that pushed (its
+        segment without the items); a ``"collect"`` ``with_log`` answers
+        ``(result, log)``, so the caller can collect a step without a task
+        of its own and without fetching that task's items (see
+        :mod:`pypiper_dask.runtime.collect`).
         """
         import asyncio
 
@@ -278,10 +289,13 @@ class SeqHolder:
                     return None  # not here: the caller sends them itself
                 finally:
                     self._arrivals.pop(number, None)
-            return await asyncio.shield(self._calls[number][0])
+            result = await asyncio.shield(self._calls[number][0])
+            return (result, self._logs.get(number)) if with_log else result
         if number not in self._calls:
             args = tuple(a.items if isinstance(a, Items) else a for a in args)
             self._calls[number] = (loop.create_future(), method, args)
+            if log is not None:
+                self._logs[number] = log
             if number in self._arrivals:
                 self._arrivals[number].set()
             if not self._pumping:
@@ -313,6 +327,7 @@ class SeqHolder:
                 self._next += 1
                 for old in [n for n in self._calls if n < self._next - self.keep]:
                     del self._calls[old]
+                    self._logs.pop(old, None)
         finally:
             self._pumping = False
 
@@ -380,11 +395,12 @@ class _HolderHere:
         actor = worker.state.actors.get(holder.key) if worker.address == holder.address else None
         return None if actor is None else cls(actor, worker.loop.asyncio_loop)  # type: ignore[attr-defined]
 
-    def step(self, *args: Any) -> _Answer:
+    def step(self, *args: Any, **kwargs: Any) -> _Answer:
         """The holder's :meth:`SeqHolder.step` (a coroutine) on its worker's event loop; its answer to come."""
         import asyncio
 
-        return _Answer(asyncio.run_coroutine_threadsafe(self.actor.step(*_sent(args)), self.loop))
+        args, kwargs = _sent((args, kwargs))
+        return _Answer(asyncio.run_coroutine_threadsafe(self.actor.step(*args, **kwargs), self.loop))
 
 
 class _Answer:
@@ -419,12 +435,20 @@ def _sent(value: Any) -> Any:
 
 
 def push_step(
-    holder: Any, number: int, items: list, upstream_closed: bool, snap: bool = False, node: str | None = None
+    holder: Any,
+    number: int,
+    items: list,
+    upstream_closed: bool,
+    snap: bool = False,
+    node: str | None = None,
+    log: Segment | None = None,
 ) -> bool:
     """Hand a partition to a holder that is an actor as its step ``number``, not waiting for it; whether it did.
 
-    The fused task above calls this as it ends; the step's own task collects
-    the result, and sends the items itself if this message never arrived.
+    The fused task above calls this as it ends; the step's result is
+    collected by the caller or by the step's own task, which sends the items
+    itself if this message never arrived. ``log``: the fused task's segment
+    without its items, kept by the holder for the caller (see :meth:`SeqHolder.step`).
     ``node``: the holder's node, named if the items cannot be pickled.
     ``holder`` is ``None`` while its actor is still being made, and a
     :class:`SeqHolder` runs in this process: nothing is pushed to either.
@@ -434,7 +458,7 @@ def push_step(
     sent = Items(items, node)  # a value that cannot be pickled fails here, naming its node, pushed or not
     if holder is None:
         return False
-    _actor(holder).step(number, "process", sent, upstream_closed, snap)
+    _actor(holder).step(number, "process", sent, upstream_closed, snap, log=log)
     return True
 
 
