@@ -463,7 +463,8 @@ def scale_section(data: dict) -> str:
         " wall time; 1.0 is perfect, and `time.sleep`'s own overshoot keeps even threads below it. Cells:"
         " efficiency (best time).",
         "",
-        f"- pypiper_dask: `Pipeline(graph, quiet=True, client=client).run()`, partition size automatic; best of"
+        f"- pypiper_dask: `Pipeline(graph, quiet=True, progress=False, client=client).run()`, partition size"
+        f" automatic (no progress bar: the anchors draw none); best of"
         f" {data['reps']}.",
         "- dask.bag: `from_sequence(...).map(...)` on the same cluster, partitions returned as a list subclass;"
         " S3 `accumulate`, S4 sums of each 10 items within partitions of a multiple of 10 items, S5 the sum and"

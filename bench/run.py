@@ -211,7 +211,7 @@ def sys_ours(wid: str, **options: Any) -> tuple[float, dict]:
 
     g = W.graph(wid, W.OURS)
     start = time.perf_counter()
-    result = Pipeline(g, quiet=True, **options).run()
+    result = Pipeline(g, quiet=True, progress=False, **options).run()
     return time.perf_counter() - start, dict(result)
 
 
@@ -252,7 +252,7 @@ def heavy_node_bytes(client: Any) -> list[dict]:
     for partitions in (4, 16, 64):
         g = W.OURS["Source"]("source", size=n) | Heavy("heavy")
         before = psutil.net_io_counters(pernic=True)["lo"].bytes_sent
-        Pipeline(g, client=client, quiet=True, partition_size=n // partitions).run()
+        Pipeline(g, client=client, quiet=True, progress=False, partition_size=n // partitions).run()
         sent = psutil.net_io_counters(pernic=True)["lo"].bytes_sent - before
         rows.append({"partitions": partitions, "mb": sent / 2**20})
     return rows

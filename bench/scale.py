@@ -55,7 +55,7 @@ def sys_ours(sid: str, client: Any, n: int, sleep: dict) -> tuple[float, dict]:
 
     g = W.scale_graph(sid, n, sleep)
     start = time.perf_counter()
-    result = Pipeline(g, quiet=True, client=client).run()
+    result = Pipeline(g, quiet=True, progress=False, client=client).run()
     return time.perf_counter() - start, dict(result)
 
 
