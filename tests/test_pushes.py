@@ -174,11 +174,12 @@ def test_the_caller_takes_only_a_steps_segment_and_falls_back_to_its_task_otherw
     from pypiper_dask.runtime.collect import Direct
     from pypiper_dask.worker import NodeFailure
 
-    def direct(answer, carry=4):
-        d = Direct(TaskSpec(("r", 1), run_seq, (None, 1, None, 0, carry, False), 5), upstream=None)
-        d.answer = Future()
-        if answer is not None:
-            (d.answer.set_exception if isinstance(answer, Exception) else d.answer.set_result)(answer)
+    def direct(*answers, carry=4, keyed=False):
+        d = Direct(TaskSpec(("r", 1), run_seq, (None, 1, None, 0, carry, False), 5), upstream=None, keyed=keyed)
+        d.answers = [Future() for _ in answers]
+        for future, answer in zip(d.answers, answers, strict=True):
+            if answer is not None:
+                (future.set_exception if isinstance(answer, Exception) else future.set_result)(answer)
         return d
 
     seg, log = Segment(1), Segment(1)
@@ -190,6 +191,35 @@ def test_the_caller_takes_only_a_steps_segment_and_falls_back_to_its_task_otherw
     assert direct((Segment(1), None)).answered() is False  # the log did not come with it
     assert direct(NodeFailure("r", 3, RuntimeError("x"), "")).answered() is False  # the task reports it
     assert direct(OSError("Unable to contact Actor's worker")).answered() is False  # the task's loss says which
+
+
+def test_a_keyed_steps_answers_are_merged_in_the_partitions_order():
+    """Each holder's answer comes with where its items were; an item whose key() raised leaves it to the task."""
+    from concurrent.futures import Future
+
+    from pypiper_dask.compiler.tasks import TaskSpec
+    from pypiper_dask.runtime.collect import Direct
+
+    def answer(values, log, where, bad=False):
+        seg = Segment(1)
+        seg.outs[0].extend(values)
+        seg.ends = list(range(1, len(values) + 1))
+        seg.n_in = len(values)
+        future = Future()
+        future.set_result((seg, (log, where, bad)))
+        return future
+
+    def direct(*answers):
+        d = Direct(TaskSpec(("k", 1), run_seq, (None, 1, None, 0, 4, False), 5), upstream=None, keyed=True)
+        d.answers = list(answers)
+        return d
+
+    log = Segment(1)
+    merged = direct(answer(["a0", "a2"], log, [0, 2]), answer(["b1", "b3"], None, [1, 3]))
+    assert merged.answered() is True
+    assert list(merged.result.outs[0]) == ["a0", "b1", "a2", "b3"] and merged.result.carried == (4, log)
+    assert direct(answer(["a0"], log, [0], bad=True), answer([], None, [], bad=True)).answered() is False
+    assert direct(answer(["a0"], None, [0]), answer(["b1"], None, [1])).answered() is False  # no log came
 
 
 def test_a_stateful_leafs_steps_run_without_tasks_of_their_own(local_client):

@@ -181,15 +181,13 @@ def round_tasks(
             # task brings back its log, so its items never travel to the caller.
             crossing = [i for i, s in enumerate(stage.sinks) if s.kind == "cross"]
             fetch = len(crossing) < len(stage.sinks)
-            # Each sequential stage below gets its items straight from this task (see run_fused).
+            # Each sequential stage below gets its items straight from this task (see run_fused);
+            # a keyed node's holders each their share.
             below_seq = [plan.stages[s.stage] for s in stage.sinks if s.stage is not None]
-            # (Not to a keyed node's: its step's task finds each item's holder.)
             pushes = tuple(
-                (i, number(b), snap(b))
-                for i, b in zip(crossing, below_seq, strict=True)
-                if isinstance(b, SeqStage) and not b.keyed
+                (i, number(b), snap(b)) for i, b in zip(crossing, below_seq, strict=True) if isinstance(b, SeqStage)
             )
-            holders = tuple(StageRef(b.id) for b in below_seq if isinstance(b, SeqStage) and not b.keyed)
+            holders = tuple(StageRef(b.id) for b in below_seq if isinstance(b, SeqStage))
             args = (StageRef(stage_id), upstream, sink, closed, pushes, *holders)
             tasks.append(TaskSpec(key, worker.run_fused, args, stage_id, fetch, dict(stage.resources) or None))
             for i in crossing:

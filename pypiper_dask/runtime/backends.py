@@ -209,6 +209,7 @@ class DistributedBackend:
         self.generation = 0  # how many times the holders were re-created
         self._specs = 0  # fused stage specs sent
         self._direct: frozenset[int] = frozenset()  # sequential stages whose steps the caller may collect
+        self.pushed_to: dict[int, tuple] = {}  # keyed stage -> (route, each holder's HolderAt): fused tasks push
         self.collector: Collector | None = None  # ... with this (see .collect)
 
     def __enter__(self) -> DistributedBackend:
@@ -254,8 +255,8 @@ class DistributedBackend:
         self.refs, self.where, self.live, self.lost, self.generation, self._specs = {}, {}, set(), None, 0, 0
         self.args = {}
         # A holder's steps whose output nothing below reads (it goes to the caller) are asked
-        # of it by the caller where they can be; not a keyed node's (its task deals items out).
-        self._direct = frozenset(s.id for s in plan.seq_stages if s.below is None and not s.keyed)
+        # of it by the caller where they can be.
+        self._direct = frozenset(s.id for s in plan.seq_stages if s.below is None)
         self._near = _on_this_machine(self.client.scheduler.address)
         self.collector = Collector(self.client, self._near) if self._direct else None
         self.workers = workers = self._first_workers()
@@ -433,7 +434,7 @@ class DistributedBackend:
 
         seq = self.plan.seq_stages
         made = [f for s in seq if s.keyed for f in self.refs[s.id][2:]]
-        made += [self.refs[sid] for sid in self._direct]
+        made += [self.refs[s.id][1] if s.keyed else self.refs[s.id] for s in seq if s.id in self._direct]
         # (Not the default client's: a run's client need not be the default.)
         with self.client.as_current(), contextlib.suppress(Exception):  # a holder's worker died: the probe says so
             wait(made, timeout=60)
@@ -443,8 +444,10 @@ class DistributedBackend:
                 # is lost) and calls the others by address: a task depending on every holder's
                 # future waited for a transfer from each of their workers first.
                 route, first, *others = self.refs[stage.id]
-                held = zip(others, self.shards[stage.id][1:], strict=True)
-                self.args[stage.id] = (route, first, *(HolderAt(where, f.key) for f, where in held))
+                held = [HolderAt(where, f.key) for f, where in zip(others, self.shards[stage.id][1:], strict=True)]
+                self.args[stage.id] = (route, first, *held)
+                # The fused tasks above push to each by address (see _stage_arg).
+                self.pushed_to[stage.id] = (route, HolderAt(self.shards[stage.id][0], first.key), *held)
             else:
                 self.args[stage.id] = HolderAt(self.where[stage.id], self.refs[stage.id].key)
 
@@ -497,11 +500,12 @@ class DistributedBackend:
         a push to an actor not made yet is an error in its worker's log, and a step
         that waited for it would wait in vain.
         """
-        if stage in self.where and stage not in self.shards:
-            if task.sequential:
-                return self.refs[stage]
+        if stage in self.where and not task.sequential:
             if stage not in made:
                 return None
+            return self.pushed_to[stage] if stage in self.shards else self.args[stage]
+        if stage in self.where and stage not in self.shards:
+            return self.refs[stage]
         return self.args[stage]
 
     def submit(self, tasks: list[TaskSpec]) -> _Round:
@@ -510,17 +514,22 @@ class DistributedBackend:
         self._respec()
         # The holders made: read once, so that a fused task pushes to each exactly where its
         # step is collected from the caller.
-        round_.made = frozenset(
-            sid for sid, at in self.where.items() if sid not in self.shards and self.refs[sid].status == "finished"
-        )
+        round_.made = frozenset(sid for sid in self.where if self._made(sid))
         for t in tasks:
             if self._collectable(t, round_):
-                round_.direct[t.stage] = direct = Direct(t, round_.futures[t.args[2].key])
+                direct = Direct(t, round_.futures[t.args[2].key], keyed=t.stage in self.shards)
+                round_.direct[t.stage] = direct
                 self._watch(direct.upstream)
             else:
                 self._submit(t, round_)
         self.live.add(round_)
         return round_
+
+    def _made(self, stage: int) -> bool:
+        """Does the holder of ``stage`` (each of a keyed node's) exist?"""
+        if stage in self.shards:
+            return all(f.status == "finished" for f in self.refs[stage][1:])
+        return bool(self.refs[stage].status == "finished")
 
     def _submit(self, t: TaskSpec, round_: _Round) -> None:
         args = [
@@ -560,12 +569,13 @@ class DistributedBackend:
         assert self.collector is not None
         for h in handles:
             for stage, d in list(h.direct.items()):
-                if d.answer is None and (d.upstream.done() or _failed(d.upstream)):
+                if d.answers is None and (d.upstream.done() or _failed(d.upstream)):
                     if not d.asked():
                         self._fall_back(h, d)
                         continue
-                    d.answer = self.collector.ask(self.args[stage], d.number)
-                if d.answer is not None and d.result is None and d.answered() is False:
+                    holders = self.pushed_to[stage][1:] if d.keyed else (self.args[stage],)
+                    d.answers = self.collector.ask(list(holders), d.number)
+                if d.answers is not None and d.result is None and d.answered() is False:
                     self._fall_back(h, d)
 
     def _fall_back(self, h: _Round, d: Direct) -> None:

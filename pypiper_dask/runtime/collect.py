@@ -25,20 +25,26 @@ from typing import Any
 
 from ..compiler.tasks import TaskSpec
 from ..ordering import Segment
+from ..worker.keyed import merge_steps
 from ..worker.sequential import HolderAt, SeqHolder
 
 __all__ = ["Collector", "Direct"]
 
 
 class Direct:
-    """A step the caller collects: its task spec, the future of the fused task that pushed its items, its answer."""
+    """A step the caller collects: its task spec, the future of the fused task that pushed its items, the answers.
 
-    __slots__ = ("answer", "result", "task", "upstream")
+    ``keyed``: the step is a keyed node's, one answer from each of its
+    holders, merged here in the partition's order as its task would.
+    """
 
-    def __init__(self, task: TaskSpec, upstream: Any) -> None:
+    __slots__ = ("answers", "keyed", "result", "task", "upstream")
+
+    def __init__(self, task: TaskSpec, upstream: Any, keyed: bool = False) -> None:
         self.task = task
         self.upstream = upstream  # the fused task's future (its result is not fetched)
-        self.answer: concurrent.futures.Future | None = None  # the holder's answer to come
+        self.keyed = keyed
+        self.answers: list[concurrent.futures.Future] | None = None  # the holders' answers to come
         self.result: Segment | None = None  # the step's segment, carrying the fused task's log
 
     @property
@@ -49,22 +55,35 @@ class Direct:
     def carry(self) -> int | None:
         return self.task.args[4]
 
+    @property
+    def snap(self) -> bool:
+        return self.task.args[5]
+
     def asked(self) -> bool:
         """Can the holder be asked now: the fused task above returned a segment (it pushed)?"""
         return self.upstream.status == "finished" and self.upstream.type is Segment
 
     def answered(self) -> bool | None:
-        """The holder's answer, if it came: True when it is a result (now in ``result``), False to fall back."""
-        assert self.answer is not None
-        if not self.answer.done():
+        """The holders' answers, if they came: True when they are a result (now in ``result``), False to fall back."""
+        assert self.answers is not None
+        if not all(a.done() for a in self.answers):
             return None
         try:
-            seg, log = self.answer.result()
+            segs, logs = zip(*(a.result() for a in self.answers), strict=True)
         except Exception:  # the node's failure, a lost worker: the step's task says which
             return False
-        if not isinstance(seg, Segment) or (self.carry is not None and log is None):
-            return False  # the push had not arrived (the holder waits a while), or came without the log
+        if not all(isinstance(seg, Segment) for seg in segs):
+            return False  # a push had not arrived (the holder waits a while)
+        if self.keyed:
+            if any(log is None or log[2] for log in logs):  # an item's key() raised: its task reports it
+                return False
+            where = [log[1] for log in logs]
+            seg, log = merge_steps(list(segs), where, sum(map(len, where)), self.snap), logs[0][0]
+        else:
+            seg, log = segs[0], logs[0]
         if self.carry is not None:
+            if log is None:
+                return False  # (the fused task's log comes with its first push)
             seg.carried = (self.carry, log)  # as the step's task would bring it (see worker.run_seq)
         self.result = seg
         return True
@@ -92,8 +111,11 @@ class Collector:
     def _woken(self, _: Any) -> None:
         self.wake.set()
 
-    def ask(self, holder: HolderAt, number: int) -> concurrent.futures.Future:
-        """Step ``number``'s result and the log pushed with its items, from ``holder``: a future that wakes the loop."""
+    def ask(self, holders: list[HolderAt], number: int) -> list[concurrent.futures.Future]:
+        """Step ``number``'s result and what came with its push, from each holder: futures that wake the loop."""
+        return [self._ask(holder, number) for holder in holders]
+
+    def _ask(self, holder: HolderAt, number: int) -> concurrent.futures.Future:
         proxy = self._proxy(holder)
 
         async def call() -> Any:

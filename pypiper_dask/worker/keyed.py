@@ -409,6 +409,24 @@ def _route(route: KeyRoute, items: list, shards: int) -> tuple[list[list], list[
     return parts, keys, where, None
 
 
+def push_keyed(holders: tuple, number: int, items: list, upstream_closed: bool, snap: bool, log: Any) -> None:
+    """Hand each of a keyed node's holders its share of a partition as step ``number``, not waiting.
+
+    As :func:`keyed_step` would send them (it sends them again if the caller
+    falls back to it: the holders keep each step's answer). Each push carries,
+    for the caller, ``(log, positions, failed)``: the fused task's log (the
+    first holder's only), where the holder's items were in the partition, and
+    whether an item's ``key()`` raised (then the step's task reports it).
+    """
+    route, *shards = holders
+    parts, keys, where, bad_key = _route(route, items, len(shards))
+    for h, (holder, part, k, w) in enumerate(zip(shards, parts, keys, where, strict=True)):
+        sent = Items(part, route.name)
+        _actor(holder).step(
+            number, "process", sent, upstream_closed, snap, k, w, log=(log if h == 0 else None, w, bad_key is not None)
+        )
+
+
 def _gather(calls: list) -> list:
     """Each call's answer, or the node's failure it raised; waits for all of them."""
     from .sequential import _task

@@ -114,7 +114,7 @@ class SeqHolder:
         self._thread: ThreadPoolExecutor | None = None
         self._failed: Exception | None = None
         self._arrivals: dict[int, Any] = {}  # step -> asyncio.Event, for a collect waiting on a push
-        self._logs: dict[int, Segment] = {}  # step -> the pushing fused task's log, for the caller (see step)
+        self._logs: dict[int, Any] = {}  # step -> what came with its push for the caller (see step)
 
     def _bind(self) -> None:
         def close() -> None:
@@ -259,9 +259,7 @@ class SeqHolder:
         seg = self.process(items, upstream_closed)
         raise failure.with_partial(seg, own=False)
 
-    async def step(
-        self, number: int, method: str, *args: Any, log: Segment | None = None, with_log: bool = False
-    ) -> Any:
+    async def step(self, number: int, method: str, *args: Any, log: Any = None, with_log: bool = False) -> Any:
         """Run ``method(*args)`` as this holder's step ``number``: in number order, each once.
 
         Called over the network (an actor method): calls may arrive in any
@@ -269,11 +267,12 @@ class SeqHolder:
         own thread once every step before it has run; a repeated step gets
         the first call's result.
 
-        ``log``: with a push, the log of the fused task that pushed (its
-        segment without the items); a ``"collect"`` ``with_log`` answers
-        ``(result, log)``, so the caller can collect a step without a task
-        of its own and without fetching that task's items (see
-        :mod:`pypiper_dask.runtime.collect`).
+        ``log``: with a push, what the caller needs besides the step's result
+        (the pushing fused task's segment without the items; a keyed node's
+        holder also gets where its items were in the partition); a
+        ``"collect"`` ``with_log`` answers ``(result, log)``, so the caller
+        can collect a step without a task of its own and without fetching
+        that task's items (see :mod:`pypiper_dask.runtime.collect`).
         """
         import asyncio
 
@@ -451,10 +450,16 @@ def push_step(
     without its items, kept by the holder for the caller (see :meth:`SeqHolder.step`).
     ``node``: the holder's node, named if the items cannot be pickled.
     ``holder`` is ``None`` while its actor is still being made, and a
-    :class:`SeqHolder` runs in this process: nothing is pushed to either.
+    :class:`SeqHolder` runs in this process: nothing is pushed to either. A
+    keyed node's holders (``(KeyRoute, HolderAt, ...)``) each get their share.
     """
     if isinstance(holder, SeqHolder):
         return False
+    if _keyed(holder):
+        from .keyed import push_keyed
+
+        push_keyed(holder, number, items, upstream_closed, snap, log)  # (each share checked as it is pickled)
+        return True
     sent = Items(items, node)  # a value that cannot be pickled fails here, naming its node, pushed or not
     if holder is None:
         return False
