@@ -426,7 +426,9 @@ class Splicer:
         for stage in self.plan.seq_stages:
             if stage.id not in self.flushed and stage.id in self.flush_results:
                 self.flushed.add(stage.id)
-                self._walk_round(stage.id, self.flush_results.pop(stage.id))
+                results = self.flush_results.pop(stage.id)
+                if not self._done():  # else every path closed first: a sequential run ended before this flush
+                    self._walk_round(stage.id, results)
 
     @property
     def stopped(self) -> bool:

@@ -302,6 +302,18 @@ def test_close_stops_pulling_the_source_when_every_path_is_closed():
     assert gen.pos < 10**6
 
 
+@pytest.mark.parametrize("partition_size", [None, 1, 3])
+def test_when_every_path_closed_the_stages_above_are_not_flushed_into_the_output(partition_size):
+    """Found by hypothesis: the last, shorter batch went on to a printing node after every path had closed.
+
+    A sequential run ends when the leaf closes: the batch above never gets its
+    last tuple, so the node below it prints nothing more.
+    """
+    graph = N.Gen("gen", size=3) | N.Batch("b", batch_size=2, stateless=False) | N.Echo("e", stateless=False)
+    text = check_against_reference(graph | N.CloseAt("stop", limit=0), partition_size=partition_size)
+    assert text == "e got (2, 1)\n(2, 1)\n"
+
+
 def test_prints_from_nodes_and_source_keep_sequential_order():
     graph = N.Gen("gen", size=5, loud=True) | N.Echo("e", stateless=False) | [N.Echo("leaf"), N.Running("r")]
     check_against_reference(graph, partition_size=2)
