@@ -211,6 +211,7 @@ class DistributedBackend:
         self._direct: frozenset[int] = frozenset()  # sequential stages whose steps the caller may collect
         self.pushed_to: dict[int, tuple] = {}  # keyed stage -> (route, each holder's HolderAt): fused tasks push
         self.collector: Collector | None = None  # ... with this (see .collect)
+        self._near = False  # the scheduler (so the workers) on this machine: data goes to workers straight
 
     def __enter__(self) -> DistributedBackend:
         try:
@@ -343,13 +344,12 @@ class DistributedBackend:
         two; straight to them, 115 and 117 MB). A remote scheduler's workers may not be
         reachable from here, so there the scheduler forwards it.
         """
-        direct = _on_this_machine(self.client.scheduler.address)
         for attempt in range(5):
             try:
                 # A chosen worker not running is given up on soon; any worker is waited for as
                 # distributed waits (a nanny's new worker may take long on a busy machine).
                 wait = {} if worker is None else {"workers": [worker], "timeout": self.scatter_timeout}
-                return self.client.scatter({key: value}, hash=False, direct=direct, **wait)[key], worker
+                return self.client.scatter({key: value}, hash=False, direct=self._near, **wait)[key], worker
             except (OSError, KeyError):  # the worker is gone (a scheduler's route: KeyError): try another
                 if attempt == 4:
                     raise
@@ -500,13 +500,13 @@ class DistributedBackend:
         a push to an actor not made yet is an error in its worker's log, and a step
         that waited for it would wait in vain.
         """
-        if stage in self.where and not task.sequential:
+        if stage not in self.where:  # a fused stage's spec
+            return self.args[stage]
+        if not task.sequential:  # a fused task pushing to the holder(s)
             if stage not in made:
                 return None
             return self.pushed_to[stage] if stage in self.shards else self.args[stage]
-        if stage in self.where and stage not in self.shards:
-            return self.refs[stage]
-        return self.args[stage]
+        return self.args[stage] if stage in self.shards else self.refs[stage]
 
     def submit(self, tasks: list[TaskSpec]) -> _Round:
         """Submit one round's tasks; the handle says which results the caller gathers."""
@@ -595,10 +595,7 @@ class DistributedBackend:
                 with self.client.as_current():
                     wait(pending, timeout=min(timeout, self.poll), return_when="FIRST_COMPLETED")
             except TimeoutError:
-                try:
-                    self._check_holders()
-                except HolderLost as lost:
-                    self.lost = lost  # every round not back reports it (results_many)
+                if self._holder_lost():
                     return list(handles)
                 # then say which are done (some may have been before the wait)
             except CancelledError:
@@ -613,14 +610,19 @@ class DistributedBackend:
         done = [h for h in handles if h.done()]
         if done:
             return done
-        if not self.collector.wake.wait(min(timeout, self.poll)):
-            try:
-                self._check_holders()
-            except HolderLost as lost:
-                self.lost = lost
-                return list(handles)
+        if not self.collector.wake.wait(min(timeout, self.poll)) and self._holder_lost():
+            return list(handles)
         self._advance(handles)
         return [h for h in handles if h.done()]
+
+    def _holder_lost(self) -> bool:
+        """Has a holder's worker gone? (Nothing came back for a while.) Then every round not back reports it."""
+        try:
+            self._check_holders()
+        except HolderLost as lost:
+            self.lost = lost  # (see results_many)
+            return True
+        return False
 
     def results_many(self, handles: list[_Round]) -> list[dict[int, Segment] | BaseException]:
         """Done rounds' segments, fetched in one exchange; a failed round's error in its place."""

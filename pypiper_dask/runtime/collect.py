@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import threading
 from typing import Any
 
@@ -129,7 +130,7 @@ class Collector:
         where = (holder.address, holder.key)
         if where not in self._proxies:
             with self.client.as_current():  # bound to the run's client (the default one may be another)
-                self._proxies[where] = (_near_actor() if self.near else _Actor())(SeqHolder, holder.address, holder.key)
+                self._proxies[where] = _actor_class(self.near)(SeqHolder, holder.address, holder.key)
         return self._proxies[where]
 
     def forget(self) -> None:
@@ -137,14 +138,13 @@ class Collector:
         self._proxies.clear()
 
 
-def _Actor() -> type:
+@functools.cache
+def _actor_class(near: bool) -> type:
+    """distributed's actor proxy, or (``near``) one that calls its worker straight."""
     from distributed.actor import Actor
 
-    return Actor
-
-
-def _near_actor() -> type:
-    from distributed.actor import Actor
+    if not near:
+        return Actor
 
     class Near(Actor):
         """An actor proxy that calls its worker straight, not through the scheduler (which, for a
