@@ -441,6 +441,31 @@ def test_ctrl_c_cancels_closes_the_cluster_and_reraises(tmp_path, when, how):
 
 
 @pytest.mark.timeout(30)
+def test_a_ctrl_c_during_a_call_into_distributed_is_raised_once_the_call_returns():
+    # A KeyboardInterrupt raised inside distributed's sync() can leave its event loop's
+    # thread stuck; the run loop's calls hold it and raise it when they return.
+    from pypiper_dask.runtime.backends import DistributedBackend, _ctrl_c_after
+
+    reached = []
+
+    class Transport:
+        @_ctrl_c_after
+        def wait(self, handles, timeout):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100):  # the handler runs between these bytecodes, and raises nothing
+                time.sleep(0.001)
+            reached.append("the call's end")
+            return []
+
+    with pytest.raises(KeyboardInterrupt):
+        Transport().wait([], 1.0)
+    assert reached == ["the call's end"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    for name in ("submit", "wait", "results_many", "cancel", "final_states"):
+        assert hasattr(getattr(DistributedBackend, name), "__wrapped__"), name
+
+
+@pytest.mark.timeout(30)
 def test_unreachable_scheduler_fails_within_the_time_limit():
     start = time.monotonic()
     with pytest.raises(SchedulerError, match=r"Could not reach the Dask scheduler at 'tcp://127.0.0.1:9' within 1.5 s"):

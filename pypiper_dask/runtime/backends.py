@@ -12,6 +12,7 @@ how a cluster is started or reached, in :mod:`pypiper_dask.runtime.cluster`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from concurrent.futures import CancelledError
 from typing import Any, Protocol, runtime_checkable
@@ -25,7 +26,7 @@ from ..ordering import Segment
 from ..worker import Chunk, NodeFailure, run_seq, run_state
 from ..worker.keyed import KeyRoute
 from ..worker.sequential import HolderAt, make_holder
-from .cluster import open_client, quiet_recovered_losses
+from .cluster import open_client, quiet_recovered_losses, sigint_held
 from .collect import Collector, Direct
 from .loop import DataLost, HolderLost, Killed
 from .resources import able_workers, check_placeable
@@ -158,6 +159,20 @@ class SyncTaskBackend:
     def final_states(self, n_source: int) -> dict[str, bytes]:
         assert self.plan is not None  # started
         return {s.node: run_state(self.refs[s.id], 0) for s in self.plan.seq_stages if not s.stateless}
+
+
+def _ctrl_c_after(method: Any) -> Any:
+    """A run-loop call into distributed that a Ctrl-C does not cut in the middle (see :func:`.cluster.sigint_held`).
+
+    Not ``start`` and ``restore``: they may wait a minute for a worker, and a Ctrl-C ends that wait.
+    """
+
+    @functools.wraps(method)
+    def held(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with sigint_held():
+            return method(self, *args, **kwargs)
+
+    return held
 
 
 class DistributedBackend:
@@ -508,6 +523,7 @@ class DistributedBackend:
             return self.pushed_to[stage] if stage in self.shards else self.args[stage]
         return self.args[stage] if stage in self.shards else self.refs[stage]
 
+    @_ctrl_c_after
     def submit(self, tasks: list[TaskSpec]) -> _Round:
         """Submit one round's tasks; the handle says which results the caller gathers."""
         round_ = _Round()
@@ -583,6 +599,7 @@ class DistributedBackend:
         del h.direct[d.task.stage]
         self._submit(d.task, h)
 
+    @_ctrl_c_after
     def wait(self, handles: list[_Round], timeout: float) -> list[_Round]:
         """The rounds among ``handles`` that are done, failed or lost, waiting up to ``timeout`` for one."""
         from distributed import wait
@@ -624,6 +641,7 @@ class DistributedBackend:
             return True
         return False
 
+    @_ctrl_c_after
     def results_many(self, handles: list[_Round]) -> list[dict[int, Segment] | BaseException]:
         """Done rounds' segments, fetched in one exchange; a failed round's error in its place."""
         finished = [h for h in handles if h.done(finished=True)]
@@ -701,6 +719,7 @@ class DistributedBackend:
                 raise self.lost
         return alive
 
+    @_ctrl_c_after
     def cancel(self, handles: list[_Round] | None = None) -> None:
         """Cancel these rounds' tasks (every live round's by default)."""
         rounds = list(self.live) if handles is None else handles
@@ -709,6 +728,7 @@ class DistributedBackend:
         if futures:
             self.client.cancel(futures, force=True)
 
+    @_ctrl_c_after
     def final_states(self, n_source: int) -> dict[str, bytes]:
         """Each stateful node's state, asked for after its last step."""
         assert self.plan is not None and self.names is not None  # started

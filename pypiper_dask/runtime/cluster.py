@@ -293,6 +293,48 @@ _WORKER_SETUP = "pypiper_dask.worker.process"
 
 
 @contextlib.contextmanager
+def sigint_held() -> Iterator[list]:
+    """Hold a Ctrl-C that arrives inside this block, and raise it when the block ends.
+
+    Around the run loop's calls into distributed: a ``KeyboardInterrupt``
+    raised at an arbitrary point inside them (a ``sync()`` half scheduled, a
+    lock of its event loop's just taken) can leave the client's thread stuck,
+    and the cluster's close after it waiting for ever (a Ctrl-C test's script
+    hung once in CI). Held, it is raised a moment later (the run
+    loop's waits return within half a second), where the run can be cancelled
+    and the cluster closed. The previous handler is called then, so a user's
+    own SIGINT handler still runs, once. Only the main thread can set a handler;
+    elsewhere this does nothing.
+
+    Examples
+    --------
+    >>> import os, signal
+    >>> done = []
+    >>> try:
+    ...     with sigint_held():
+    ...         os.kill(os.getpid(), signal.SIGINT)
+    ...         done.append("the block ran to its end")
+    ... except KeyboardInterrupt:
+    ...     done.append("then Ctrl-C")
+    >>> done
+    ['the block ran to its end', 'then Ctrl-C']
+    """
+    got: list = []  # the Ctrl-C noted in the block
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    if got and callable(previous):
+        previous(signal.SIGINT, None)  # Python's own raises KeyboardInterrupt
+    elif got and previous != signal.SIG_IGN:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def _sigint_ignored():
     """Keep Ctrl-C from the worker processes a cluster starts; in this process, raise it once they are up.
 
@@ -300,10 +342,8 @@ def _sigint_ignored():
     and the worker processes they start have it blocked from their first
     instruction, until their preload (:mod:`pypiper_dask.worker.process`)
     ignores it: a Ctrl-C while they import printed their tracebacks. Here a
-    handler notes a Ctrl-C of that time, and it is raised (the previous
-    handler called: ``KeyboardInterrupt``) once the cluster has started, which
-    then closes it. Only the main thread can set a handler: a run started from
-    another thread does without.
+    Ctrl-C of that time is held (:func:`sigint_held`), and raised once the
+    cluster has started, which then closes it.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -315,19 +355,13 @@ def _sigint_ignored():
         from multiprocessing import resource_tracker
 
         resource_tracker.ensure_running()
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hold else None
-    got = []  # the Ctrl-C noted while the cluster started
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
-    try:
-        yield
-    finally:
-        if hold:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending Ctrl-C reaches the handler here
-        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
-    if got and callable(previous):
-        previous(signal.SIGINT, None)  # Python's own raises KeyboardInterrupt
-    elif got and previous != signal.SIG_IGN:
-        raise KeyboardInterrupt
+    with sigint_held():
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hold else None
+        try:
+            yield
+        finally:
+            if hold:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending Ctrl-C reaches the handler here
 
 
 @contextlib.contextmanager
