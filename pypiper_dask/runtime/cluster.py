@@ -293,7 +293,7 @@ _WORKER_SETUP = "pypiper_dask.worker.process"
 
 
 @contextlib.contextmanager
-def sigint_held() -> Iterator[list]:
+def sigint_held() -> Iterator[None]:
     """Hold a Ctrl-C that arrives inside this block, and raise it when the block ends.
 
     Around the run loop's calls into distributed: a ``KeyboardInterrupt``
@@ -319,13 +319,13 @@ def sigint_held() -> Iterator[list]:
     >>> done
     ['the block ran to its end', 'then Ctrl-C']
     """
-    got: list = []  # the Ctrl-C noted in the block
     if threading.current_thread() is not threading.main_thread():
-        yield got
+        yield
         return
+    got: list = []  # the Ctrl-C noted in the block
     previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
     try:
-        yield got
+        yield
     finally:
         signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
     if got and callable(previous):

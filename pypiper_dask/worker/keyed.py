@@ -409,22 +409,43 @@ def _route(route: KeyRoute, items: list, shards: int) -> tuple[list[list], list[
     return parts, keys, where, None
 
 
+def _deal(
+    route: KeyRoute, shards: Any, number: int, items: list, upstream_closed: bool, snap: bool, log: Any = None
+) -> tuple[list, list[list[int]], NodeFailure | None]:
+    """Route ``items`` by ``key()`` and send each holder its share as step ``number``, not waiting.
+
+    The calls' answers to come, where each holder's items were in the
+    partition, and the failure of a ``key()`` that raised (the items before it
+    are sent). Each call carries, for the caller, ``(log, positions, failed)``:
+    the fused task's log (the first holder's only), those positions, and
+    whether a ``key()`` raised (then the step's task reports it). A holder
+    keeps the first call of a step, so a step sent again changes nothing.
+    """
+    parts, keys, where, bad_key = _route(route, items, len(shards))
+    calls = [
+        _actor(holder).step(
+            number,
+            "process",
+            Items(part, route.name),
+            upstream_closed,
+            snap,
+            k,
+            w,
+            log=(log if h == 0 else None, w, bad_key is not None),
+        )
+        for h, (holder, part, k, w) in enumerate(zip(shards, parts, keys, where, strict=True))
+    ]
+    return calls, where, bad_key
+
+
 def push_keyed(holders: tuple, number: int, items: list, upstream_closed: bool, snap: bool, log: Any) -> None:
     """Hand each of a keyed node's holders its share of a partition as step ``number``, not waiting.
 
-    As :func:`keyed_step` would send them (it sends them again if the caller
-    falls back to it: the holders keep each step's answer). Each push carries,
-    for the caller, ``(log, positions, failed)``: the fused task's log (the
-    first holder's only), where the holder's items were in the partition, and
-    whether an item's ``key()`` raised (then the step's task reports it).
+    As :func:`keyed_step` sends them (it sends them again if the caller falls
+    back to it); see :func:`_deal`.
     """
     route, *shards = holders
-    parts, keys, where, bad_key = _route(route, items, len(shards))
-    for h, (holder, part, k, w) in enumerate(zip(shards, parts, keys, where, strict=True)):
-        sent = Items(part, route.name)
-        _actor(holder).step(
-            number, "process", sent, upstream_closed, snap, k, w, log=(log if h == 0 else None, w, bad_key is not None)
-        )
+    _deal(route, shards, number, items, upstream_closed, snap, log)
 
 
 def _gather(calls: list) -> list:
@@ -464,11 +485,7 @@ def keyed_step(route: KeyRoute, shards: tuple, number: int, items: list, upstrea
     A failure (of ``key()`` or of an instance) is raised carrying the output
     of the items before the failing one, in order (see ``NodeFailure.partial``).
     """
-    parts, keys, where, bad_key = _route(route, items, len(shards))
-    calls = [
-        _actor(h).step(number, "process", Items(p, route.name), upstream_closed, snap, k, w)
-        for h, p, k, w in zip(shards, parts, keys, where, strict=True)
-    ]
+    calls, where, bad_key = _deal(route, shards, number, items, upstream_closed, snap)
     answers = _gather(calls)
     failed = [(h, a) for h, a in enumerate(answers) if isinstance(a, NodeFailure)]
     if not failed and bad_key is None:
